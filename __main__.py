@@ -1,0 +1,19 @@
+"""matrix-stack: settings → MatrixStack → outputs. Nothing else lives here."""
+
+import pulumi
+
+from components.settings import from_pulumi_config
+from components.stack import MatrixStack
+
+settings, certbot_token = from_pulumi_config()
+stack = MatrixStack("matrix", settings, pulumi.Output.secret(certbot_token))
+droplet = stack.host.droplet
+
+pulumi.export("homeserverUrl", settings.homeserver_url)
+pulumi.export("elementUrl", settings.element_url)
+pulumi.export("serverName", settings.domain)
+pulumi.export("dropletIpv4", droplet.ipv4_address)
+pulumi.export("dropletIpv6", droplet.ipv6_address)
+pulumi.export("adminUserId", settings.admin_user_id)
+pulumi.export("adminPassword", stack.secrets.admin_password)
+pulumi.export("sshCommand", droplet.ipv4_address.apply(lambda ip: f"ssh root@{ip}"))

@@ -1,0 +1,1 @@
+"""Cloud-side components: droplet and volume, Cloudflare edge, firewall, generated secrets."""

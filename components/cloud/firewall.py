@@ -1,0 +1,63 @@
+"""The DigitalOcean cloud firewall: web only via Cloudflare, SSH only from the operators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pulumi
+import pulumi_digitalocean as do
+
+from components.settings import Settings
+
+ANYWHERE = ["0.0.0.0/0", "::/0"]
+TURN_PORTS = ("3478", "5349")
+
+
+@dataclass(frozen=True)
+class InboundRule:
+    """One inbound rule; the host firewall (ufw) is rendered from the same list."""
+
+    protocol: str
+    ports: str
+    sources: pulumi.Input[Sequence[str]]
+
+
+def inbound_rules(settings: Settings, cloudflare_cidrs: pulumi.Input[Sequence[str]]) -> list[InboundRule]:
+    """Exactly what may reach the droplet; nothing else is allowed in."""
+    rules = [InboundRule("tcp", "22", list(settings.ssh_allowed_cidrs))]
+    rules += [InboundRule("tcp", port, cloudflare_cidrs) for port in ("80", "443")]
+    rules += [InboundRule(proto, port, ANYWHERE) for port in TURN_PORTS for proto in ("tcp", "udp")]
+    rules.append(InboundRule("udp", settings.relay_port_range, ANYWHERE))
+    return rules
+
+
+class Firewall(pulumi.ComponentResource):
+    """Attaches the inbound rules above, and allows all outbound traffic, to the droplet."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        droplet_id: pulumi.Input[int],
+        rules: Sequence[InboundRule],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("matrix-stack:cloud:Firewall", name, {}, opts)
+        self.firewall = do.Firewall(
+            f"{name}-firewall",
+            name=f"{settings.resource_prefix}-fw",
+            droplet_ids=[droplet_id],
+            inbound_rules=[
+                do.FirewallInboundRuleArgs(protocol=r.protocol, port_range=r.ports, source_addresses=r.sources)
+                for r in rules
+            ],
+            # DigitalOcean blocks all outbound traffic of a firewall that lists no outbound rules.
+            outbound_rules=[
+                do.FirewallOutboundRuleArgs(protocol="tcp", port_range="1-65535", destination_addresses=ANYWHERE),
+                do.FirewallOutboundRuleArgs(protocol="udp", port_range="1-65535", destination_addresses=ANYWHERE),
+                do.FirewallOutboundRuleArgs(protocol="icmp", destination_addresses=ANYWHERE),
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({})

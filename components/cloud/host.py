@@ -1,0 +1,90 @@
+"""The droplet, its deploy key, the protected data volume and the DigitalOcean project."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+import pulumi_tls as tls
+from pulumi_command import remote
+
+from components.settings import Settings
+
+
+class Host(pulumi.ComponentResource):
+    """A Debian droplet with the data volume attached, reachable over SSH with the deploy key."""
+
+    droplet: do.Droplet
+    volume: do.Volume
+    attachment: do.VolumeAttachment
+    deploy_key: tls.PrivateKey
+    connection: remote.ConnectionArgs
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("matrix-stack:cloud:Host", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix = settings.resource_prefix
+
+        self.deploy_key = tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+        deploy_ssh_key = do.SshKey(
+            f"{name}-deploy-key",
+            name=f"{prefix}-deploy",
+            public_key=self.deploy_key.public_key_openssh,
+            opts=child,
+        )
+        user_keys = [
+            do.SshKey(f"{name}-user-key-{i}", name=f"{prefix}-user-{i}", public_key=key, opts=child)
+            for i, key in enumerate(settings.ssh_public_keys)
+        ]
+
+        # The volume outlives droplets and `pulumi destroy`: it holds the database, media and signing key.
+        self.volume = do.Volume(
+            f"{name}-data",
+            name=settings.volume_name,
+            region=settings.region,
+            size=settings.volume_size_gb,
+            initial_filesystem_type="xfs",
+            description=f"Matrix data for {settings.domain} (PostgreSQL, media store, signing key)",
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+
+        # ssh_keys only seed root's authorized_keys at creation; changing them would replace the
+        # droplet, so later key changes are applied by the base step instead (ignore_changes).
+        self.droplet = do.Droplet(
+            f"{name}-droplet",
+            name=prefix,
+            image=settings.droplet_image,
+            size=settings.droplet_size,
+            region=settings.region,
+            ipv6=True,
+            monitoring=True,
+            graceful_shutdown=True,
+            ssh_keys=[deploy_ssh_key.fingerprint, *[k.fingerprint for k in user_keys]],
+            tags=["matrix-stack", f"matrix-stack-{settings.stack}"],
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sshKeys"]),
+        )
+        # A volume attaches to one droplet at a time: on droplet replacement detach first.
+        self.attachment = do.VolumeAttachment(
+            f"{name}-data-attachment",
+            droplet_id=self.droplet.id.apply(int),
+            volume_id=self.volume.id,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        do.Project(
+            f"{name}-project",
+            name=prefix,
+            description=f"Matrix server {settings.domain} (matrix-stack, stack {settings.stack})",
+            purpose="Service or API",
+            environment="Production" if settings.stack.startswith("prod") else "Development",
+            resources=[self.droplet.droplet_urn, self.volume.volume_urn],
+            opts=child,
+        )
+        self.connection = remote.ConnectionArgs(
+            host=self.droplet.ipv4_address,
+            user="root",
+            private_key=self.deploy_key.private_key_openssh,
+            dial_error_limit=40,  # a fresh droplet takes a minute or two before sshd answers
+            per_dial_timeout=15,
+        )
+        self.register_outputs(
+            {"ipv4": self.droplet.ipv4_address, "ipv6": self.droplet.ipv6_address, "volume": self.volume.id}
+        )

@@ -1,0 +1,58 @@
+"""Every generated secret, created once by pulumi-random and kept encrypted in the stack state.
+
+Random resources never change unless their own inputs change, so secrets are stable across
+`pulumi up`s; nothing here is regenerated silently.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_random as random
+
+# name -> length. Alphanumeric only: the values land in YAML, shell and coturn's key=value files.
+PASSWORDS = {
+    "postgres-password": 40,
+    "registration-shared-secret": 64,
+    "macaroon-secret": 64,
+    "form-secret": 64,
+    "turn-shared-secret": 64,
+    "admin-password": 24,
+}
+
+
+class Secrets(pulumi.ComponentResource):
+    """Generated secrets as secret Outputs."""
+
+    postgres_password: pulumi.Output[str]
+    registration_shared_secret: pulumi.Output[str]
+    macaroon_secret: pulumi.Output[str]
+    form_secret: pulumi.Output[str]
+    turn_shared_secret: pulumi.Output[str]
+    admin_password: pulumi.Output[str]
+    signing_key: pulumi.Output[str]
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("matrix-stack:cloud:Secrets", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        values: dict[str, pulumi.Output[str]] = {}
+        for secret_name, length in PASSWORDS.items():
+            password = random.RandomPassword(f"{name}-{secret_name}", length=length, special=False, opts=child)
+            values[secret_name] = pulumi.Output.secret(password.result)
+        self.postgres_password = values["postgres-password"]
+        self.registration_shared_secret = values["registration-shared-secret"]
+        self.macaroon_secret = values["macaroon-secret"]
+        self.form_secret = values["form-secret"]
+        self.turn_shared_secret = values["turn-shared-secret"]
+        self.admin_password = values["admin-password"]
+
+        # Synapse's signing key file format: "ed25519 <key id> <unpadded base64 of a 32-byte seed>".
+        seed = random.RandomBytes(f"{name}-signing-key-seed", length=32, opts=child)
+        key_id = random.RandomString(
+            f"{name}-signing-key-id", length=6, special=False, upper=False, opts=child
+        )
+        self.signing_key = pulumi.Output.secret(
+            pulumi.Output.all(key_id.result, seed.base64).apply(
+                lambda parts: f"ed25519 a_{parts[0]} {parts[1].rstrip('=')}\n"
+            )
+        )
+        self.register_outputs({})

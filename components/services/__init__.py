@@ -1,0 +1,81 @@
+"""Server-side services. Each module turns the shared context into the steps of one service.
+
+A service module exposes `steps(ctx) -> list[StepSpec]`: a pure function of the settings,
+secrets and host facts, so it is easy to test and to read. `Service` wraps those steps in a
+ComponentResource and chains them; services share only this context and the connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pulumi
+from pulumi_command import remote
+
+from components.remote import StepSpec, remote_step
+from components.render import render
+from components.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service may use: settings, generated secrets and facts about the host."""
+
+    settings: Settings
+    droplet_ipv4: pulumi.Input[str]
+    droplet_ipv6: pulumi.Input[str]
+    cloudflare_ipv4: pulumi.Input[Sequence[str]]
+    cloudflare_ipv6: pulumi.Input[Sequence[str]]
+    certbot_token: pulumi.Input[str]
+    postgres_password: pulumi.Input[str]
+    registration_shared_secret: pulumi.Input[str]
+    macaroon_secret: pulumi.Input[str]
+    form_secret: pulumi.Input[str]
+    turn_shared_secret: pulumi.Input[str]
+    admin_password: pulumi.Input[str]
+    signing_key: pulumi.Input[str]
+
+
+def rendered(template: str, **values: Any) -> pulumi.Input[str]:
+    """Render a template whose values may be Outputs; plain text when none is an Output.
+
+    A secret value keeps the result secret, so secret-bearing files stay encrypted in state.
+    """
+    outputs = {k: v for k, v in values.items() if isinstance(v, pulumi.Output)}
+    if not outputs:
+        return render(template, **values)
+    keys = list(outputs)
+    return pulumi.Output.all(*[outputs[k] for k in keys]).apply(
+        lambda resolved: render(template, **{**values, **dict(zip(keys, resolved))})
+    )
+
+
+class Service(pulumi.ComponentResource):
+    """One service's steps on the droplet, run in order after `after`."""
+
+    commands: list[remote.Command]
+
+    def __init__(
+        self,
+        kind: str,
+        steps: Sequence[StepSpec],
+        connection: remote.ConnectionArgs,
+        after: Sequence[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(f"matrix-stack:service:{kind.capitalize()}", kind, {}, opts)
+        self.commands = []
+        previous = list(after)
+        for spec in steps:
+            if not spec.name.startswith(f"{kind}-"):
+                raise ValueError(f"step {spec.name!r} of service {kind!r} must be named {kind}-<what>")
+            command = remote_step(spec, connection, parent=self, depends_on=previous)
+            self.commands.append(command)
+            previous = [command]
+        self.register_outputs({})
+
+    @property
+    def last(self) -> list[pulumi.Resource]:
+        """What the next service waits for."""
+        return list(self.commands[-1:])

@@ -1,0 +1,453 @@
+"""The config contract: every stack setting typed, defaulted and validated in one place.
+
+A bad value must stop `pulumi up` before any resource is registered, with one line that names
+the key, the bad value and what is allowed. Everything the rest of the program needs that can be
+derived from the settings (hostnames, memory-based tuning) is derived here, once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+PROJECT = "matrix-stack"
+
+LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+ELEMENT_GITHUB_URL = (
+    "https://github.com/element-hq/element-web/releases/download/v{version}/element-v{version}.tar.gz"
+)
+
+# The single source of defaults. Pulumi.yaml repeats them for `pulumi config` users; a test keeps
+# the two equal.
+DEFAULTS: dict[str, Any] = {
+    "region": "nyc3",
+    "dropletSize": "s-1vcpu-1gb",
+    "dropletImage": "debian-12-x64",
+    "volumeSizeGb": 10,
+    "matrixSubdomain": "matrix",
+    "chatSubdomain": "chat",
+    "turnSubdomain": "turn",
+    "acmeServer": LETSENCRYPT_PRODUCTION,
+    "synapseVersion": "1.163.2",
+    "elementVersion": "1.11.51",
+    "elementSha256": "8566c53b22e6a63a2876d76d52a1cd6e3f121ce1404e0d187b54c09656226128",
+    "elementDownloadUrl": ELEMENT_GITHUB_URL,
+    "maxUploadSizeMb": 50,
+    "enableRegistration": False,
+    "federation": "open",
+    "federationAllowlist": [],
+    "turnRelayPorts": "49152-49251",
+    "adminUser": "admin",
+    "sshPublicKeys": [],
+    "enableUrlPreviews": False,
+    "enableJemalloc": True,
+}
+
+REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareToken")
+SECRET_KEYS = ("certbotCloudflareToken",)
+ALL_KEYS = REQUIRED + tuple(DEFAULTS)
+
+MAX_UPLOAD_MB_CLOUDFLARE = 100  # Cloudflare Free/Pro refuse larger request bodies with 413.
+RELAY_PORT_MIN, RELAY_PORT_MAX = 49152, 65535
+RELAY_RANGE_MAX_WIDTH = 2000  # ufw/firewall rules stay readable; coturn needs ~4 ports per call.
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,62}}(?<!-)$")
+_SUBDOMAIN_RE = re.compile(rf"^{_LABEL}$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:rc\d+)?$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_LOCALPART_RE = re.compile(r"^[a-z0-9._=/-]{1,64}$")
+_SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
+    r"[A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+_MEMORY_RE = re.compile(r"-(\d+)(gb|mb)(?:-|$)")
+
+
+class SettingsError(ValueError):
+    """A config value is invalid; the message is the one line the user sees."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> SettingsError:
+    shown = value if isinstance(value, (int, bool)) else repr(value)
+    return SettingsError(
+        f"config {PROJECT}:{key}={shown} is invalid: {allowed} "
+        f"(fix: pulumi config set {key} <value>)"
+    )
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Memory-derived sizes, so a 1 GB droplet is not tuned like a 16 GB one."""
+
+    memory_mb: int
+    pg_shared_buffers_mb: int
+    pg_effective_cache_size_mb: int
+    pg_work_mem_mb: int
+    pg_maintenance_work_mem_mb: int
+    pg_max_connections: int
+    synapse_cache_max_mb: int
+    synapse_cache_target_mb: int
+    presence_enabled: bool
+
+
+def tuning_for(memory_mb: int) -> Tuning:
+    """pgtune-style Postgres sizes and Synapse cache autotuning (RAM/8 max, RAM/16 target)."""
+    return Tuning(
+        memory_mb=memory_mb,
+        pg_shared_buffers_mb=max(32, memory_mb // 8),
+        pg_effective_cache_size_mb=max(64, memory_mb // 2),
+        pg_work_mem_mb=max(2, memory_mb // 256),
+        pg_maintenance_work_mem_mb=max(16, memory_mb // 16),
+        pg_max_connections=50 if memory_mb <= 2048 else 100,
+        synapse_cache_max_mb=min(2048, max(64, memory_mb // 8)),
+        synapse_cache_target_mb=min(1024, max(32, memory_mb // 16)),
+        presence_enabled=memory_mb >= 2048,
+    )
+
+
+def memory_mb_of(size_slug: str) -> int:
+    """Memory of a DigitalOcean size slug such as `s-1vcpu-1gb` or `s-1vcpu-512mb-10gb`."""
+    match = _MEMORY_RE.search(size_slug)
+    if not match:
+        raise _fail("dropletSize", size_slug, "a DigitalOcean size slug naming its memory, e.g. s-1vcpu-1gb")
+    amount, unit = int(match.group(1)), match.group(2)
+    return amount * 1024 if unit == "gb" else amount
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated stack settings plus the values derived from them."""
+
+    stack: str
+    domain: str
+    ssh_allowed_cidrs: tuple[str, ...]
+    letsencrypt_email: str
+    region: str
+    droplet_size: str
+    droplet_image: str
+    volume_size_gb: int
+    matrix_subdomain: str
+    chat_subdomain: str
+    turn_subdomain: str
+    acme_server: str
+    synapse_version: str
+    element_version: str
+    element_sha256: str
+    element_download_url: str
+    max_upload_size_mb: int
+    enable_registration: bool
+    federation: str
+    federation_allowlist: tuple[str, ...]
+    turn_relay_ports: tuple[int, int]
+    admin_user: str
+    ssh_public_keys: tuple[str, ...]
+    enable_url_previews: bool
+    enable_jemalloc: bool
+    tuning: Tuning
+
+    @property
+    def matrix_host(self) -> str:
+        return f"{self.matrix_subdomain}.{self.domain}"
+
+    @property
+    def chat_host(self) -> str:
+        return f"{self.chat_subdomain}.{self.domain}"
+
+    @property
+    def turn_host(self) -> str:
+        return f"{self.turn_subdomain}.{self.domain}"
+
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        """Every name the certificate covers; the apex first (certbot names the lineage by it)."""
+        return (self.domain, self.matrix_host, self.chat_host, self.turn_host)
+
+    @property
+    def homeserver_url(self) -> str:
+        return f"https://{self.matrix_host}"
+
+    @property
+    def element_url(self) -> str:
+        return f"https://{self.chat_host}"
+
+    @property
+    def admin_user_id(self) -> str:
+        return f"@{self.admin_user}:{self.domain}"
+
+    @property
+    def resource_prefix(self) -> str:
+        """Prefix for cloud resource names: unique per stack and domain, DNS-safe."""
+        return f"matrix-{self.stack}-{self.domain.replace('.', '-')}"[:48].rstrip("-")
+
+    @property
+    def volume_name(self) -> str:
+        """DigitalOcean volume name; the device appears as /dev/disk/by-id/scsi-0DO_Volume_<name>."""
+        return f"{self.resource_prefix}-data"[:64]
+
+    @property
+    def volume_device(self) -> str:
+        return f"/dev/disk/by-id/scsi-0DO_Volume_{self.volume_name}"
+
+    @property
+    def element_tarball_url(self) -> str:
+        return self.element_download_url.replace("{version}", self.element_version)
+
+    @property
+    def relay_port_range(self) -> str:
+        return f"{self.turn_relay_ports[0]}-{self.turn_relay_ports[1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-key validators: each returns the normalised value or raises a one-line SettingsError.
+
+
+def _domain(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 200 or not _DOMAIN_RE.match(value):
+        raise _fail(key, value, "a lower-case DNS name such as example.com (no scheme, no trailing dot)")
+    return value
+
+
+def _subdomain(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SUBDOMAIN_RE.match(value):
+        raise _fail(key, value, "one lower-case DNS label such as matrix (letters, digits, inner dashes)")
+    return value
+
+
+def _email(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _EMAIL_RE.match(value):
+        raise _fail(key, value, "an e-mail address such as ops@example.com")
+    return value
+
+
+def _slug(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SLUG_RE.match(value):
+        raise _fail(key, value, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
+    return value
+
+
+def _version(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _VERSION_RE.match(value):
+        raise _fail(key, value, "a release version such as 1.2.3 (digits and dots, no leading v)")
+    return value
+
+
+def _sha256(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise _fail(key, value, "64 lower-case hex characters (sha256sum of the release tarball)")
+    return value
+
+
+def _https_url(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s'\"\\]+$", value):
+        raise _fail(key, value, "an http(s) URL without spaces or quotes")
+    return value
+
+
+def _download_url(key: str, value: Any) -> str:
+    value = _https_url(key, value)
+    if "{version}" not in value:
+        raise _fail(key, value, "an http(s) URL containing the placeholder {version}")
+    return value
+
+
+def _int_range(low: int, high: int, why: str = "") -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _fail(key, value, f"a whole number from {low} to {high}{why}")
+        return value
+
+    return check
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "true or false")
+    return value
+
+
+def _federation(key: str, value: Any) -> str:
+    if value not in ("open", "allowlist", "off"):
+        raise _fail(key, value, "one of open, allowlist, off")
+    return str(value)
+
+
+def _string_list(item: Callable[[str, Any], str]) -> Callable[[str, Any], tuple[str, ...]]:
+    def check(key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _fail(key, value, "a list, e.g. pulumi config set --path 'key[0]' <value>")
+        return tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+    return check
+
+
+def _cidr(key: str, value: Any) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=True) if isinstance(value, str) else None
+    except ValueError:
+        net = None
+    if net is None or "/" not in str(value):
+        raise _fail(key, value, "a CIDR such as 203.0.113.7/32 or 2001:db8::/48 (host bits zero)")
+    return str(net)
+
+
+def _ssh_key(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SSH_KEY_RE.match(value.strip()):
+        raise _fail(key, value, "an OpenSSH public key line such as 'ssh-ed25519 AAAA... me@laptop'")
+    return value.strip()
+
+
+def _localpart(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _LOCALPART_RE.match(value):
+        raise _fail(key, value, "a Matrix user name: lower-case letters, digits and ._=-/ only")
+    return value
+
+
+def _relay_ports(key: str, value: Any) -> tuple[int, int]:
+    match = re.match(r"^(\d{5})-(\d{5})$", value) if isinstance(value, str) else None
+    low, high = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if not (match and RELAY_PORT_MIN <= low < high <= RELAY_PORT_MAX and high - low < RELAY_RANGE_MAX_WIDTH):
+        raise _fail(
+            key,
+            value,
+            f"a port range LOW-HIGH inside {RELAY_PORT_MIN}-{RELAY_PORT_MAX}, "
+            f"LOW < HIGH, at most {RELAY_RANGE_MAX_WIDTH} ports",
+        )
+    return low, high
+
+
+def _required_secret(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value.strip()) < 20 or any(c.isspace() for c in value):
+        raise _fail(key, "[secret]", "a Cloudflare API token with Zone:DNS:Edit (set it with --secret)")
+    return value
+
+
+VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
+    "domain": _domain,
+    "sshAllowedCidrs": _string_list(_cidr),
+    "letsencryptEmail": _email,
+    "certbotCloudflareToken": _required_secret,
+    "region": _slug,
+    "dropletSize": _slug,
+    "dropletImage": _slug,
+    "volumeSizeGb": _int_range(1, 16384),
+    "matrixSubdomain": _subdomain,
+    "chatSubdomain": _subdomain,
+    "turnSubdomain": _subdomain,
+    "acmeServer": _https_url,
+    "synapseVersion": _version,
+    "elementVersion": _version,
+    "elementSha256": _sha256,
+    "elementDownloadUrl": _download_url,
+    "maxUploadSizeMb": _int_range(1, MAX_UPLOAD_MB_CLOUDFLARE, " (Cloudflare Free/Pro cap uploads at 100 MB)"),
+    "enableRegistration": _bool,
+    "federation": _federation,
+    "federationAllowlist": _string_list(_domain),
+    "turnRelayPorts": _relay_ports,
+    "adminUser": _localpart,
+    "sshPublicKeys": _string_list(_ssh_key),
+    "enableUrlPreviews": _bool,
+    "enableJemalloc": _bool,
+}
+
+# Types as Pulumi config stores them; lists and booleans arrive as JSON text.
+_JSON_KEYS = {k for k, v in DEFAULTS.items() if isinstance(v, (list, bool, int))} | {"sshAllowedCidrs"}
+
+
+def _decode(key: str, raw: str) -> Any:
+    if key not in _JSON_KEYS:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise _fail(key, raw, "valid JSON (a list, number or true/false)") from None
+
+
+def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, str]:
+    """Validate raw config strings; returns the settings and the certbot token (kept apart: secret)."""
+    unknown = sorted(set(raw) - set(ALL_KEYS))
+    if unknown:
+        raise SettingsError(
+            f"config {PROJECT}:{unknown[0]} is not a known setting; known: {', '.join(sorted(ALL_KEYS))} "
+            f"(fix: pulumi config rm {unknown[0]})"
+        )
+    values: dict[str, Any] = {}
+    for key in ALL_KEYS:
+        text = raw.get(key)
+        if text is None or text == "":
+            if key in REQUIRED:
+                raise SettingsError(
+                    f"config {PROJECT}:{key} is required (fix: pulumi config set "
+                    f"{'--secret ' if key in SECRET_KEYS else ''}{key} <value>; see README)"
+                )
+            values[key] = DEFAULTS[key]
+        else:
+            values[key] = VALIDATORS[key](key, _decode(key, text))
+    for key in DEFAULTS:  # defaults are validated too, so a bad edit to DEFAULTS cannot slip through
+        VALIDATORS[key](key, values[key])
+    return _cross_checked(values, stack), values["certbotCloudflareToken"]
+
+
+def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
+    if not v["sshAllowedCidrs"]:
+        raise _fail("sshAllowedCidrs", [], "at least one CIDR (the address `pulumi up` runs from)")
+    subs = [v["matrixSubdomain"], v["chatSubdomain"], v["turnSubdomain"]]
+    if len(set(subs)) != 3:
+        raise _fail("turnSubdomain", v["turnSubdomain"], "matrixSubdomain, chatSubdomain and turnSubdomain must differ")
+    if v["federation"] == "allowlist" and not v["federationAllowlist"]:
+        raise _fail("federationAllowlist", [], "at least one server name when federation=allowlist")
+    if v["federation"] != "allowlist" and v["federationAllowlist"]:
+        raise _fail("federation", v["federation"], "allowlist (federationAllowlist is set but would be ignored)")
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
+        raise _fail("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
+    return Settings(
+        stack=stack,
+        domain=v["domain"],
+        ssh_allowed_cidrs=v["sshAllowedCidrs"],
+        letsencrypt_email=v["letsencryptEmail"],
+        region=v["region"],
+        droplet_size=v["dropletSize"],
+        droplet_image=v["dropletImage"],
+        volume_size_gb=v["volumeSizeGb"],
+        matrix_subdomain=v["matrixSubdomain"],
+        chat_subdomain=v["chatSubdomain"],
+        turn_subdomain=v["turnSubdomain"],
+        acme_server=v["acmeServer"],
+        synapse_version=v["synapseVersion"],
+        element_version=v["elementVersion"],
+        element_sha256=v["elementSha256"],
+        element_download_url=v["elementDownloadUrl"],
+        max_upload_size_mb=v["maxUploadSizeMb"],
+        enable_registration=v["enableRegistration"],
+        federation=v["federation"],
+        federation_allowlist=v["federationAllowlist"],
+        turn_relay_ports=v["turnRelayPorts"],
+        admin_user=v["adminUser"],
+        ssh_public_keys=v["sshPublicKeys"],
+        enable_url_previews=v["enableUrlPreviews"],
+        enable_jemalloc=v["enableJemalloc"],
+        tuning=tuning_for(memory_mb_of(v["dropletSize"])),
+    )
+
+
+def from_pulumi_config() -> tuple[Settings, str]:
+    """Read the stack's config (namespace `matrix-stack`) and validate it."""
+    import pulumi
+
+    from pulumi.runtime.config import CONFIG, is_config_secret
+
+    prefix = f"{PROJECT}:"
+    raw: dict[str, str | None] = {k[len(prefix):]: v for k, v in CONFIG.get().items() if k.startswith(prefix)}
+    for key in SECRET_KEYS:
+        if raw.get(key) and not is_config_secret(prefix + key):
+            raise SettingsError(
+                f"config {PROJECT}:{key} is stored in plain text: it must be a secret "
+                f"(fix: pulumi config set --secret {key} <value>)"
+            )
+    return load(raw, pulumi.get_stack())

@@ -1,0 +1,99 @@
+"""MatrixStack: the cloud pieces, then every service step in the seed guide's order."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pulumi
+import pulumi_cloudflare as cloudflare
+
+from components.cloud.edge import Edge
+from components.cloud.firewall import Firewall, inbound_rules
+from components.cloud.host import Host
+from components.cloud.secrets import Secrets
+from components.services import Service, ServiceContext
+from components.services import (
+    admin,
+    base,
+    certificates,
+    coturn,
+    element,
+    nginx,
+    postgres,
+    selfcheck,
+    synapse,
+    volume,
+)
+from components.settings import Settings
+
+# DESIGN section 3: each service starts when the one before it has finished.
+SERVICE_ORDER: tuple[ModuleType, ...] = (
+    base,
+    volume,
+    postgres,
+    certificates,
+    synapse,
+    coturn,
+    element,
+    nginx,
+    admin,
+    selfcheck,
+)
+
+
+class MatrixStack(pulumi.ComponentResource):
+    """Everything one Matrix server needs, from droplet to self-check."""
+
+    host: Host
+    secrets: Secrets
+    services: list[Service]
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        certbot_token: pulumi.Output[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("matrix-stack:index:MatrixStack", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.secrets = Secrets("secrets", opts=child)
+        self.host = Host("host", settings, opts=child)
+        ranges = cloudflare.get_ip_ranges_output(opts=pulumi.InvokeOptions(parent=self))
+        cloudflare_cidrs = pulumi.Output.all(ranges.ipv4_cidrs, ranges.ipv6_cidrs).apply(
+            lambda v: [*v[0], *v[1]]
+        )
+        droplet = self.host.droplet
+        firewall = Firewall(
+            "firewall",
+            settings,
+            droplet_id=droplet.id.apply(int),
+            rules=inbound_rules(settings, cloudflare_cidrs),
+            opts=child,
+        )
+        Edge("edge", settings, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address, opts=child)
+
+        context = ServiceContext(
+            settings=settings,
+            droplet_ipv4=droplet.ipv4_address,
+            droplet_ipv6=droplet.ipv6_address,
+            cloudflare_ipv4=ranges.ipv4_cidrs,
+            cloudflare_ipv6=ranges.ipv6_cidrs,
+            certbot_token=certbot_token,
+            postgres_password=self.secrets.postgres_password,
+            registration_shared_secret=self.secrets.registration_shared_secret,
+            macaroon_secret=self.secrets.macaroon_secret,
+            form_secret=self.secrets.form_secret,
+            turn_shared_secret=self.secrets.turn_shared_secret,
+            admin_password=self.secrets.admin_password,
+            signing_key=self.secrets.signing_key,
+        )
+        # The first step waits for the volume to be attached and the firewall to be in place.
+        previous: list[pulumi.Resource] = [self.host.attachment, firewall]
+        self.services = []
+        for module in SERVICE_ORDER:
+            kind = module.__name__.rsplit(".", 1)[-1]
+            service = Service(kind, module.steps(context), self.host.connection, after=previous, opts=child)
+            self.services.append(service)
+            previous = service.last or previous
+        self.register_outputs({})

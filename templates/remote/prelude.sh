@@ -1,0 +1,60 @@
+# Functions every provisioning step can use; the step bundle sources this text before its script.
+# Files are written only when their content differs, so a re-run rewrites nothing, and a step
+# knows whether it must restart its service: ms_changed is true when a file of this step was
+# rewritten now, or when this exact step (same content hash) never finished on this host.
+
+MS_STATE_DIR=/var/lib/matrix-stack/steps
+MS_CHANGED_FILES=()
+
+ms_log() {
+  printf '[matrix-stack:%s] %s\n' "$MS_STEP" "$*" >&2
+}
+
+# ms_put_file PATH MODE OWNER GROUP  (base64 content on stdin)
+ms_put_file() {
+  local path=$1 mode=$2 owner=$3 group=$4 dir tmp
+  dir=$(dirname "$path")
+  [ -d "$dir" ] || install -d -m 0755 "$dir"
+  tmp=$(mktemp "$path.ms-XXXXXX")
+  base64 -d > "$tmp"
+  chown "$owner:$group" "$tmp"
+  chmod "$mode" "$tmp"
+  if [ -f "$path" ] && cmp -s "$tmp" "$path"; then
+    rm -f "$tmp"
+    [ "$(stat -c '%a %U %G' "$path")" = "$((8#$mode)) $owner $group" ] || {
+      chown "$owner:$group" "$path"
+      chmod "$mode" "$path"
+    }
+  else
+    mv -f "$tmp" "$path"
+    MS_CHANGED_FILES+=("$path")
+    ms_log "wrote $path"
+  fi
+}
+
+# True when PATH (or, without an argument, any file of this step) was rewritten in this run.
+ms_file_changed() {
+  local f
+  for f in "${MS_CHANGED_FILES[@]}"; do
+    if [ $# -eq 0 ] || [ "$f" = "$1" ]; then
+      return 0
+    fi
+  done
+  return 1
+}
+
+# True when this step's content is new to this host or a file was rewritten: time to (re)start.
+ms_changed() {
+  ms_file_changed && return 0
+  [ "$(cat "$MS_STATE_DIR/$MS_STEP" 2>/dev/null || true)" != "$MS_STEP_HASH" ]
+}
+
+ms_step_done() {
+  install -d -m 0700 "$MS_STATE_DIR"
+  printf '%s\n' "$MS_STEP_HASH" > "$MS_STATE_DIR/$MS_STEP"
+}
+
+# Run apt-get non-interactively, waiting for other apt/dpkg users (cloud-init, unattended-upgrades).
+ms_apt() {
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold -y -q "$@"
+}

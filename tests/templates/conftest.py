@@ -1,0 +1,57 @@
+"""A plain (no Pulumi) service context, so each service's files can be rendered and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import pytest
+
+from components.services import ServiceContext
+from components.settings import load
+
+BASE_CONFIG = {
+    "domain": "example.org",
+    "sshAllowedCidrs": '["203.0.113.7/32", "2001:db8::/48"]',
+    "letsencryptEmail": "ops@example.org",
+    "certbotCloudflareToken": "cf-token-SECRET-0123456789abcdef",
+}
+
+# Recognisable fake secrets: tests look for them where they must not be.
+FAKE_SECRETS = {
+    "postgres_password": "pgSECRETpassword0123456789",
+    "registration_shared_secret": "regSECRETshared0123456789",
+    "macaroon_secret": "macSECRETmacaroon0123456789",
+    "form_secret": "formSECRETform0123456789",
+    "turn_shared_secret": "turnSECRETshared0123456789",
+    "admin_password": "adminSECRETpassword0123",
+    "signing_key": "ed25519 a_abcdef nXlTrL0cSZ2Xc9r0bFq0gkPq6lS0u3Gm8uZ2N3tIv1c\n",
+}
+
+
+def make_context(**config: Any) -> ServiceContext:
+    """A context for `config` overrides (raw strings, as `pulumi config` stores them)."""
+    settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
+    return ServiceContext(
+        settings=settings,
+        droplet_ipv4="203.0.113.10",
+        droplet_ipv6="2001:db8::10",
+        cloudflare_ipv4=["173.245.48.0/20", "103.21.244.0/22"],
+        cloudflare_ipv6=["2400:cb00::/32"],
+        certbot_token=token,  # type: ignore[arg-type]
+        **FAKE_SECRETS,
+    )
+
+
+@pytest.fixture
+def context_factory() -> Callable[..., ServiceContext]:
+    return make_context
+
+
+@pytest.fixture
+def context() -> ServiceContext:
+    return make_context()
+
+
+def with_settings(ctx: ServiceContext, **changes: Any) -> ServiceContext:
+    return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, **changes))

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Installs what the test suite needs on a fresh Debian 12 machine (CI runs this first).
+# - the Python packages of requirements-dev.txt into .venv
+# - Debian's nginx, coturn, shellcheck: the real validators of rendered configs
+# - matrix-synapse (the pinned version) in its own venv, for `python -m synapse.config`
+# Services are never started by the package installs (policy-rc.d), the tests run them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+need=()
+for pkg in nginx coturn shellcheck; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 0755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+synapse_version=$(.venv/bin/python -c 'from components.settings import DEFAULTS; print(DEFAULTS["synapseVersion"])')
+venv=build/synapse-venv
+if ! "$venv/bin/python" -c "import synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
+  rm -rf "$venv"
+  "$PYTHON" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$synapse_version" psycopg2-binary
+fi
