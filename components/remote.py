@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any
 
 import pulumi
 from pulumi_command import remote
@@ -95,13 +96,21 @@ def remote_step(
     connection: remote.ConnectionArgs,
     parent: pulumi.Resource,
     depends_on: Sequence[pulumi.Resource] = (),
+    watch: Sequence[pulumi.Output[Any]] = (),
 ) -> remote.Command:
-    """Create the pulumi-command resource for one step, parented to its service component."""
+    """Create the pulumi-command resource for one step, parented to its service component.
+
+    `watch` adds other resources' triggers to this step's, so it re-runs whenever they change
+    (the self-check uses it to verify every deployment that changed anything).
+    """
     if not _STEP_NAME.match(spec.name):
         raise ValueError(f"bad step name {spec.name!r}")
     contents = pulumi.Output.all(*[f.content for f in spec.files])
     bundle = contents.apply(lambda cs: bundle_text(spec, [str(c) for c in cs]))
     triggers = contents.apply(lambda cs: trigger_list(spec, [str(c) for c in cs]))
+    if watch:
+        watched = pulumi.Output.all(*watch).apply(lambda ts: f"watched={_digest(repr(ts))[:16]}")
+        triggers = pulumi.Output.all(triggers, watched).apply(lambda parts: [*parts[0], parts[1]])
     carries_secret = any(isinstance(f.content, pulumi.Output) for f in spec.files)
     return remote.Command(
         spec.name,

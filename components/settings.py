@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 PROJECT = "matrix-stack"
 
@@ -232,6 +233,13 @@ def _slug(key: str, value: Any) -> str:
     return value
 
 
+def _debian12_image(key: str, value: Any) -> str:
+    slug = _slug(key, value)
+    if not slug.startswith("debian-12"):
+        raise _fail(key, slug, "a Debian 12 image slug such as debian-12-x64 (the server layer targets bookworm)")
+    return slug
+
+
 def _version(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _VERSION_RE.match(value):
         raise _fail(key, value, "a release version such as 1.2.3 (digits and dots, no leading v)")
@@ -251,10 +259,10 @@ def _https_url(key: str, value: Any) -> str:
 
 
 def _download_url(key: str, value: Any) -> str:
-    value = _https_url(key, value)
-    if "{version}" not in value:
-        raise _fail(key, value, "an http(s) URL containing the placeholder {version}")
-    return value
+    url = _https_url(key, value)
+    if "{version}" not in url:
+        raise _fail(key, url, "an http(s) URL containing the placeholder {version}")
+    return url
 
 
 def _int_range(low: int, high: int, why: str = "") -> Callable[[str, Any], int]:
@@ -335,7 +343,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "certbotCloudflareToken": _required_secret,
     "region": _slug,
     "dropletSize": _slug,
-    "dropletImage": _slug,
+    "dropletImage": _debian12_image,
     "volumeSizeGb": _int_range(1, 16384),
     "matrixSubdomain": _subdomain,
     "chatSubdomain": _subdomain,
@@ -386,11 +394,10 @@ def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, s
                     f"config {PROJECT}:{key} is required (fix: pulumi config set "
                     f"{'--secret ' if key in SECRET_KEYS else ''}{key} <value>; see README)"
                 )
-            values[key] = DEFAULTS[key]
+            # Defaults go through the same validator: normalised alike, and a bad edit cannot slip in.
+            values[key] = VALIDATORS[key](key, DEFAULTS[key])
         else:
             values[key] = VALIDATORS[key](key, _decode(key, text))
-    for key in DEFAULTS:  # defaults are validated too, so a bad edit to DEFAULTS cannot slip through
-        VALIDATORS[key](key, values[key])
     return _cross_checked(values, stack), values["certbotCloudflareToken"]
 
 
@@ -403,7 +410,11 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
     if v["federation"] == "allowlist" and not v["federationAllowlist"]:
         raise _fail("federationAllowlist", [], "at least one server name when federation=allowlist")
     if v["federation"] != "allowlist" and v["federationAllowlist"]:
-        raise _fail("federation", v["federation"], "allowlist (federationAllowlist is set but would be ignored)")
+        raise _fail(
+            "federationAllowlist",
+            list(v["federationAllowlist"]),
+            "empty unless federation=allowlist (set federation to allowlist, or remove the list)",
+        )
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise _fail("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(
@@ -439,7 +450,6 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
 def from_pulumi_config() -> tuple[Settings, str]:
     """Read the stack's config (namespace `matrix-stack`) and validate it."""
     import pulumi
-
     from pulumi.runtime.config import CONFIG, is_config_secret
 
     prefix = f"{PROJECT}:"

@@ -11,8 +11,9 @@ from components.cloud.edge import Edge
 from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
 from components.cloud.secrets import Secrets
-from components.services import Service, ServiceContext
 from components.services import (
+    Service,
+    ServiceContext,
     admin,
     base,
     certificates,
@@ -75,6 +76,7 @@ class MatrixStack(pulumi.ComponentResource):
 
         context = ServiceContext(
             settings=settings,
+            deploy_public_key=self.host.deploy_key.public_key_openssh,
             droplet_ipv4=droplet.ipv4_address,
             droplet_ipv6=droplet.ipv6_address,
             cloudflare_ipv4=ranges.ipv4_cidrs,
@@ -93,7 +95,9 @@ class MatrixStack(pulumi.ComponentResource):
         self.services = []
         for module in SERVICE_ORDER:
             kind = module.__name__.rsplit(".", 1)[-1]
-            service = Service(kind, module.steps(context), self.host.connection, after=previous, opts=child)
+            # The self-check re-runs whenever any other step changed, so every deployment is verified.
+            watch = [c.triggers for s in self.services for c in s.commands] if module is selfcheck else []
+            service = Service(kind, module.steps(context), self.host.connection, after=previous, opts=child, watch=watch)
             self.services.append(service)
             previous = service.last or previous
         self.register_outputs({})

@@ -7,8 +7,9 @@ ComponentResource and chains them; services share only this context and the conn
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import pulumi
 from pulumi_command import remote
@@ -23,6 +24,7 @@ class ServiceContext:
     """What a service may use: settings, generated secrets and facts about the host."""
 
     settings: Settings
+    deploy_public_key: pulumi.Input[str]
     droplet_ipv4: pulumi.Input[str]
     droplet_ipv6: pulumi.Input[str]
     cloudflare_ipv4: pulumi.Input[Sequence[str]]
@@ -63,6 +65,7 @@ class Service(pulumi.ComponentResource):
         connection: remote.ConnectionArgs,
         after: Sequence[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
+        watch: Sequence[pulumi.Output[Any]] = (),
     ) -> None:
         super().__init__(f"matrix-stack:service:{kind.capitalize()}", kind, {}, opts)
         self.commands = []
@@ -70,7 +73,7 @@ class Service(pulumi.ComponentResource):
         for spec in steps:
             if not spec.name.startswith(f"{kind}-"):
                 raise ValueError(f"step {spec.name!r} of service {kind!r} must be named {kind}-<what>")
-            command = remote_step(spec, connection, parent=self, depends_on=previous)
+            command = remote_step(spec, connection, parent=self, depends_on=previous, watch=watch)
             self.commands.append(command)
             previous = [command]
         self.register_outputs({})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -34,11 +35,12 @@ def make_context(**config: Any) -> ServiceContext:
     settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
     return ServiceContext(
         settings=settings,
+        deploy_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployKeyForTestsOnly0000000000000000 deploy",
         droplet_ipv4="203.0.113.10",
         droplet_ipv6="2001:db8::10",
         cloudflare_ipv4=["173.245.48.0/20", "103.21.244.0/22"],
         cloudflare_ipv6=["2400:cb00::/32"],
-        certbot_token=token,  # type: ignore[arg-type]
+        certbot_token=token,
         **FAKE_SECRETS,
     )
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs what the test suite needs on a fresh Debian 12 machine (CI runs this first).
 # - the Python packages of requirements-dev.txt into .venv
-# - Debian's nginx, coturn, shellcheck: the real validators of rendered configs
+# - Debian's nginx, coturn, shellcheck, PostgreSQL 15, systemd-analyze: the real validators of rendered configs
 # - matrix-synapse (the pinned version) in its own venv, for `python -m synapse.config`
 # Services are never started by the package installs (policy-rc.d), the tests run them.
 set -euo pipefail
@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 
 need=()
-for pkg in nginx coturn shellcheck; do
+for pkg in nginx coturn shellcheck postgresql-15 systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

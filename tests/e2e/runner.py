@@ -1,0 +1,91 @@
+"""Execute the program's remote steps for real, exactly as recorded under mocks.
+
+The command provider runs each `remote.Command` by opening an SSH session to the connection's
+host, writing `stdin` and running `create`. This runner does the same with the system ssh
+client, in the engine's dependency order. There is no second copy of the provisioning here: the
+commands, their stdin and their order all come from the program.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness import Recording, Registration
+
+
+@dataclass
+class StepResult:
+    name: str
+    seconds: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, result: StepResult) -> None:
+        tail = "\n".join((result.stderr or result.stdout).splitlines()[-40:])
+        super().__init__(f"step {result.name} exited {result.returncode}:\n{tail}")
+        self.result = result
+
+
+def ssh_command(host: str, key_file: Path, port: int = 22) -> list[str]:
+    return [
+        "ssh", "-p", str(port), "-i", str(key_file),
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
+        f"root@{host}",
+    ]
+
+
+def run_step(command: Registration, key_file: Path, timeout: float = 1800) -> StepResult:
+    """Run one recorded command the way the provider would: ssh, `create` as the command, stdin."""
+    inputs = command.inputs
+    connection = inputs["connection"]
+    if inputs.get("environment"):
+        raise AssertionError(f"{command.name} uses environment, which needs AcceptEnv on the droplet")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*ssh_command(connection["host"], key_file, int(connection.get("port", 22))), inputs["create"]],
+        input=inputs.get("stdin", ""),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return StepResult(command.name, time.monotonic() - started, proc.returncode, proc.stdout, proc.stderr)
+
+
+def deploy_key_file(recording: Recording, directory: Path) -> Path:
+    """Write the deploy private key the program hands to every step (0600) and return its path."""
+    private_key = recording.commands()[0].inputs["connection"]["privateKey"]
+    path = directory / "deploy_key"
+    path.write_text(private_key)
+    path.chmod(0o600)
+    return path
+
+
+def run_all(
+    recording: Recording,
+    only: Iterable[str] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> list[StepResult]:
+    """Run every recorded step in dependency order (or just `only`); stop at the first failure."""
+    wanted = set(only) if only is not None else None
+    results = []
+    with tempfile.TemporaryDirectory(prefix="matrix-stack-runner-") as tmp:
+        key = deploy_key_file(recording, Path(tmp))
+        for command in recording.commands():
+            if wanted is not None and command.name not in wanted:
+                continue
+            result = run_step(command, key)
+            results.append(result)
+            if on_step:
+                on_step(result)
+            if result.returncode != 0:
+                raise StepFailed(result)
+    return results

@@ -1,0 +1,306 @@
+"""Run the real Pulumi program in-process under mocks and record the whole resource graph.
+
+The cloud APIs are unreachable here, so the program runs against pulumi's mock monitor. The
+recording keeps what the engine would receive for every resource: type, name, parent, inputs
+(secrets still marked), dependencies and options. Unit tests assert on it, and the end-to-end
+runner executes the recorded remote commands for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "matrix-stack"
+COMMAND = "command:remote:Command"
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "domain": "example.org",
+    "sshAllowedCidrs": ["203.0.113.7/32"],
+    "letsencryptEmail": "ops@example.org",
+    "certbotCloudflareToken": "cf-token-SECRET-0123456789abcdef",
+}
+CLOUDFLARE_IPV4 = ["173.245.48.0/20", "103.21.244.0/22", "104.16.0.0/13"]
+CLOUDFLARE_IPV6 = ["2400:cb00::/32", "2606:4700::/32"]
+
+
+def unwrap(value: Any) -> Any:
+    """Strip pulumi's secret markers, recursively."""
+    if rpc.is_rpc_secret(value):
+        return unwrap(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def contains_secret_marker(value: Any) -> bool:
+    if rpc.is_rpc_secret(value):
+        return True
+    if isinstance(value, dict):
+        return any(contains_secret_marker(v) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_secret_marker(v) for v in value)
+    return False
+
+
+@dataclass
+class Registration:
+    """One RegisterResource request as the engine would see it."""
+
+    urn: str
+    type: str
+    name: str
+    parent: str
+    custom: bool
+    raw_inputs: dict[str, Any]
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    protect: bool
+    ignore_changes: list[str]
+    replace_on_changes: list[str]
+    additional_secret_outputs: list[str]
+    delete_before_replace: bool
+    raw_outputs: dict[str, Any]
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return unwrap(self.raw_inputs)  # type: ignore[no-any-return]
+
+    def is_secret(self, key: str) -> bool:
+        return rpc.is_rpc_secret(self.raw_inputs.get(key))
+
+    @property
+    def explicit_dependencies(self) -> set[str]:
+        implicit = {u for urns in self.property_dependencies.values() for u in urns}
+        return set(self.dependencies) - implicit
+
+
+@dataclass
+class Recording:
+    registrations: list[Registration] = field(default_factory=list)
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stack_outputs: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (value, secret?)
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == type_]
+
+    def named(self, name: str) -> Registration:
+        matches = [r for r in self.registrations if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.registrations if r.urn == urn)
+
+    def commands(self) -> list[Registration]:
+        """Remote commands in an order that respects their dependencies (as the engine runs them)."""
+        commands = self.of_type(COMMAND)
+        done: set[str] = set()
+        ordered: list[Registration] = []
+        pending = list(commands)
+        command_urns = {c.urn for c in commands}
+        while pending:
+            ready = [c for c in pending if set(c.dependencies) & command_urns <= done]
+            if not ready:
+                raise RuntimeError("dependency cycle among remote commands")
+            for c in ready:
+                ordered.append(c)
+                done.add(c.urn)
+                pending.remove(c)
+        return ordered
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The mock monitor, keeping every request it sees."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks, recording: Recording) -> None:
+        super().__init__(mocks)
+        self.recording = recording
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        self.recording.registrations.append(
+            Registration(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent,
+                custom=request.custom,
+                raw_inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+                dependencies=list(request.dependencies),
+                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+                protect=request.protect,
+                ignore_changes=list(request.ignoreChanges),
+                replace_on_changes=list(request.replaceOnChanges),
+                additional_secret_outputs=list(request.additionalSecretOutputs),
+                delete_before_replace=request.deleteBeforeReplace,
+                raw_outputs=rpc.deserialize_properties(response.object, keep_unknowns=True),
+            )
+        )
+        return response
+
+    def Invoke(self, request: Any) -> Any:
+        self.recording.invokes.append((request.tok, rpc.deserialize_properties(request.args)))
+        return super().Invoke(request)  # type: ignore[no-untyped-call]
+
+
+def _stable(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz0123456789") -> str:
+    """Deterministic fake random values, so two runs of the program see the same secrets."""
+    digest = hashlib.sha256(name.encode()).digest() * 4
+    return "".join(alphabet[b % len(alphabet)] for b in digest[:length])
+
+
+class CloudMocks(pulumi_mocks.Mocks):
+    """Answers for DigitalOcean, Cloudflare, random and tls, shaped like the real providers'."""
+
+    def __init__(
+        self,
+        droplet_ipv4: str = "203.0.113.10",
+        droplet_ipv6: str = "2001:db8::10",
+        cloudflare_ipv4: list[str] | None = None,
+        cloudflare_ipv6: list[str] | None = None,
+        deploy_key: tuple[str, str] | None = None,
+    ) -> None:
+        self.droplet_ipv4 = droplet_ipv4
+        self.droplet_ipv6 = droplet_ipv6
+        self.cloudflare_ipv4 = cloudflare_ipv4 if cloudflare_ipv4 is not None else CLOUDFLARE_IPV4
+        self.cloudflare_ipv6 = cloudflare_ipv6 if cloudflare_ipv6 is not None else CLOUDFLARE_IPV6
+        # (private OpenSSH PEM, public OpenSSH line); fake unless a real key is given (e2e).
+        self.deploy_key = deploy_key or ("-----FAKE PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeDeployKey deploy")
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        typ, name = args.typ, args.name
+        if typ == "digitalocean:index/droplet:Droplet":
+            outputs.update(
+                ipv4Address=self.droplet_ipv4,
+                ipv6Address=self.droplet_ipv6,
+                dropletUrn=f"do:droplet:{name}",
+                memory=1024,
+            )
+            return "424242", outputs
+        if typ == "digitalocean:index/volume:Volume":
+            outputs.update(volumeUrn=f"do:volume:{name}", filesystemType="xfs")
+            return f"vol-{_stable(name, 8)}", outputs
+        if typ == "digitalocean:index/sshKey:SshKey":
+            outputs.update(fingerprint=":".join(_stable(name, 16, "0123456789abcdef")[i : i + 2] for i in range(0, 16, 2)))
+            return "1234", outputs
+        if typ == "tls:index/privateKey:PrivateKey":
+            private, public = self.deploy_key
+            outputs.update(privateKeyOpenssh=rpc.wrap_rpc_secret(private), publicKeyOpenssh=public)
+            return f"{name}-id", outputs
+        if typ == "random:index/randomPassword:RandomPassword":
+            outputs.update(result=rpc.wrap_rpc_secret(_stable(name, int(args.inputs["length"]))))
+            return f"{name}-id", outputs
+        if typ == "random:index/randomString:RandomString":
+            outputs.update(result=_stable(name, int(args.inputs["length"]), "abcdefghijklmnopqrstuvwxyz0123456789"))
+            return f"{name}-id", outputs
+        if typ == "random:index/randomBytes:RandomBytes":
+            import base64
+
+            raw = hashlib.sha256(name.encode()).digest()[: int(args.inputs["length"])]
+            outputs.update(base64=rpc.wrap_rpc_secret(base64.b64encode(raw).decode()), hex=rpc.wrap_rpc_secret(raw.hex()))
+            return f"{name}-id", outputs
+        if typ == "command:remote:Command":
+            outputs.update(stdout="", stderr="")
+        return f"{name}-id", outputs
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        if args.token == "cloudflare:index/getZone:getZone":
+            return {"id": "zone-0123456789", "zoneId": "zone-0123456789", "name": args.args["filter"]["name"]}
+        if args.token == "cloudflare:index/getIpRanges:getIpRanges":
+            return {"ipv4Cidrs": self.cloudflare_ipv4, "ipv6Cidrs": self.cloudflare_ipv6, "etag": "e", "jdcloudCidrs": []}
+        return {}
+
+
+def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
+    """Config as `pulumi config set` stores it: strings, JSON for lists, numbers and booleans."""
+    return {
+        f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v)
+        for k, v in config.items()
+    }
+
+
+def record(
+    config: Mapping[str, Any] | None = None,
+    mocks: CloudMocks | None = None,
+    stack: str = "test",
+    plain_keys: tuple[str, ...] = (),
+    into: Recording | None = None,
+) -> Recording:
+    """Run __main__.py under mocks with `config` (merged over DEFAULT_CONFIG) and record it all.
+
+    Keys in `plain_keys` are stored as plain config (not secret), to test that mistake.
+    `into` receives the registrations even when the program fails.
+    """
+    merged = {**DEFAULT_CONFIG, **(config or {})}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    recording = into if into is not None else Recording()
+    mocks = mocks or CloudMocks()
+    monitor = RecordingMonitor(mocks, recording)
+    strings = config_strings(merged)
+    secret_keys = [f"{PROJECT}:certbotCloudflareToken"]
+    secret_keys = [k for k in secret_keys if k in strings and k.split(":", 1)[1] not in plain_keys]
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(strings, secret_keys=secret_keys)
+
+    exported: dict[str, Any] = {}
+
+    def capture_export(name: str, value: Any) -> None:
+        exported[name] = value
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[Any]:
+        original = pulumi.export
+        pulumi.export = capture_export
+        try:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        finally:
+            pulumi.export = original
+        names = list(exported)
+        return pulumi.Output.all(
+            *[pulumi.Output.from_input(exported[n]) for n in names],
+            *[pulumi.Output.from_input(exported[n]).is_secret() for n in names],
+        ).apply(lambda values: recording.stack_outputs.update(
+            {n: (v, bool(secret)) for n, v, secret in zip(names, values[: len(names)], values[len(names) :])}
+        ))
+
+    program()
+    return recording
+
+
+@dataclass
+class BundleFile:
+    path: str
+    mode: str
+    owner: str
+    group: str
+    content: str
+
+
+def parse_bundle(stdin: str) -> tuple[list[BundleFile], str]:
+    """The files a step bundle writes (decoded) and its script, as the server will see them."""
+    import base64
+    import re
+
+    files = [
+        BundleFile(path, mode, owner, group, base64.b64decode(body).decode())
+        for path, mode, owner, group, body in re.findall(
+            r"^ms_put_file (\S+) (\S+) (\S+) (\S+) <<'MS_END_OF_FILE'\n(.*?)MS_END_OF_FILE$", stdin, re.M | re.S
+        )
+    ]
+    script = stdin.split("# --- step script ---\n", 1)[1].split("# --- end of step script ---", 1)[0]
+    return files, script

@@ -1,0 +1,50 @@
+"""Every step's complete bundle (prelude + files + script), for several configs, passes shellcheck."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from components.remote import bundle_text
+from components.stack import SERVICE_ORDER
+from tests.templates.conftest import make_context
+
+CONFIGS = [
+    {},
+    {"federation": "off", "enableRegistration": "true", "maxUploadSizeMb": "100"},
+    {
+        "federation": "allowlist",
+        "federationAllowlist": '["matrix.org"]',
+        "enableUrlPreviews": "true",
+        "enableJemalloc": "false",
+        "dropletSize": "s-4vcpu-8gb",
+        "turnRelayPorts": "50000-50999",
+        "sshPublicKeys": '["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserOne a@b"]',
+    },
+]
+
+
+def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
+    ctx = make_context(**config)
+    out = []
+    for module in SERVICE_ORDER:
+        for spec in module.steps(ctx):
+            out.append((spec.name, bundle_text(spec, [str(f.content) for f in spec.files])))
+    return out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist"])
+def test_every_bundle_passes_shellcheck(config: dict[str, str]) -> None:
+    for name, bundle in all_steps(config):
+        result = subprocess.run(
+            ["shellcheck", "--shell=bash", "--severity=warning", "-"], input=bundle, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"{name}:\n{result.stdout}"
+
+
+def test_step_names_are_unique_and_bundles_deterministic() -> None:
+    first, second = all_steps({}), all_steps({})
+    names = [name for name, _ in first]
+    assert len(names) == len(set(names))
+    assert first == second

@@ -1,0 +1,177 @@
+"""The cloud layer as recorded under mocks: DESIGN section 2, rule by rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.settings import DEFAULTS
+from tests.harness import CLOUDFLARE_IPV4, CLOUDFLARE_IPV6, DEFAULT_CONFIG, Recording, record, unwrap
+
+ANYWHERE = ["0.0.0.0/0", "::/0"]
+CLOUDFLARE = CLOUDFLARE_IPV4 + CLOUDFLARE_IPV6
+
+
+def rule_set(rules: list[dict[str, Any]], source_key: str) -> set[tuple[str, str, tuple[str, ...]]]:
+    return {(r["protocol"], r.get("portRange", ""), tuple(sorted(r.get(source_key, [])))) for r in rules}
+
+
+def test_firewall_inbound_rules_are_exactly_the_expected_set(graph: Recording) -> None:
+    (firewall,) = graph.of_type("digitalocean:index/firewall:Firewall")
+    relay = DEFAULTS["turnRelayPorts"]
+    expected = {
+        ("tcp", "22", tuple(sorted(DEFAULT_CONFIG["sshAllowedCidrs"]))),
+        ("tcp", "80", tuple(sorted(CLOUDFLARE))),
+        ("tcp", "443", tuple(sorted(CLOUDFLARE))),
+        ("tcp", "3478", tuple(sorted(ANYWHERE))),
+        ("udp", "3478", tuple(sorted(ANYWHERE))),
+        ("tcp", "5349", tuple(sorted(ANYWHERE))),
+        ("udp", "5349", tuple(sorted(ANYWHERE))),
+        ("udp", relay, tuple(sorted(ANYWHERE))),
+    }
+    assert rule_set(firewall.inputs["inboundRules"], "sourceAddresses") == expected
+    assert len(firewall.inputs["inboundRules"]) == len(expected)
+    assert firewall.inputs["dropletIds"] == [424242]
+
+
+def test_firewall_allows_all_outbound_traffic(graph: Recording) -> None:
+    (firewall,) = graph.of_type("digitalocean:index/firewall:Firewall")
+    protocols = {r["protocol"] for r in firewall.inputs["outboundRules"]}
+    assert protocols == {"tcp", "udp", "icmp"}
+    assert all(sorted(r["destinationAddresses"]) == sorted(ANYWHERE) for r in firewall.inputs["outboundRules"])
+
+
+def test_firewall_follows_cloudflare_ranges_and_config_changes() -> None:
+    from tests.harness import CloudMocks
+
+    recording = record(
+        {"sshAllowedCidrs": ["198.51.100.0/24"], "turnRelayPorts": "50000-50010"},
+        mocks=CloudMocks(cloudflare_ipv4=["192.0.2.0/24"], cloudflare_ipv6=[]),
+    )
+    (firewall,) = recording.of_type("digitalocean:index/firewall:Firewall")
+    rules = rule_set(firewall.inputs["inboundRules"], "sourceAddresses")
+    assert ("tcp", "443", ("192.0.2.0/24",)) in rules
+    assert ("tcp", "22", ("198.51.100.0/24",)) in rules
+    assert ("udp", "50000-50010", tuple(sorted(ANYWHERE))) in rules
+    assert ("cloudflare:index/getIpRanges:getIpRanges") in [tok for tok, _ in recording.invokes]
+
+
+def test_dns_records_proxied_for_web_names_and_dns_only_for_turn(graph: Recording) -> None:
+    records = {(r.inputs["name"], r.inputs["type"]): r.inputs for r in graph.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    for host in ("example.org", "matrix.example.org", "chat.example.org"):
+        assert records[(host, "A")]["proxied"] is True
+        assert records[(host, "A")]["content"] == "203.0.113.10"
+        assert records[(host, "AAAA")]["proxied"] is True
+        assert records[(host, "AAAA")]["content"] == "2001:db8::10"
+    assert records[("turn.example.org", "A")]["proxied"] is False
+    assert ("turn.example.org", "AAAA") not in records
+    assert all(r["zoneId"] == "zone-0123456789" for r in records.values())
+    assert len(records) == 7
+
+
+def test_zone_is_looked_up_by_domain(graph: Recording) -> None:
+    lookups = [args for tok, args in graph.invokes if tok == "cloudflare:index/getZone:getZone"]
+    assert lookups == [{"filter": {"name": "example.org", "match": "all"}}]
+
+
+def test_zone_settings_enforce_strict_tls(graph: Recording) -> None:
+    settings = {r.inputs["settingId"]: r.inputs["value"] for r in graph.of_type("cloudflare:index/zoneSetting:ZoneSetting")}
+    assert settings == {"ssl": "strict", "always_use_https": "on", "min_tls_version": "1.2"}
+
+
+def test_volume_is_protected_xfs_and_attached(graph: Recording) -> None:
+    (volume,) = graph.of_type("digitalocean:index/volume:Volume")
+    assert volume.protect is True
+    assert volume.inputs["initialFilesystemType"] == "xfs"
+    assert volume.inputs["size"] == DEFAULTS["volumeSizeGb"]
+    (attachment,) = graph.of_type("digitalocean:index/volumeAttachment:VolumeAttachment")
+    assert attachment.inputs["dropletId"] == 424242
+    assert attachment.delete_before_replace is True
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert "volumeIds" not in droplet.inputs  # never both volume_ids and VolumeAttachment
+
+
+def test_droplet_is_debian_with_ipv6_monitoring_and_deploy_key(graph: Recording) -> None:
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert droplet.inputs["image"] == "debian-12-x64"
+    assert droplet.inputs["size"] == "s-1vcpu-1gb"
+    assert droplet.inputs["ipv6"] is True and droplet.inputs["monitoring"] is True
+    (key,) = graph.of_type("tls:index/privateKey:PrivateKey")
+    assert key.inputs["algorithm"] == "ED25519"
+    (do_key,) = graph.of_type("digitalocean:index/sshKey:SshKey")
+    assert do_key.inputs["publicKey"] == "ssh-ed25519 AAAAfakeDeployKey deploy"
+    assert droplet.inputs["sshKeys"] and "sshKeys" in droplet.ignore_changes
+
+
+def test_user_ssh_keys_are_registered_next_to_the_deploy_key() -> None:
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserOne a@b", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC b@c"]
+    recording = record({"sshPublicKeys": keys})
+    registered = [r.inputs["publicKey"] for r in recording.of_type("digitalocean:index/sshKey:SshKey")]
+    assert registered[1:] == keys or sorted(registered) == sorted([*keys, "ssh-ed25519 AAAAfakeDeployKey deploy"])
+    (droplet,) = recording.of_type("digitalocean:index/droplet:Droplet")
+    assert len(droplet.inputs["sshKeys"]) == 3
+
+
+def test_project_groups_droplet_and_volume(graph: Recording) -> None:
+    (project,) = graph.of_type("digitalocean:index/project:Project")
+    assert sorted(project.inputs["resources"]) == ["do:droplet:host-droplet", "do:volume:host-data"]
+
+
+def test_every_resource_is_parented_to_its_component(graph: Recording) -> None:
+    components = {r.urn: r for r in graph.registrations if not r.custom}
+    for registration in graph.registrations:
+        if registration.type == "pulumi:pulumi:Stack":
+            continue
+        assert registration.parent, registration.name
+        parent = components.get(registration.parent)
+        assert parent is not None, f"{registration.name} has a non-component parent"
+        if registration.custom:
+            assert parent.type.startswith("matrix-stack:"), registration.name
+    stack_children = [r for r in graph.registrations if r.parent and components[r.parent].type == "pulumi:pulumi:Stack"]
+    assert [r.type for r in stack_children] == ["matrix-stack:index:MatrixStack"]
+
+
+def test_generated_secrets_never_appear_in_plain_inputs(graph: Recording) -> None:
+    secret_values = set()
+    for r in graph.registrations:
+        if r.type.startswith("random:") or r.type.startswith("tls:"):
+            for key in ("result", "base64", "hex", "privateKeyOpenssh"):
+                if key in r.raw_outputs and r.type != "random:index/randomString:RandomString":
+                    secret_values.add(str(unwrap(r.raw_outputs[key])))
+    secret_values.add(DEFAULT_CONFIG["certbotCloudflareToken"])
+    assert len(secret_values) >= 8
+
+    def plain_strings(value: Any) -> list[str]:
+        from pulumi.runtime import rpc
+
+        if rpc.is_rpc_secret(value):
+            return []
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in plain_strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in plain_strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for r in graph.registrations:
+        for text in plain_strings(r.raw_inputs):
+            for secret in secret_values:
+                assert secret not in text, f"a secret appears in plain input of {r.name}"
+
+
+def test_outputs_are_named_as_the_design_says(graph: Recording) -> None:
+    outputs = graph.stack_outputs
+    assert set(outputs) == {
+        "homeserverUrl", "elementUrl", "serverName", "dropletIpv4", "dropletIpv6",
+        "adminUserId", "adminPassword", "sshCommand",
+    }
+    assert outputs["homeserverUrl"] == ("https://matrix.example.org", False)
+    assert outputs["adminUserId"] == ("@admin:example.org", False)
+    assert outputs["adminPassword"][1] is True
+    assert outputs["sshCommand"][0] == "ssh root@203.0.113.10"
+
+
+@pytest.mark.parametrize("name", ["postgres-password", "admin-password", "turn-shared-secret"])
+def test_secret_resources_are_stable_names(graph: Recording, name: str) -> None:
+    # Renaming a random resource would regenerate the secret: the names are part of the contract.
+    assert graph.named(f"secrets-{name}").type == "random:index/randomPassword:RandomPassword"

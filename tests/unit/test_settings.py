@@ -1,0 +1,183 @@
+"""Every config rule refuses bad input with one line naming the key, before any resource exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.settings import DEFAULTS, REQUIRED, SettingsError, load, memory_mb_of, tuning_for
+from tests.harness import DEFAULT_CONFIG, Recording, config_strings, record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def raw(**overrides: Any) -> dict[str, str]:
+    merged = {**DEFAULT_CONFIG, **overrides}
+    return {k.split(":", 1)[1]: v for k, v in config_strings(merged).items()}
+
+
+INVALID: list[tuple[str, Any]] = [
+    ("domain", "Example.com"),
+    ("domain", "https://example.com"),
+    ("domain", "example.com."),
+    ("domain", "localhost"),
+    ("domain", "-bad.example.com"),
+    ("sshAllowedCidrs", []),
+    ("sshAllowedCidrs", ["203.0.113.7"]),
+    ("sshAllowedCidrs", ["203.0.113.7/24"]),
+    ("sshAllowedCidrs", ["not-a-cidr/32"]),
+    ("sshAllowedCidrs", "203.0.113.7/32"),
+    ("letsencryptEmail", "ops@"),
+    ("letsencryptEmail", "ops example.com"),
+    ("certbotCloudflareToken", "short"),
+    ("certbotCloudflareToken", "has space in the token value ok"),
+    ("region", "NYC3"),
+    ("dropletSize", "s_1vcpu_1gb"),
+    ("dropletSize", "s-1vcpu"),
+    ("dropletImage", "ubuntu-24-04-x64"),
+    ("volumeSizeGb", 0),
+    ("volumeSizeGb", "ten"),
+    ("matrixSubdomain", "mat.rix"),
+    ("chatSubdomain", "Chat"),
+    ("turnSubdomain", "-turn"),
+    ("turnSubdomain", "matrix"),
+    ("acmeServer", "ftp://acme.example.com/dir"),
+    ("synapseVersion", "v1.163.2"),
+    ("synapseVersion", "latest"),
+    ("elementVersion", "1.11"),
+    ("elementSha256", "ABC"),
+    ("elementSha256", "z" * 64),
+    ("elementDownloadUrl", "https://mirror.example.com/element.tar.gz"),
+    ("elementDownloadUrl", "https://mirror.example.com/{version}/a b.tgz"),
+    ("maxUploadSizeMb", 0),
+    ("maxUploadSizeMb", 101),
+    ("maxUploadSizeMb", True),
+    ("enableRegistration", "yes"),
+    ("federation", "closed"),
+    ("federationAllowlist", ["matrix.org"]),  # set while federation is open
+    ("turnRelayPorts", "1000-2000"),
+    ("turnRelayPorts", "49251-49152"),
+    ("turnRelayPorts", "49152-65535"),
+    ("turnRelayPorts", "49152"),
+    ("adminUser", "Admin"),
+    ("adminUser", "admin user"),
+    ("sshPublicKeys", ["not a key"]),
+    ("enableUrlPreviews", "on"),
+    ("enableJemalloc", 1),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), INVALID, ids=[f"{k}={v!r}"[:60] for k, v in INVALID])
+def test_invalid_value_is_refused_with_one_line_naming_the_key(key: str, value: Any) -> None:
+    with pytest.raises(SettingsError) as error:
+        load(raw(**{key: value}))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"matrix-stack:{key}" in message or (key == "turnSubdomain" and "Subdomain" in message)
+    assert "fix:" in message
+
+
+def test_allowlist_mode_needs_a_list() -> None:
+    with pytest.raises(SettingsError, match="federationAllowlist"):
+        load(raw(federation="allowlist"))
+
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_missing_required_key_is_refused(key: str) -> None:
+    values = raw()
+    del values[key]
+    with pytest.raises(SettingsError, match=f"matrix-stack:{key} is required"):
+        load(values)
+
+
+def test_unknown_key_is_refused_so_typos_do_not_pass_silently() -> None:
+    with pytest.raises(SettingsError, match="maxUploadSizeMB is not a known setting"):
+        load({**raw(), "maxUploadSizeMB": "20"})
+
+
+def test_secret_value_is_never_echoed_in_the_error() -> None:
+    with pytest.raises(SettingsError) as error:
+        load(raw(certbotCloudflareToken="tooShortSecretX"))
+    assert "tooShortSecretX" not in str(error.value)
+
+
+def test_valid_values_are_accepted_and_normalised() -> None:
+    settings, token = load(
+        raw(
+            federation="allowlist",
+            federationAllowlist=["matrix.org", "example.net"],
+            turnRelayPorts="50000-50099",
+            sshAllowedCidrs=["2001:db8::/48", "198.51.100.0/24"],
+            sshPublicKeys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop"],
+            maxUploadSizeMb=100,
+            dropletSize="s-2vcpu-4gb",
+        )
+    )
+    assert settings.turn_relay_ports == (50000, 50099)
+    assert settings.federation_allowlist == ("matrix.org", "example.net")
+    assert settings.hostnames == ("example.org", "matrix.example.org", "chat.example.org", "turn.example.org")
+    assert settings.tuning.memory_mb == 4096
+    assert token == DEFAULT_CONFIG["certbotCloudflareToken"]
+
+
+def test_defaults_apply_when_unset() -> None:
+    settings, _ = load(raw())
+    assert settings.region == DEFAULTS["region"]
+    assert settings.max_upload_size_mb == DEFAULTS["maxUploadSizeMb"]
+    assert settings.relay_port_range == DEFAULTS["turnRelayPorts"]
+    assert settings.element_tarball_url.endswith(f"element-v{DEFAULTS['elementVersion']}.tar.gz")
+
+
+@pytest.mark.parametrize(
+    ("slug", "memory"), [("s-1vcpu-1gb", 1024), ("s-1vcpu-512mb-10gb", 512), ("s-4vcpu-8gb", 8192), ("g-2vcpu-8gb", 8192)]
+)
+def test_memory_is_read_from_the_size_slug(slug: str, memory: int) -> None:
+    assert memory_mb_of(slug) == memory
+
+
+def test_tuning_grows_with_memory_and_turns_presence_on_from_2gb() -> None:
+    small, large = tuning_for(1024), tuning_for(8192)
+    assert small.pg_shared_buffers_mb < large.pg_shared_buffers_mb
+    assert small.synapse_cache_max_mb < large.synapse_cache_max_mb
+    assert not small.presence_enabled and large.presence_enabled
+
+
+def test_pulumi_yaml_documents_every_key_with_the_same_defaults() -> None:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    documented = project["config"]
+    assert set(documented) == set(DEFAULTS) | set(REQUIRED)
+    for key, default in DEFAULTS.items():
+        assert documented[key].get("default") == (list(default) if isinstance(default, tuple) else default), key
+        assert documented[key].get("description"), key
+    for key in REQUIRED:
+        assert "default" not in documented[key]
+
+
+def test_dev_stack_example_is_valid() -> None:
+    stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    values = {
+        k.split(":", 1)[1]: v if isinstance(v, str) else __import__("json").dumps(v)
+        for k, v in stack.items()
+        if k.startswith("matrix-stack:") and not isinstance(v, dict)
+    }
+    values.setdefault("certbotCloudflareToken", "placeholder-token-0123456789")
+    settings, _ = load(values, stack="dev")
+    assert "staging" in settings.acme_server
+
+
+@pytest.mark.parametrize(("key", "value"), [("maxUploadSizeMb", 500), ("domain", "EXAMPLE"), ("federation", "x")])
+def test_program_registers_nothing_when_config_is_invalid(key: str, value: Any) -> None:
+    recording = Recording()
+    with pytest.raises(SettingsError, match=key):
+        record({key: value}, into=recording)
+    assert recording.registrations == []
+
+
+def test_program_refuses_a_token_stored_in_plain_text() -> None:
+    recording = Recording()
+    with pytest.raises(SettingsError, match="must be a secret"):
+        record(plain_keys=("certbotCloudflareToken",), into=recording)
+    assert recording.registrations == []

@@ -1,0 +1,153 @@
+"""The remote steps as recorded: order, no-op stability, change locality and secret handling."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from components.remote import RUN_BUNDLE
+from tests.harness import CloudMocks, Recording, parse_bundle, record, unwrap
+
+STEP_ORDER = [
+    "base-packages",
+    "base-firewall",
+    "volume-mount",
+    "postgres-install",
+    "postgres-config",
+    "certificates-install",
+    "certificates-issue",
+    "synapse-install",
+    "synapse-config",
+    "coturn-install",
+    "coturn-config",
+    "element-web",
+    "nginx-sites",
+    "admin-user",
+    "selfcheck-verify",
+]
+
+
+def triggers(recording: Recording) -> dict[str, Any]:
+    return {c.name: unwrap(c.raw_inputs["triggers"]) for c in recording.commands()}
+
+
+def changed_steps(before: Recording, after: Recording) -> set[str]:
+    old, new = triggers(before), triggers(after)
+    assert old.keys() == new.keys()
+    return {name for name in old if old[name] != new[name]}
+
+
+def test_steps_run_in_the_design_order_one_after_another(graph: Recording) -> None:
+    commands = graph.commands()
+    assert [c.name for c in commands] == STEP_ORDER
+    for previous, current in itertools.pairwise(commands):
+        assert current.explicit_dependencies == {previous.urn}, current.name
+    first = commands[0]
+    depends_on = {graph.by_urn(u).type for u in first.explicit_dependencies}
+    assert depends_on == {
+        "digitalocean:index/volumeAttachment:VolumeAttachment",
+        "digitalocean:index/firewall:Firewall",
+    }
+
+
+def test_every_step_connects_with_the_deploy_key_to_the_droplet(graph: Recording) -> None:
+    for command in graph.commands():
+        assert command.is_secret("connection")
+        connection = command.inputs["connection"]
+        assert connection["host"] == "203.0.113.10"
+        assert connection["user"] == "root"
+        assert connection["privateKey"] == "-----FAKE PRIVATE KEY-----\n"
+        assert command.inputs["create"] == RUN_BUNDLE
+        assert "triggers[*]" in command.replace_on_changes
+
+
+def test_a_second_run_gives_identical_triggers_and_inputs() -> None:
+    first, second = record(), record()
+    assert triggers(first) == triggers(second)
+    for a, b in zip(first.commands(), second.commands()):
+        assert a.inputs["stdin"] == b.inputs["stdin"], a.name
+
+
+LOCALITY: list[tuple[dict[str, Any], set[str]]] = [
+    ({"elementVersion": "1.11.52", "elementSha256": "0" * 64}, {"element-web"}),
+    ({"maxUploadSizeMb": 20}, {"synapse-config", "nginx-sites"}),
+    ({"synapseVersion": "1.163.1"}, {"synapse-install"}),
+    ({"turnRelayPorts": "50000-50099"}, {"base-firewall", "coturn-config"}),
+    ({"sshAllowedCidrs": ["198.51.100.0/24"]}, {"base-firewall"}),
+    ({"sshPublicKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserOne a@b"]}, {"base-firewall"}),
+    ({"federation": "allowlist", "federationAllowlist": ["matrix.org"]}, {"synapse-config"}),
+    ({"federation": "off"}, {"synapse-config"}),
+    ({"enableUrlPreviews": True}, {"synapse-config"}),
+    ({"acmeServer": "https://acme.example.net/directory"}, {"certificates-issue"}),
+    ({"letsencryptEmail": "other@example.org"}, {"certificates-issue"}),
+    ({"dropletSize": "s-2vcpu-4gb"}, {"postgres-config", "synapse-config"}),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), LOCALITY, ids=[",".join(c) for c, _ in LOCALITY])
+def test_a_changed_setting_changes_only_the_steps_that_use_it(
+    graph: Recording, change: dict[str, Any], expected: set[str]
+) -> None:
+    # The self-check watches every other step, so it re-runs (verifies) after any change.
+    assert changed_steps(graph, record(change)) == expected | {"selfcheck-verify"}
+
+
+def test_new_cloudflare_ranges_change_only_the_firewall_and_nginx(graph: Recording) -> None:
+    moved = record(mocks=CloudMocks(cloudflare_ipv4=["192.0.2.0/24"], cloudflare_ipv6=["2001:db8:cf::/48"]))
+    assert changed_steps(graph, moved) == {"base-firewall", "nginx-sites", "selfcheck-verify"}
+
+
+def test_droplet_replacement_reconnects_every_step_without_changing_triggers(graph: Recording) -> None:
+    moved = record(mocks=CloudMocks(droplet_ipv4="203.0.113.99"))
+    assert {c.inputs["connection"]["host"] for c in moved.commands()} == {"203.0.113.99"}
+    changed = changed_steps(graph, moved)
+    assert changed <= {"coturn-config", "selfcheck-verify"}  # coturn's external-ip is the droplet's address
+
+
+SECRETS = {
+    "postgres": "secrets-postgres-password",
+    "registration": "secrets-registration-shared-secret",
+    "macaroon": "secrets-macaroon-secret",
+    "form": "secrets-form-secret",
+    "turn": "secrets-turn-shared-secret",
+    "admin": "secrets-admin-password",
+}
+
+
+def secret_values(recording: Recording) -> dict[str, str]:
+    values = {k: str(unwrap(recording.named(n).raw_outputs["result"])) for k, n in SECRETS.items()}
+    seed = str(unwrap(recording.named("secrets-signing-key-seed").raw_outputs["base64"])).rstrip("=")
+    values["signing key"] = seed
+    values["certbot token"] = "cf-token-SECRET-0123456789abcdef"
+    return values
+
+
+def test_no_secret_in_a_plain_input_or_a_script(graph: Recording) -> None:
+    secrets = secret_values(graph)
+    for command in graph.commands():
+        files, script = parse_bundle(command.inputs["stdin"])
+        carries = {label for label, value in secrets.items() if any(value in f.content for f in files)}
+        if carries:
+            assert command.is_secret("stdin"), f"{command.name} carries {carries} in plain state"
+            assert set(command.additional_secret_outputs) >= {"stdout", "stderr"}, command.name
+        assert not any(value in script for value in secrets.values()), f"secret in {command.name}'s script"
+        for key in ("create", "triggers", "environment"):
+            text = repr(command.inputs.get(key))
+            assert not any(value in text for value in secrets.values()), f"secret in {command.name}.{key}"
+
+
+def test_secret_files_are_not_world_readable(graph: Recording) -> None:
+    secrets = secret_values(graph)
+    for command in graph.commands():
+        for file in parse_bundle(command.inputs["stdin"])[0]:
+            if any(value in file.content for value in secrets.values()):
+                assert file.mode in ("0600", "0640"), f"{file.path} is {file.mode}"
+
+
+def test_each_secret_reaches_the_server_in_some_step(graph: Recording) -> None:
+    secrets = secret_values(graph)
+    shipped = [f.content for c in graph.commands() for f in parse_bundle(c.inputs["stdin"])[0]]
+    for label, value in secrets.items():
+        assert any(value in content for content in shipped), f"{label} never reaches the server"
