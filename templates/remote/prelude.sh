@@ -32,11 +32,11 @@ ms_put_file() {
   fi
 }
 
-# True when PATH (or, without an argument, any file of this step) was rewritten in this run.
+# True when PATH (or, given '', any file of this step) was rewritten in this run.
 ms_file_changed() {
-  local f
+  local f wanted=$1
   for f in "${MS_CHANGED_FILES[@]}"; do
-    if [ $# -eq 0 ] || [ "$f" = "$1" ]; then
+    if [ -z "$wanted" ] || [ "$f" = "$wanted" ]; then
       return 0
     fi
   done
@@ -45,7 +45,7 @@ ms_file_changed() {
 
 # True when this step's content is new to this host or a file was rewritten: time to (re)start.
 ms_changed() {
-  ms_file_changed && return 0
+  ms_file_changed '' && return 0
   [ "$(cat "$MS_STATE_DIR/$MS_STEP" 2>/dev/null || true)" != "$MS_STEP_HASH" ]
 }
 

@@ -62,7 +62,7 @@ def test_settings_parse_and_apply_on_a_real_server(server: tuple[Path, Path]) ->
     _, sock = server
     shown = psql(sock, "-At", "-c", "SHOW shared_buffers; SHOW listen_addresses; SHOW password_encryption;")
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.split() == ["512MB", "localhost", "scram-sha-256"]
+    assert shown.stdout.split() == ["512MB", "127.0.0.1", "scram-sha-256"]
 
 
 def test_role_sql_creates_the_database_right_and_is_idempotent(server: tuple[Path, Path]) -> None:

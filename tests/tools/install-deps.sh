@@ -28,5 +28,5 @@ venv=build/synapse-venv
 if ! "$venv/bin/python" -c "import synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$synapse_version" psycopg2-binary
+  "$venv/bin/pip" install -q --disable-pip-version-check "matrix-synapse[url-preview]==$synapse_version" psycopg2-binary
 fi

@@ -1,0 +1,43 @@
+"""TLS certificate: certbot with the Cloudflare DNS-01 plugin, renewal timer and a deploy hook.
+
+One lineage named after the apex covers the apex, matrix., chat. and turn. (DNS-01 works although
+80/443 only accept Cloudflare). The API token lives only in a 0600 root file. The deploy hook
+reloads nginx and hands coturn a readable copy of the certificate.
+"""
+
+from __future__ import annotations
+
+from components import paths
+from components.remote import RemoteFile, StepSpec
+from components.render import read, render
+from components.services import ServiceContext, rendered
+
+
+def steps(ctx: ServiceContext) -> list[StepSpec]:
+    s = ctx.settings
+    common = {"domain": s.domain, "live_dir": paths.CERT_LIVE_DIR}
+    hook = render("certificates/deploy-hook.sh.j2", coturn_tls_dir=paths.COTURN_TLS_DIR, **common)
+    issue = render(
+        "certificates/issue.sh.j2",
+        names=list(s.hostnames),
+        email=s.letsencrypt_email,
+        acme_server=s.acme_server,
+        credentials=paths.CERTBOT_CREDENTIALS,
+        deploy_hook=paths.CERT_DEPLOY_HOOK,
+        **common,
+    )
+    return [
+        StepSpec(name="certificates-install", script=read("certificates/install.sh")),
+        StepSpec(
+            name="certificates-issue",
+            script=issue,
+            files=[
+                RemoteFile(
+                    paths.CERTBOT_CREDENTIALS,
+                    rendered("certificates/cloudflare.ini.j2", token=ctx.certbot_token),
+                    mode="0600",
+                ),
+                RemoteFile(paths.CERT_DEPLOY_HOOK, hook, mode="0755"),
+            ],
+        ),
+    ]

@@ -1,0 +1,74 @@
+"""nginx: the apex (.well-known delegation), chat. (Element) and matrix. (Synapse) sites.
+
+Every site listens on 443 with the certbot certificate and redirects port 80 to HTTPS. The client
+address is taken from CF-Connecting-IP only when the connection comes from a Cloudflare range
+(the ranges are read live from Cloudflare on every `up`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+import pulumi
+
+from components import paths
+from components.remote import RemoteFile, StepSpec
+from components.render import read, render
+from components.services import ServiceContext, rendered
+
+SITES_AVAILABLE = "/etc/nginx/sites-available"
+SNIPPETS = "/etc/nginx/snippets"
+SITE_NAMES = ("matrix-stack-apex", "matrix-stack-chat", "matrix-stack-matrix")
+HTTP_CONF = "/etc/nginx/conf.d/matrix-stack.conf"
+
+
+def cloudflare_cidrs(ipv4: Sequence[str], ipv6: Sequence[str]) -> list[str]:
+    """Every Cloudflare range, checked to be a CIDR (they go unquoted into nginx)."""
+    cidrs = [str(ipaddress.ip_network(c, strict=True)) for c in [*ipv4, *ipv6]]
+    if not cidrs:
+        raise ValueError("no Cloudflare IP ranges: refusing to render set_real_ip_from without any")
+    return cidrs
+
+
+def _cidrs_input(ctx: ServiceContext) -> pulumi.Input[list[str]]:
+    v4, v6 = ctx.cloudflare_ipv4, ctx.cloudflare_ipv6
+    if isinstance(v4, pulumi.Output) or isinstance(v6, pulumi.Output):
+        return pulumi.Output.all(v4, v6).apply(lambda v: cloudflare_cidrs(v[0], v[1]))
+    return cloudflare_cidrs(v4, v6)  # type: ignore[arg-type]
+
+
+def files(ctx: ServiceContext) -> list[RemoteFile]:
+    s = ctx.settings
+    names = {"domain": s.domain, "matrix_host": s.matrix_host, "chat_host": s.chat_host}
+    well_known = f"{paths.APEX_ROOT}/.well-known/matrix"
+    return [
+        RemoteFile(HTTP_CONF, rendered("nginx/matrix-stack.conf.j2", cloudflare_cidrs=_cidrs_input(ctx))),
+        RemoteFile(
+            f"{SNIPPETS}/matrix-stack-tls.conf",
+            render("nginx/tls.conf.j2", domain=s.domain, cert_dir=f"{paths.CERT_LIVE_DIR}/{s.domain}"),
+        ),
+        RemoteFile(f"{SNIPPETS}/matrix-stack-headers.conf", read("nginx/headers.conf")),
+        RemoteFile(f"{SNIPPETS}/matrix-stack-element-headers.conf", read("nginx/element-headers.conf")),
+        RemoteFile(f"{SITES_AVAILABLE}/matrix-stack-apex", render("nginx/apex.j2", apex_root=paths.APEX_ROOT, **names)),
+        RemoteFile(
+            f"{SITES_AVAILABLE}/matrix-stack-chat",
+            render("nginx/chat.j2", element_link=paths.ELEMENT_LINK, **names),
+        ),
+        RemoteFile(
+            f"{SITES_AVAILABLE}/matrix-stack-matrix",
+            render(
+                "nginx/matrix.j2",
+                synapse_host=paths.SYNAPSE_LISTEN[0],
+                synapse_port=paths.SYNAPSE_LISTEN[1],
+                max_upload_size_mb=s.max_upload_size_mb,
+                **names,
+            ),
+        ),
+        RemoteFile(f"{well_known}/server", render("nginx/well-known-server.json.j2", matrix_host=s.matrix_host)),
+        RemoteFile(f"{well_known}/client", render("nginx/well-known-client.json.j2", homeserver_url=s.homeserver_url)),
+    ]
+
+
+def steps(ctx: ServiceContext) -> list[StepSpec]:
+    return [StepSpec(name="nginx-sites", script=read("nginx/sites.sh"), files=files(ctx))]

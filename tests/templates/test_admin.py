@@ -1,0 +1,210 @@
+"""The admin-user step: its files, and its script run against a real Synapse (build/synapse-venv, SQLite)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import paths
+from components.remote import StepSpec, bundle_text
+from components.render import render
+from components.services import admin, synapse
+from tests.templates.conftest import FAKE_SECRETS, make_context
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNAPSE_VENV = ROOT / "build" / "synapse-venv"
+
+
+def _step(**config: str) -> StepSpec:
+    (step,) = admin.steps(make_context(**config))
+    return step
+
+
+def test_files_hold_credentials_with_tight_modes() -> None:
+    step = _step(adminUser="boss")
+    assert step.name == "admin-user"
+    files = {f.path: f for f in step.files}
+    assert set(files) == {paths.ADMIN_CREDENTIALS, admin.ADMIN_PASSWORD_FILE}
+    for f in files.values():
+        assert (f.mode, f.owner, f.group) == ("0600", "root", "root")
+    assert str(files[admin.ADMIN_PASSWORD_FILE].content).strip() == FAKE_SECRETS["admin_password"]
+    # The credentials file is shell-sourceable and says exactly who and what.
+    env = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'set -eu; source /dev/stdin; printf "%s\\n" "$ADMIN_USER" "$ADMIN_USER_ID" "$ADMIN_PASSWORD" "$HOMESERVER_URL"',
+        ],
+        input=str(files[paths.ADMIN_CREDENTIALS].content),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert env.stdout.splitlines() == ["boss", "@boss:example.org", FAKE_SECRETS["admin_password"], "https://matrix.example.org"]
+
+
+def test_script_holds_no_secret_and_passes_shellcheck() -> None:
+    shutil.which("shellcheck") or pytest.fail("shellcheck is missing")
+    step = _step()
+    for secret in FAKE_SECRETS.values():
+        assert secret.strip() not in step.script
+    # The password reaches register_new_matrix_user only as a file, never as an argument.
+    assert "--password-file" in step.script and " -p " not in step.script and "--password " not in step.script
+    bundle = bundle_text(step, [str(f.content) for f in step.files])
+    # SC2119/SC2120: the shared prelude's ms_file_changed (optional argument), not this script.
+    result = subprocess.run(
+        ["shellcheck", "-s", "bash", "-e", "SC2119,SC2120", "-"],
+        input=bundle,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+# --- the script against a real Synapse ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """Synapse from our rendered homeserver.yaml, with SQLite instead of PostgreSQL, paths in a temp
+    dir, a free port and relaxed login rate limits (this test logs in several times in a row)."""
+    assert (SYNAPSE_VENV / "bin" / "python").exists(), "build/synapse-venv missing: run tests/tools/install-deps.sh"
+    tmp = tmp_path_factory.mktemp("synapse")
+    files = {f.path: str(f.content) for f in synapse.steps(make_context(federation="off"))[1].files}
+    cfg = yaml.safe_load(files[paths.SYNAPSE_CONFIG])
+    port = _free_port()
+    cfg["listeners"][0]["port"] = port
+    cfg["database"] = {"name": "sqlite3", "args": {"database": str(tmp / "homeserver.db")}}
+    cfg.update(
+        log_config=str(tmp / "log.yaml"),
+        media_store_path=str(tmp / "media"),
+        signing_key_path=str(tmp / "signing.key"),
+        pid_file=str(tmp / "homeserver.pid"),
+        rc_login={k: {"per_second": 100, "burst_count": 100} for k in ("address", "account", "failed_attempts")},
+    )
+    config = tmp / "homeserver.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    log = yaml.safe_load(files[paths.SYNAPSE_LOG_CONFIG])
+    log["handlers"]["file"]["filename"] = str(tmp / "homeserver.log")
+    (tmp / "log.yaml").write_text(yaml.safe_dump(log))
+    (tmp / "signing.key").write_text(files[synapse.SIGNING_KEY_STAGED])
+    base_url = f"http://127.0.0.1:{port}"
+    stderr_path = tmp / "synapse.stderr"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [str(SYNAPSE_VENV / "bin" / "python"), "-m", "synapse.app.homeserver", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=tmp,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as r:
+                    if r.read() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, stderr_path.read_text()
+            assert time.monotonic() < deadline, "synapse did not start"
+            time.sleep(0.5)
+        yield config, base_url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _run(tmp: Path, config: Path, base_url: str, localpart: str, password: str) -> subprocess.CompletedProcess[str]:
+    """Run the real user.sh.j2 (with a minimal ms_log) against the test homeserver."""
+    password_file = tmp / "admin-password"
+    password_file.write_text(render("admin/password.j2", password=password))
+    script = render(
+        "admin/user.sh.j2",
+        venv=str(SYNAPSE_VENV),
+        config=str(config),
+        localpart=localpart,
+        user_id=f"@{localpart}:example.org",
+        password_file=str(password_file),
+        marker=str(tmp / "state" / "admin-verified"),
+        base_url=base_url,
+        health_timeout=10,
+    )
+    prelude = 'ms_log() { printf "[log] %s\\n" "$*" >&2; }\n'
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + prelude + script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ},
+    )
+    assert password not in result.stdout + result.stderr
+    return result
+
+
+def test_admin_user_created_once_and_verified(homeserver: tuple[Path, str], tmp_path: Path) -> None:
+    config, base_url = homeserver
+    password = "first-Admin-pass-123"
+    first = _run(tmp_path, config, base_url, "admin", password)
+    assert first.returncode == 0, first.stderr
+    assert "created the admin user @admin:example.org" in first.stderr
+    assert "password works, account is a server admin" in first.stderr
+    assert (tmp_path / "state" / "admin-verified").stat().st_mode & 0o777 == 0o600
+
+    again = _run(tmp_path, config, base_url, "admin", password)
+    assert again.returncode == 0, again.stderr
+    assert "verified before" in again.stderr and "created" not in again.stderr
+
+    (tmp_path / "state" / "admin-verified").unlink()  # e.g. a replaced droplet: check by logging in
+    checked = _run(tmp_path, config, base_url, "admin", password)
+    assert checked.returncode == 0, checked.stderr
+    assert "checking that the stack's adminPassword works" in checked.stderr and "password works" in checked.stderr
+
+    wrong = _run(tmp_path, config, base_url, "admin", "another-password-456")
+    assert wrong.returncode != 0
+    assert "exists but the stack's adminPassword does not log in" in wrong.stderr
+
+    # The account was left alone: the original password still works.
+    ok = _run(tmp_path, config, base_url, "admin", password)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_existing_non_admin_account_is_refused(homeserver: tuple[Path, str], tmp_path: Path) -> None:
+    config, base_url = homeserver
+    pw = tmp_path / "pw"
+    pw.write_text("bob-password-789\n")
+    subprocess.run(
+        [
+            str(SYNAPSE_VENV / "bin" / "register_new_matrix_user"),
+            "-c",
+            str(config),
+            "-u",
+            "bob",
+            "--password-file",
+            str(pw),
+            "--no-admin",
+            base_url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = _run(tmp_path, config, base_url, "bob", "bob-password-789")
+    assert result.returncode != 0
+    assert "exists but is not a server admin" in result.stderr

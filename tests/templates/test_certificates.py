@@ -1,0 +1,269 @@
+"""Certificates: the certbot call, the secret handling, and the real bundle + deploy hook in a sandbox.
+
+The sandbox runs the exact step bundle as root in private mount/network namespaces (overlays over
+/etc and /var/lib) with stand-ins for certbot, systemctl and nginx on PATH that record their calls,
+so the decisions the script and hook make (issue, run the hook, reload, copy for coturn, restart)
+are observed for real. The real `turnserver` user (Debian's coturn package) receives the copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components import paths
+from components.remote import StepSpec, bundle_text
+from components.services import ServiceContext, certificates
+from components.settings import LETSENCRYPT_STAGING
+from tests.templates.conftest import BASE_CONFIG, FAKE_SECRETS, make_context
+
+TOKEN = BASE_CONFIG["certbotCloudflareToken"]
+PEBBLE = "https://pebble.test:14000/dir"
+
+
+def _steps(ctx: ServiceContext) -> dict[str, StepSpec]:
+    return {s.name: s for s in certificates.steps(ctx)}
+
+
+def _certbot_args(script: str) -> list[str]:
+    """The certbot command line of the issue script, as bash would split it (line continuations joined)."""
+    joined = script.replace("\\\n", " ")
+    (line,) = [x for x in joined.splitlines() if x.strip().startswith("certbot certonly")]
+    return shlex.split(line)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"acmeServer": PEBBLE, "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "relay"}],
+)
+def test_certbot_command(overrides: dict[str, str]) -> None:
+    ctx = make_context(**overrides)
+    s = ctx.settings
+    args = _certbot_args(_steps(ctx)["certificates-issue"].script)
+    assert args[:2] == ["certbot", "certonly"]
+
+    def value(flag: str) -> str:
+        return args[args.index(flag) + 1]
+
+    assert "--dns-cloudflare" in args
+    assert value("--dns-cloudflare-credentials") == paths.CERTBOT_CREDENTIALS
+    assert value("--dns-cloudflare-propagation-seconds") == "30"
+    script = _steps(ctx)["certificates-issue"].script
+
+    def assigned(var: str) -> str:
+        (line,) = [x for x in script.splitlines() if x.startswith(f"{var}=")]
+        return shlex.split(line.split("=", 1)[1])[0]
+
+    assert value("--cert-name") == "$cert_name" and assigned("cert_name") == s.domain
+    assert [args[i + 1] for i, a in enumerate(args) if a == "-d"] == list(s.hostnames)
+    assert s.hostnames == (s.domain, f"{s.matrix_subdomain}.{s.domain}", f"{s.chat_subdomain}.{s.domain}",
+                           f"{s.turn_subdomain}.{s.domain}")  # fmt: skip
+    assert value("--server") == "$acme_server" and assigned("acme_server") == s.acme_server
+    assert value("-m") == s.letsencrypt_email
+    for flag in ("--agree-tos", "--non-interactive", "--keep-until-expiring", "--expand"):
+        assert flag in args
+    assert "--force-renewal" not in args  # only when the ACME server changed (tested below)
+
+
+def test_token_only_in_a_root_0600_file() -> None:
+    ctx = make_context()
+    steps = _steps(ctx)
+    (cred,) = [f for f in steps["certificates-issue"].files if f.path == paths.CERTBOT_CREDENTIALS]
+    assert (cred.mode, cred.owner, cred.group) == ("0600", "root", "root")
+    lines = [x for x in str(cred.content).splitlines() if x and not x.startswith("#")]
+    assert lines == [f"dns_cloudflare_api_token = {TOKEN}"]
+    for step in steps.values():
+        assert TOKEN not in step.script
+        for secret in FAKE_SECRETS.values():
+            assert secret.strip() not in step.script
+        for f in step.files:
+            if f.path != paths.CERTBOT_CREDENTIALS:
+                assert TOKEN not in str(f.content)
+    (hook,) = [f for f in steps["certificates-issue"].files if f.path == paths.CERT_DEPLOY_HOOK]
+    assert (hook.mode, hook.owner) == ("0755", "root")
+
+
+def test_install_step_installs_the_plugin() -> None:
+    script = _steps(make_context())["certificates-install"].script
+    assert re.search(r"ms_apt install --no-install-recommends certbot python3-certbot-dns-cloudflare", script)
+
+
+def test_shellcheck_bundles_and_hook() -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is required (tests/tools/install-deps.sh)"
+    for step in certificates.steps(make_context(acmeServer=PEBBLE)):
+        text = bundle_text(step, [str(f.content) for f in step.files])
+        proc = subprocess.run([shellcheck, "-"], input=text, capture_output=True, text=True)
+        assert proc.returncode == 0, step.name + proc.stdout
+        for f in step.files:
+            if f.path.endswith(".sh"):
+                proc = subprocess.run([shellcheck, "-"], input=str(f.content), capture_output=True, text=True)
+                assert proc.returncode == 0, f.path + proc.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# Sandbox
+
+SANDBOX = r"""
+set -euo pipefail
+scratch=$1
+shift
+mount -t tmpfs tmpfs "$scratch"
+for d in etc var/lib; do
+  mkdir -p "$scratch/$d-upper" "$scratch/$d-work"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$scratch/$d-upper,workdir=$scratch/$d-work" "/$d"
+done
+[ "$(findmnt -n -o FSTYPE /etc)" = overlay ] && [ "$(findmnt -n -o FSTYPE /var/lib)" = overlay ] \
+  || { echo "sandbox mounts missing" >&2; exit 99; }
+exec bash "$@"
+"""
+
+# Stand-ins, recording every call in $WORK/calls.
+CERTBOT = r"""#!/bin/bash
+echo "certbot $*" >> "$WORK/calls"
+name= server= force=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cert-name) name=$2; shift ;;
+    --server) server=$2; shift ;;
+    --force-renewal) force=1 ;;
+  esac
+  shift
+done
+live=/etc/letsencrypt/live/$name
+if [ ! -f "$live/cert.pem" ] || [ -n "$force" ]; then
+  mkdir -p "$live" /etc/letsencrypt/renewal
+  head -c 32 /dev/urandom | base64 > "$live/cert.pem"
+  cp "$live/cert.pem" "$live/fullchain.pem"
+  head -c 32 /dev/urandom | base64 > "$live/privkey.pem"
+  printf '[renewalparams]\nauthenticator = dns-cloudflare\nserver = %s\n' "$server" > "/etc/letsencrypt/renewal/$name.conf"
+fi
+"""
+SYSTEMCTL = r"""#!/bin/bash
+echo "systemctl $*" >> "$WORK/calls"
+if [ "$1" = is-active ]; then
+  [ -e "$WORK/active-${!#}" ]
+fi
+"""
+NGINX = r"""#!/bin/bash
+echo "nginx $*" >> "$WORK/calls"
+"""
+
+DRIVER = r"""
+set -uo pipefail
+work=$1
+shift
+export WORK=$work PATH=$work/bin:$PATH
+i=0
+for bundle in "$@"; do
+  i=$((i + 1))
+  case $bundle in
+    other-lineage) RENEWED_LINEAGE=/etc/letsencrypt/live/elsewhere.test HOOK > "$work/out.$i" 2>&1 ;;
+    *) bash "$bundle" > "$work/out.$i" 2>&1 ;;
+  esac
+  echo $? > "$work/rc.$i"
+  echo "--- end of run $i" >> "$work/calls"
+  stat -c '%n %U:%G %a' CRED "$work"/../tls-missing /etc/coturn/tls /etc/coturn/tls/* > "$work/stat.$i" 2>/dev/null
+  sha256sum /etc/coturn/tls/fullchain.pem /etc/letsencrypt/live/DOMAIN/fullchain.pem > "$work/sum.$i" 2>/dev/null
+done
+"""
+
+
+def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, ...]) -> list[dict[str, Any]]:
+    assert os.geteuid() == 0, "the sandbox needs root (mount namespaces)"
+    assert subprocess.run(["getent", "passwd", "turnserver"], stdout=subprocess.DEVNULL).returncode == 0, (
+        "coturn must be installed"
+    )
+    work = tmp / "work"
+    (work / "bin").mkdir(parents=True)
+    (tmp / "ns").mkdir()
+    for name, text in (("certbot", CERTBOT), ("systemctl", SYSTEMCTL), ("nginx", NGINX)):
+        (work / "bin" / name).write_text(text)
+        (work / "bin" / name).chmod(0o755)
+    for unit in active:
+        (work / f"active-{unit}").touch()
+    args = []
+    for i, text in enumerate(bundles, 1):
+        if text == "other-lineage":
+            args.append(text)
+            continue
+        (tmp / f"bundle{i}.sh").write_text(text)
+        args.append(str(tmp / f"bundle{i}.sh"))
+    (tmp / "sandbox.sh").write_text(SANDBOX)
+    driver = DRIVER.replace("HOOK", paths.CERT_DEPLOY_HOOK).replace("CRED", paths.CERTBOT_CREDENTIALS)
+    (tmp / "driver.sh").write_text(driver.replace("DOMAIN", ctx.settings.domain))
+    cmd = ["unshare", "--mount", "--net", "--propagation", "private", "--",
+           "bash", str(tmp / "sandbox.sh"), str(tmp / "ns"), str(tmp / "driver.sh"), str(work), *args]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = re.split(r"--- end of run \d+\n", (work / "calls").read_text())
+    return [
+        {
+            "rc": (work / f"rc.{i}").read_text().strip(),
+            "out": (work / f"out.{i}").read_text(),
+            "calls": calls[i - 1],
+            "stat": (work / f"stat.{i}").read_text(),
+            "sums": (work / f"sum.{i}").read_text().split(),
+        }
+        for i in range(1, len(bundles) + 1)
+    ]
+
+
+def _bundle(ctx: ServiceContext) -> str:
+    step = _steps(ctx)["certificates-issue"]
+    return bundle_text(step, [str(f.content) for f in step.files])
+
+
+def test_issue_runs_the_hook_once_and_renews_only_when_needed(tmp_path: Path) -> None:
+    ctx = make_context(acmeServer=PEBBLE)
+    staging = make_context(acmeServer=LETSENCRYPT_STAGING)
+    first, again, switched, other = _run(
+        tmp_path, ctx, [_bundle(ctx), _bundle(ctx), _bundle(staging), "other-lineage"], active=("nginx", "coturn")
+    )
+    for run in (first, again, switched, other):
+        assert run["rc"] == "0", run["out"]
+        assert TOKEN not in run["out"] and TOKEN not in run["calls"]
+
+    # First issuance: certbot, then the deploy hook (nginx -t before reload; coturn copy + restart).
+    calls = first["calls"].splitlines()
+    assert calls[0].startswith("certbot certonly ") and f"--server {PEBBLE}" in calls[0]
+    assert "--force-renewal" not in calls[0]
+    assert " -d " + " -d ".join(ctx.settings.hostnames) + " " in calls[0]
+    assert f"--cert-name {ctx.settings.domain} " in calls[0]
+    assert calls.index("nginx -t -q") < calls.index("systemctl reload nginx")
+    assert "systemctl restart coturn" in calls
+    assert calls[-1] == "systemctl enable --now certbot.timer"
+    assert f"{paths.CERTBOT_CREDENTIALS} root:root 600" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR} turnserver:turnserver 750" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/fullchain.pem turnserver:turnserver 640" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in first["stat"]
+    assert first["sums"][0] == first["sums"][2]  # coturn's copy is the live certificate
+
+    # Re-run, nothing changed: certbot keeps the certificate, no hook, no reload, no restart.
+    calls = again["calls"].splitlines()
+    assert [c.split()[0] + " " + c.split()[1] for c in calls] == ["certbot certonly", "systemctl enable"]
+
+    # ACME server changed: a new certificate from the new server, deployed again.
+    calls = switched["calls"].splitlines()
+    assert "--force-renewal" in calls[0] and f"--server {LETSENCRYPT_STAGING}" in calls[0]
+    assert "systemctl reload nginx" in calls and "systemctl restart coturn" in calls
+    assert switched["sums"][0] == switched["sums"][2] and switched["sums"][0] != first["sums"][0]
+
+    # certbot renewing some other lineage: the hook leaves everything alone.
+    assert other["calls"].strip() == ""
+
+
+def test_hook_without_nginx_or_coturn_running_only_copies(tmp_path: Path) -> None:
+    ctx = make_context()
+    (run,) = _run(tmp_path, ctx, [_bundle(ctx)], active=())
+    assert run["rc"] == "0", run["out"]
+    calls = run["calls"]
+    assert "reload" not in calls and "restart" not in calls and "nginx -t" not in calls
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in run["stat"]

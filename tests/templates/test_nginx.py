@@ -1,0 +1,537 @@
+"""nginx sites: rendered for several configs and checked by the real nginx.
+
+`nginx -t` runs on Debian's own /etc/nginx/nginx.conf with the EXACT rendered files at their exact
+paths (sites-available + sites-enabled symlinks, conf.d, snippets) and a throwaway certificate at
+the lineage path the sites name. The host is never touched: everything runs in a private mount
+namespace (an overlay over /etc, tmpfs over /var/www, /run and nginx's log/state directories) and,
+for the live test, a private network namespace where nginx really serves 80/443 on loopback in
+front of a stand-in Synapse on 127.0.0.1:8008.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components import paths
+from components.remote import StepSpec, bundle_text
+from components.services import ServiceContext, element, nginx
+from tests.templates.conftest import FAKE_SECRETS, make_context
+
+NGINX = "/usr/sbin/nginx"
+REPO = Path(__file__).resolve().parents[2]
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "subdomains": {"matrixSubdomain": "hs", "chatSubdomain": "element", "turnSubdomain": "relay"},
+    "upload-1": {"maxUploadSizeMb": 1},
+    "upload-100": {"maxUploadSizeMb": 100, "enableRegistration": "true"},
+    "other-domain": {"domain": "chat-server.example.net", "maxUploadSizeMb": 50, "enableRegistration": "false"},
+}
+
+
+def _step(ctx: ServiceContext) -> StepSpec:
+    (step,) = nginx.steps(ctx)
+    return step
+
+
+def _files(ctx: ServiceContext) -> dict[str, str]:
+    out = {}
+    for f in _step(ctx).files:
+        assert isinstance(f.content, str)
+        out[f.path] = f.content
+    return out
+
+
+def _site(ctx: ServiceContext, name: str) -> str:
+    return _files(ctx)[f"{nginx.SITES_AVAILABLE}/matrix-stack-{name}"]
+
+
+def _servers(text: str) -> list[str]:
+    """Top-level `server { ... }` blocks (brace matching; templates put no braces in strings)."""
+    blocks, depth, start = [], 0, 0
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            if depth == 0:
+                start = m.start()
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                blocks.append(text[start : m.end()])
+    return blocks
+
+
+def _locations(server: str) -> dict[str, str]:
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", server)}
+
+
+# ------------------------------------------------------------------------------------------
+# The sandbox: a throwaway certificate, the files staged at their exact paths, nginx in namespaces.
+
+
+def _throwaway_cert(names: list[str]) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def _stage(tmp: Path, ctx: ServiceContext, extra: dict[str, str] | None = None) -> Path:
+    stage = tmp / "stage"
+    for path, content in {**_files(ctx), **(extra or {})}.items():
+        target = stage / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    s = ctx.settings
+    cert, key = _throwaway_cert(list(s.hostnames))
+    live = stage / paths.CERT_LIVE_DIR.lstrip("/") / s.domain
+    live.mkdir(parents=True)
+    (live / "fullchain.pem").write_text(cert)
+    (live / "privkey.pem").write_text(key)
+    (live / "privkey.pem").chmod(0o600)
+    return stage
+
+
+def _sandbox(tmp: Path, stage: Path, mode: str, hosts: list[str]) -> dict[str, Any]:
+    """Run this file's `__main__` part inside fresh mount + network namespaces; returns its JSON."""
+    for tool in (NGINX, "/usr/bin/unshare"):
+        assert os.access(tool, os.X_OK), f"{tool} is required (tests/tools/install-deps.sh)"
+    assert os.geteuid() == 0, "the nginx sandbox needs root (mount namespaces)"
+    scratch = tmp / "ns"
+    scratch.mkdir()
+    cmd = [
+        "unshare", "--mount", "--net", "--propagation", "private", "--",
+        sys.executable, __file__, "--sandbox", str(stage), str(scratch), mode, ",".join(hosts),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert proc.returncode == 0, f"sandbox failed:\n{proc.stdout}\n{proc.stderr}"
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _nginx_t(tmp: Path, ctx: ServiceContext, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    return _sandbox(tmp, _stage(tmp, ctx, extra), "test", list(ctx.settings.hostnames))
+
+
+# ------------------------------------------------------------------------------------------
+# Real nginx -t
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_nginx_accepts_the_rendered_sites(tmp_path: Path, name: str) -> None:
+    ctx = make_context(**CONFIGS[name])
+    result = _nginx_t(tmp_path, ctx)
+    assert result["rc"] == 0, result["output"]
+    assert "syntax is ok" in result["output"] and "test is successful" in result["output"]
+    # Debian's default site is gone, ours are enabled.
+    assert result["enabled"] == sorted(nginx.SITE_NAMES)
+
+
+def test_nginx_t_in_the_sandbox_really_rejects_a_broken_site(tmp_path: Path) -> None:
+    """Control: the sandbox runs the real check on our files (a bad directive fails it)."""
+    ctx = make_context()
+    path = f"{nginx.SITES_AVAILABLE}/matrix-stack-matrix"
+    broken = _files(ctx)[path].replace("proxy_http_version 1.1;", "proxy_http_version 1.1; no_such_directive on;")
+    result = _nginx_t(tmp_path, ctx, {path: broken})
+    assert result["rc"] != 0 and "no_such_directive" in result["output"]
+
+
+def test_nginx_t_fails_without_the_certificate_lineage(tmp_path: Path) -> None:
+    """Control: the certificate path in the sites is the one certbot creates for the apex."""
+    ctx = make_context()
+    stage = _stage(tmp_path, ctx)
+    shutil.rmtree(stage / paths.CERT_LIVE_DIR.lstrip("/") / ctx.settings.domain)
+    result = _sandbox(tmp_path, stage, "test", list(ctx.settings.hostnames))
+    assert result["rc"] != 0 and f"{paths.CERT_LIVE_DIR}/{ctx.settings.domain}/fullchain.pem" in result["output"]
+
+
+# ------------------------------------------------------------------------------------------
+# Semantics
+
+
+@pytest.mark.parametrize("mb", [1, 50, 100])
+def test_client_max_body_size_equals_the_upload_setting(mb: int) -> None:
+    ctx = make_context(maxUploadSizeMb=mb)
+    assert ctx.settings.max_upload_size_mb == mb
+    every = [(p, v) for p, c in _files(ctx).items() for v in re.findall(r"client_max_body_size\s+([^;]+);", c)]
+    assert every == [(f"{nginx.SITES_AVAILABLE}/matrix-stack-matrix", f"{mb}M")]
+
+
+def test_matrix_site_proxies_only_the_client_and_federation_apis() -> None:
+    ctx = make_context()
+    https = [s for s in _servers(_site(ctx, "matrix")) if "listen 443" in s]
+    assert len(https) == 1
+    locations = _locations(https[0])
+    proxied = {k: v for k, v in locations.items() if "proxy_pass" in v}
+    assert len(proxied) == 1
+    ((selector, body),) = proxied.items()
+    # No URI part after host:port (not even "/"), so nginx passes the raw request URI.
+    assert re.findall(r"proxy_pass\s+([^;]+);", body) == ["http://127.0.0.1:8008"]
+    assert f"{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}" in body
+    for header in ("X-Forwarded-For $remote_addr", "X-Forwarded-Proto $scheme", "Host $host"):
+        assert f"proxy_set_header {header};" in body
+    assert "proxy_http_version 1.1;" in body
+    timeout = re.search(r"proxy_read_timeout\s+(\d+)s;", body)
+    assert timeout and int(timeout.group(1)) >= 90  # /sync long-polls
+    kind, regex = selector.split(None, 1)
+    assert kind == "~"
+    matcher = re.compile(regex)
+    for uri in ("/_matrix/client/versions", "/_matrix/federation/v1/version", "/_matrix/key/v2/server",
+                "/_matrix/media/v3/upload", "/_synapse/client/pick_idp"):  # fmt: skip
+        assert matcher.search(uri), uri
+    for uri in ("/_synapse/admin/v1/users/@a:example.org", "/_synapse/metrics", "/", "/health", "/x/_matrix"):
+        assert not matcher.search(uri), uri
+    assert locations["/"].split() == ["return", "404;"]
+
+
+def test_well_known_files_parse_and_name_the_right_hosts() -> None:
+    for config in CONFIGS.values():
+        ctx = make_context(**config)
+        s = ctx.settings
+        files = _files(ctx)
+        base = f"{paths.APEX_ROOT}/.well-known/matrix"
+        assert json.loads(files[f"{base}/server"]) == {"m.server": f"{s.matrix_host}:443"}
+        assert json.loads(files[f"{base}/client"]) == {"m.homeserver": {"base_url": f"https://{s.matrix_host}"}}
+        apex = next(x for x in _servers(_site(ctx, "apex")) if "listen 443" in x)
+        assert re.search(rf"root\s+\"{re.escape(paths.APEX_ROOT)}\";", apex)
+        locations = _locations(apex)
+        for name in ("server", "client"):
+            body = locations[f"= /.well-known/matrix/{name}"]
+            assert "default_type application/json;" in body
+            assert 'add_header Access-Control-Allow-Origin "*" always;' in body
+        assert locations["/"].split() == ["return", "404;"]
+
+
+def test_every_cloudflare_range_is_trusted_for_the_real_ip_and_nothing_else() -> None:
+    v4 = ["173.245.48.0/20", "103.21.244.0/22", "104.16.0.0/13", "162.158.0.0/15"]
+    v6 = ["2400:cb00::/32", "2606:4700::/32", "2a06:98c0::/29"]
+    ctx = dataclasses.replace(make_context(), cloudflare_ipv4=v4, cloudflare_ipv6=v6)
+    conf = _files(ctx)[nginx.HTTP_CONF]
+    assert re.findall(r"^set_real_ip_from\s+(\S+);", conf, re.M) == v4 + v6
+    assert re.findall(r"^real_ip_header\s+(\S+);", conf, re.M) == ["CF-Connecting-IP"]
+    assert re.search(r"^server_tokens off;", conf, re.M)
+    # Nowhere else may a client address be trusted.
+    others = "".join(c for p, c in _files(ctx).items() if p != nginx.HTTP_CONF)
+    assert "set_real_ip_from" not in others and "real_ip_header" not in others
+
+
+@pytest.mark.parametrize("bad", [["not-a-cidr"], ["10.0.0.1/8"], ["1.2.3.0/24; include /etc/passwd"]])
+def test_bad_cloudflare_ranges_are_refused(bad: list[str]) -> None:
+    ctx = dataclasses.replace(make_context(), cloudflare_ipv4=bad)
+    with pytest.raises(ValueError):
+        nginx.steps(ctx)
+
+
+def test_no_cloudflare_ranges_is_refused() -> None:
+    ctx = dataclasses.replace(make_context(), cloudflare_ipv4=[], cloudflare_ipv6=[])
+    with pytest.raises(ValueError):
+        nginx.steps(ctx)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_site_is_https_with_the_lineage_and_redirects_http(name: str) -> None:
+    ctx = make_context(**CONFIGS[name])
+    s = ctx.settings
+    files = _files(ctx)
+    tls = files[f"{nginx.SNIPPETS}/matrix-stack-tls.conf"]
+    assert f'ssl_certificate "{paths.CERT_LIVE_DIR}/{s.domain}/fullchain.pem";' in tls
+    assert f'ssl_certificate_key "{paths.CERT_LIVE_DIR}/{s.domain}/privkey.pem";' in tls
+    assert re.search(r"^ssl_protocols TLSv1\.2 TLSv1\.3;$", tls, re.M)
+    for site, host in (("apex", s.domain), ("chat", s.chat_host), ("matrix", s.matrix_host)):
+        plain, secure = _servers(_site(ctx, site))
+        assert re.findall(r"listen\s+([^;]+);", plain) == ["80", "[::]:80"]
+        assert f'server_name "{host}";' in plain and "return 301 https://$server_name$request_uri;" in plain
+        assert re.findall(r"listen\s+([^;]+);", secure) == ["443 ssl http2", "[::]:443 ssl http2"]
+        assert f'server_name "{host}";' in secure
+        assert "include /etc/nginx/snippets/matrix-stack-tls.conf;" in secure
+
+
+def test_element_site_headers_survive_add_header_inheritance() -> None:
+    """A location with its own add_header loses the server's: each must include the snippet again."""
+    ctx = make_context()
+    files = _files(ctx)
+    headers = files[f"{nginx.SNIPPETS}/matrix-stack-element-headers.conf"]
+    base = files[f"{nginx.SNIPPETS}/matrix-stack-headers.conf"]
+    for needed in ('X-Frame-Options "SAMEORIGIN"', 'X-Content-Type-Options "nosniff"', "Referrer-Policy",
+                   "Content-Security-Policy \"frame-ancestors 'self'\"", "Strict-Transport-Security"):  # fmt: skip
+        assert needed in headers + base
+    assert "include /etc/nginx/snippets/matrix-stack-headers.conf;" in headers
+    secure = next(x for x in _servers(_site(ctx, "chat")) if "listen 443" in x)
+    assert re.search(rf"root\s+\"{re.escape(paths.ELEMENT_LINK)}\";", secure)
+    server_level = re.sub(r"location\s+[^{]+\{[^}]*\}", "", secure)
+    assert "include /etc/nginx/snippets/matrix-stack-element-headers.conf;" in server_level
+    locations = _locations(secure)
+    no_cache = {k for k, v in locations.items() if 'add_header Cache-Control "no-cache" always;' in v}
+    assert no_cache == {"= /index.html", "= /version", r"~ ^/config[^/]*\.json$", "/i18n/"}
+    for selector, body in locations.items():
+        if "add_header" in body:
+            assert "include /etc/nginx/snippets/matrix-stack-element-headers.conf;" in body, selector
+    assert "try_files $uri $uri/ =404;" in locations["/"]  # no SPA fallback: config.<host>.json must 404
+
+
+def test_script_checks_config_before_reloading_and_reloads_only_on_change() -> None:
+    script = _step(make_context()).script
+    lines = [line.strip() for line in script.splitlines()]
+    assert lines.index("nginx -t") < lines.index("systemctl enable --now nginx") < lines.index("systemctl reload nginx")
+    reload_guard = next(line for line in lines if line.startswith("if ms_changed"))
+    assert lines.index(reload_guard) == lines.index("systemctl reload nginx") - 2
+    assert "rm -f /etc/nginx/sites-enabled/default" in lines
+    for site in nginx.SITE_NAMES:
+        assert f"{nginx.SITES_AVAILABLE}/{site}" in {f.path for f in _step(make_context()).files}
+
+
+def test_shellcheck_bundle() -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is required (tests/tools/install-deps.sh)"
+    step = _step(make_context())
+    text = bundle_text(step, [str(f.content) for f in step.files])
+    proc = subprocess.run([shellcheck, "-"], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_no_secret_in_files_or_script() -> None:
+    step = _step(make_context())
+    for secret in FAKE_SECRETS.values():
+        assert secret.strip() not in step.script
+        assert all(secret.strip() not in str(f.content) for f in step.files)
+    assert all(f.mode == "0644" and f.owner == "root" for f in step.files)
+
+
+# ------------------------------------------------------------------------------------------
+# Live: nginx really serving the rendered sites in a network namespace
+
+
+def _live(tmp: Path, ctx: ServiceContext) -> dict[str, Any]:
+    release = f"element-v{ctx.settings.element_version}"
+    element_files = {
+        f"{paths.ELEMENT_ROOT}/{release}/index.html": "<html>element</html>\n",
+        f"{paths.ELEMENT_ROOT}/{release}/config.json": element.config_json(ctx),
+        f"{paths.ELEMENT_ROOT}/{release}/version": ctx.settings.element_version + "\n",
+        f"{paths.ELEMENT_ROOT}/{release}/i18n/en_EN.json": "{}\n",
+        f"{paths.ELEMENT_ROOT}/{release}/bundles/app.js": "console.log(1)\n",
+    }
+    stage = _stage(tmp, ctx, element_files)
+    (stage / paths.ELEMENT_LINK.lstrip("/")).symlink_to(release)
+    return _sandbox(tmp, stage, "live", list(ctx.settings.hostnames))
+
+
+def test_live_nginx_serves_the_sites_as_intended(tmp_path: Path) -> None:
+    # 127.0.0.0/8 plays Cloudflare here, so CF-Connecting-IP from loopback is trusted.
+    ctx = dataclasses.replace(make_context(maxUploadSizeMb=1), cloudflare_ipv4=["127.0.0.0/8"])
+    s = ctx.settings
+    r = _live(tmp_path, ctx)
+    assert r["rc"] == 0, r["output"]
+    res = r["responses"]
+
+    client = res["client"]
+    assert client["status"] == 200 and client["headers"]["content-type"] == "application/json"
+    assert client["headers"]["access-control-allow-origin"] == "*"
+    assert "max-age" in client["headers"]["strict-transport-security"]
+    assert json.loads(client["body"])["m.homeserver"]["base_url"] == f"https://{s.matrix_host}"
+    assert json.loads(res["server"]["body"]) == {"m.server": f"{s.matrix_host}:443"}
+    assert res["server"]["headers"]["content-type"] == "application/json"
+    assert res["apex-other"]["status"] == 404
+    assert "nginx/" not in res["apex-other"]["headers"].get("server", "")  # server_tokens off
+
+    assert res["http"]["status"] == 301 and res["http"]["headers"]["location"] == f"https://{s.matrix_host}/x?y=1"
+
+    # Raw URI passed through; real IP from CF-Connecting-IP; admin API never reaches Synapse.
+    seen = r["backend"]
+    assert res["versions"]["status"] == 200
+    first = seen[0]
+    assert first["path"] == "/_matrix/client/v3/rooms/%21room%3Aexample.org/send/m.room.message/t%2F1"
+    assert first["headers"]["x-forwarded-for"] == "198.51.100.23"
+    assert first["headers"]["x-forwarded-proto"] == "https"
+    assert first["headers"]["host"] == s.matrix_host
+    assert res["admin"]["status"] == 404
+    assert not any(x["path"].startswith("/_synapse/admin") for x in seen)
+    assert res["upload-small"]["status"] == 200 and res["upload-big"]["status"] == 413
+
+    index = res["chat-index"]
+    assert index["status"] == 200 and index["headers"]["cache-control"] == "no-cache"
+    assert index["headers"]["x-frame-options"] == "SAMEORIGIN"
+    assert index["headers"]["content-security-policy"] == "frame-ancestors 'self'"
+    config = res["chat-config"]
+    assert config["status"] == 200 and config["headers"]["cache-control"] == "no-cache"
+    assert config["headers"]["x-content-type-options"] == "nosniff"
+    assert json.loads(config["body"])["default_server_config"]["m.homeserver"]["server_name"] == s.domain
+    assert res["chat-host-config"]["status"] == 404  # Element falls back to config.json
+    assert res["chat-version"]["headers"]["cache-control"] == "no-cache"
+    assert res["chat-i18n"]["headers"]["cache-control"] == "no-cache"
+    bundle = res["chat-bundle"]
+    assert bundle["status"] == 200 and "cache-control" not in bundle["headers"]
+    assert bundle["headers"]["x-frame-options"] == "SAMEORIGIN" and "strict-transport-security" in bundle["headers"]
+
+
+def test_live_nginx_ignores_cf_connecting_ip_from_other_sources(tmp_path: Path) -> None:
+    r = _live(tmp_path, make_context())  # loopback is not a Cloudflare range here
+    assert r["rc"] == 0, r["output"]
+    assert r["backend"][0]["headers"]["x-forwarded-for"] == "127.0.0.1"
+
+
+# ------------------------------------------------------------------------------------------
+# Runs inside the namespaces (python test_nginx.py --sandbox STAGE SCRATCH MODE HOSTS).
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+def _isolate(scratch: Path) -> None:
+    _mount("-t", "tmpfs", "tmpfs", str(scratch))
+    (scratch / "upper").mkdir()
+    (scratch / "work").mkdir()
+    _mount("-t", "overlay", "overlay", "-o", f"lowerdir=/etc,upperdir={scratch}/upper,workdir={scratch}/work", "/etc")
+    for path in ("/var/www", "/run", "/var/log/nginx", "/var/lib/nginx"):
+        if not os.path.isdir(path):
+            raise SystemExit(f"{path} is missing on this machine; the sandbox will not create it on the host")
+        _mount("-t", "tmpfs", "tmpfs", path)
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    mounts = {line.split()[4]: line.split(" - ")[1].split()[0] for line in mountinfo}
+    if mounts.get("/etc") != "overlay" or mounts.get("/var/www") != "tmpfs":
+        raise SystemExit("refusing to continue: the sandbox mounts are not in place")
+
+
+def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn: http.client.HTTPConnection
+    if port == 443:
+        conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read().decode(errors="replace")
+    conn.close()
+    return {"status": resp.status, "headers": {k.lower(): v for k, v in resp.getheaders()}, "body": data}
+
+
+def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import http.server
+    import threading
+
+    seen: list[dict[str, Any]] = []
+
+    class Synapse(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            self.rfile.read(length)
+            seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+            body = b'{"versions": ["v1.11"]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 8008), Synapse)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    apex, matrix, chat = hosts[0], hosts[1], hosts[2]
+    cf = {"CF-Connecting-IP": "198.51.100.23"}
+    res = {
+        "versions": _request(
+            matrix,
+            "/_matrix/client/v3/rooms/%21room%3Aexample.org/send/m.room.message/t%2F1",
+            method="PUT",
+            body=b"{}",
+            headers=cf,
+        ),
+        "admin": _request(matrix, "/_synapse/admin/v1/users/@admin:example.org", headers=cf),
+        "upload-small": _request(matrix, "/_matrix/media/v3/upload", method="POST", body=b"x" * 500_000),
+        "upload-big": _request(matrix, "/_matrix/media/v3/upload", method="POST", body=b"x" * 2_000_000),
+        "client": _request(apex, "/.well-known/matrix/client"),
+        "server": _request(apex, "/.well-known/matrix/server"),
+        "apex-other": _request(apex, "/index.html"),
+        "http": _request(matrix, "/x?y=1", port=80),
+        "chat-index": _request(chat, "/"),
+        "chat-config": _request(chat, "/config.json"),
+        "chat-host-config": _request(chat, f"/config.{chat}.json"),
+        "chat-version": _request(chat, "/version"),
+        "chat-i18n": _request(chat, "/i18n/en_EN.json"),
+        "chat-bundle": _request(chat, "/bundles/app.js"),
+    }
+    backend.shutdown()
+    return res, seen
+
+
+def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> None:
+    _isolate(scratch)
+    shutil.copytree(stage, "/", symlinks=True, dirs_exist_ok=True)
+    enabled = Path("/etc/nginx/sites-enabled")
+    (enabled / "default").unlink(missing_ok=True)  # what the step script does
+    for site in nginx.SITE_NAMES:
+        (enabled / site).symlink_to(f"../sites-available/{site}")
+    test = subprocess.run([NGINX, "-t"], capture_output=True, text=True)
+    result: dict[str, Any] = {
+        "rc": test.returncode,
+        "output": test.stdout + test.stderr,
+        "enabled": sorted(p.name for p in enabled.iterdir()),
+    }
+    if mode == "live" and test.returncode == 0:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        with open("/etc/hosts", "a") as hosts_file:
+            hosts_file.write(f"127.0.0.1 {' '.join(hosts)}\n")
+        server = subprocess.Popen([NGINX, "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
+        try:
+            import socket
+            import time
+
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", 443), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            result["responses"], result["backend"] = _live_checks(hosts)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+        result["output"] += server.stderr.read() if server.stderr else ""
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--sandbox":
+        _sandbox_main(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5].split(","))
+    else:
+        raise SystemExit("usage: test_nginx.py --sandbox STAGE SCRATCH MODE HOSTS")

@@ -1,0 +1,425 @@
+"""Synapse's rendered files, checked by Synapse itself (build/synapse-venv), systemd-analyze and shellcheck."""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components import paths
+from components.remote import StepSpec, bundle_text
+from components.render import render
+from components.services import synapse
+from tests.templates.conftest import FAKE_SECRETS, make_context
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNAPSE_PY = ROOT / "build" / "synapse-venv" / "bin" / "python"
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "allowlist-registration-previews": {
+        "federation": "allowlist",
+        "federationAllowlist": '["friends.example.net", "matrix.org"]',
+        "enableRegistration": "true",
+        "enableUrlPreviews": "true",
+        "maxUploadSizeMb": "100",
+        "dropletSize": "s-2vcpu-4gb",
+    },
+    "allowlist-without-matrix-org": {"federation": "allowlist", "federationAllowlist": '["friends.example.net"]'},
+    "off-small-no-jemalloc": {
+        "federation": "off",
+        "maxUploadSizeMb": "10",
+        "dropletSize": "s-1vcpu-512mb-10gb",
+        "enableJemalloc": "false",
+    },
+    "big-droplet": {"dropletSize": "m-8vcpu-64gb", "turnSubdomain": "relay"},
+}
+
+
+def _files(step: StepSpec) -> dict[str, str]:
+    return {f.path: str(f.content) for f in step.files}
+
+
+def _steps(**config: Any) -> dict[str, StepSpec]:
+    return {s.name: s for s in synapse.steps(make_context(**config))}
+
+
+def _replace_line(text: str, key: str, value: str) -> str:
+    """Swap the value of one top-level `key: "<json>"` line; every other byte stays as rendered."""
+    pattern = re.compile(rf'^(\s*{re.escape(key)}: )".*"$', re.M)
+    new, count = pattern.subn(lambda m: m.group(1) + json.dumps(value), text)
+    assert count == 1, f"{key} must appear exactly once"
+    return new
+
+
+def _install_for_check(files: dict[str, str], tmp: Path) -> Path:
+    """Write the config set under `tmp` so Synapse can load it here.
+
+    Only the absolute paths that point at the server (log config, log file, media store, signing
+    key, pid file) are redirected into `tmp`, by rewriting just those lines; everything else in
+    homeserver.yaml and log.yaml is byte-identical to what the server gets. The signing key is the
+    staged candidate file of the step, i.e. what the script copies to the volume.
+    """
+    text = files[paths.SYNAPSE_CONFIG]
+    for key, target in {
+        "log_config": tmp / "log.yaml",
+        "media_store_path": tmp / "media_store",
+        "signing_key_path": tmp / "signing.key",
+        "pid_file": tmp / "homeserver.pid",
+    }.items():
+        text = _replace_line(text, key, str(target))
+    (tmp / "homeserver.yaml").write_text(text)
+    (tmp / "log.yaml").write_text(_replace_line(files[paths.SYNAPSE_LOG_CONFIG], "filename", str(tmp / "hs.log")))
+    (tmp / "signing.key").write_text(files[synapse.SIGNING_KEY_STAGED])
+    return tmp / "homeserver.yaml"
+
+
+PROBE = r"""
+import json, sys
+from synapse.config.homeserver import HomeServerConfig
+from synapse.config.server import DEFAULT_IP_RANGE_BLOCKLIST
+c = HomeServerConfig.load_config("", ["-c", sys.argv[1]])
+blocked = lambda s, ip: ip in s
+probe_ips = ["10.1.2.3", "169.254.169.254", "127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "fd00::1", "1.1.1.1",
+             "2606:4700:4700::1111"]
+l = c.server.listeners[0]
+print(json.dumps({
+    "server_name": c.server.server_name,
+    "public_baseurl": c.server.public_baseurl,
+    "max_upload_size": c.media.max_upload_size,
+    "listeners": len(c.server.listeners),
+    "bind": l.bind_addresses, "port": l.port, "tls": l.tls,
+    "x_forwarded": l.http_options.x_forwarded,
+    "resources": sorted(n for r in l.http_options.resources for n in r.names),
+    "federates_with": {d: c.federation.is_domain_allowed_according_to_federation_whitelist(d)
+                       for d in ["matrix.org", "friends.example.net", "evil.example.com"]},
+    "turn_uris": c.voip.turn_uris, "turn_secret": c.voip.turn_shared_secret,
+    "turn_lifetime_ms": c.voip.turn_user_lifetime,
+    "registration": c.registration.enable_registration,
+    "requires_token": c.registration.registration_requires_token,
+    "previews": c.media.url_preview_enabled,
+    "preview_blocks": {ip: blocked(c.media.url_preview_ip_range_blocklist, ip) for ip in probe_ips}
+                      if c.media.url_preview_enabled else None,
+    "blocks": {ip: blocked(c.server.ip_range_blocklist, ip) for ip in probe_ips},
+    "synapse_default_blocklist": DEFAULT_IP_RANGE_BLOCKLIST,
+    "presence": c.server.presence_enabled,
+    "autotuning": c.caches.cache_autotuning,
+    "db": {k: v for k, v in c.database.databases[0].config["args"].items()},
+    "db_engine": c.database.databases[0].config["name"],
+    "key_servers": [k.server_name for k in c.key.key_servers],
+    "signing_key_ids": [k.version for k in c.key.signing_key],
+    "remote_media_lifetime_ms": c.media.media_retention_remote_media_lifetime_ms,
+    "profile_auth": c.server.require_auth_for_profile_requests,
+    "report_stats": c.metrics.report_stats,
+    "registration_shared_secret": c.registration.registration_shared_secret,
+    "macaroon": c.key.macaroon_secret_key.decode() if isinstance(c.key.macaroon_secret_key, bytes)
+                else c.key.macaroon_secret_key,
+    "form_secret": c.key.form_secret,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def synapse_python() -> Path:
+    # A missing validator is a failure, never a skip: tests/tools/install-deps.sh installs it.
+    assert SYNAPSE_PY.exists(), f"{SYNAPSE_PY} missing: run tests/tools/install-deps.sh"
+    return SYNAPSE_PY
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synapse_python: Path) -> None:
+    config = CONFIGS[name]
+    ctx = make_context(**config)
+    s = ctx.settings
+    files = _files(_steps(**config)["synapse-config"])
+    path = _install_for_check(files, tmp_path)
+
+    check = subprocess.run(
+        [str(synapse_python), "-m", "synapse.config", "-c", str(path)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0 and "Config parses OK!" in check.stdout, check.stderr
+    probe = subprocess.run([str(synapse_python), "-c", PROBE, str(path)], capture_output=True, text=True, check=False)
+    assert probe.returncode == 0, probe.stderr
+    got = json.loads(probe.stdout)
+
+    assert got["server_name"] == s.domain
+    assert got["public_baseurl"] == f"https://{s.matrix_host}/"
+    assert got["max_upload_size"] == s.max_upload_size_mb * 1024 * 1024
+    assert (got["listeners"], got["bind"], got["port"], got["tls"], got["x_forwarded"]) == (1, ["127.0.0.1"], 8008, False, True)
+    assert got["resources"] == ["client", "federation"]
+
+    allowed = got["federates_with"]
+    if s.federation == "open":
+        assert all(allowed.values())
+        assert got["key_servers"] == ["matrix.org"]
+    elif s.federation == "off":
+        assert not any(allowed.values())
+        assert got["key_servers"] == []
+    else:
+        assert allowed == {d: d in s.federation_allowlist for d in allowed}
+        assert got["key_servers"] == (["matrix.org"] if "matrix.org" in s.federation_allowlist else [])
+
+    turn = s.turn_host
+    assert got["turn_uris"] == [
+        f"turn:{turn}:3478?transport=udp",
+        f"turn:{turn}:3478?transport=tcp",
+        f"turns:{turn}:5349?transport=tcp",
+    ]
+    assert got["turn_secret"] == FAKE_SECRETS["turn_shared_secret"]
+    assert got["turn_lifetime_ms"] == 3600 * 1000
+
+    assert got["registration"] is s.enable_registration
+    assert got["requires_token"] is s.enable_registration  # open sign-up only with a token
+    assert got["previews"] is s.enable_url_previews
+    expected_block = {ip: not ip.startswith(("1.1.1.1", "2606:")) for ip in got["blocks"]}
+    assert got["blocks"] == expected_block
+    if s.enable_url_previews:
+        assert got["preview_blocks"] == expected_block
+
+    assert got["presence"] is s.tuning.presence_enabled
+    if s.enable_jemalloc:
+        assert got["autotuning"] == {
+            "max_cache_memory_usage": s.tuning.synapse_cache_max_mb * 1024 * 1024,
+            "target_cache_memory_usage": s.tuning.synapse_cache_target_mb * 1024 * 1024,
+            "min_cache_ttl": 300_000,
+        }
+    else:
+        assert got["autotuning"] is None  # autotuning reads jemalloc stats: pointless without it
+
+    assert got["db_engine"] == "psycopg2"
+    db = got["db"]
+    assert (db["user"], db["dbname"], db["host"], db["port"]) == (paths.POSTGRES_USER, paths.POSTGRES_DB, "127.0.0.1", 5432)
+    assert db["password"] == FAKE_SECRETS["postgres_password"]
+    assert (db["cp_min"], db["cp_max"], db["keepalives_idle"]) == (5, 10, 10)
+    assert got["signing_key_ids"] == [FAKE_SECRETS["signing_key"].split()[1]]
+    assert got["remote_media_lifetime_ms"] == 14 * 86400 * 1000
+    assert got["profile_auth"] is True
+    assert got["report_stats"] is False
+    assert got["registration_shared_secret"] == FAKE_SECRETS["registration_shared_secret"]
+    assert got["macaroon"] == FAKE_SECRETS["macaroon_secret"]
+    assert got["form_secret"] == FAKE_SECRETS["form_secret"]
+
+
+def test_blocklist_covers_synapse_defaults(synapse_python: Path) -> None:
+    """Setting ip_range_blacklist replaces Synapse's default list: ours must not be weaker."""
+    out = subprocess.run(
+        [
+            str(synapse_python),
+            "-c",
+            "import json; from synapse.config.server import DEFAULT_IP_RANGE_BLOCKLIST as d; print(json.dumps(d))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ours = [ipaddress.ip_network(n) for n in synapse.IP_RANGE_BLOCKLIST]
+    for default in json.loads(out.stdout):
+        net = ipaddress.ip_network(default)
+        assert any(net.version == o.version and net.subnet_of(o) for o in ours), default  # type: ignore[arg-type]
+
+
+def _unit(files: dict[str, str]) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=True, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(files[synapse.UNIT_PATH])
+    return parser
+
+
+@pytest.mark.parametrize("jemalloc", [True, False])
+def test_systemd_unit(jemalloc: bool, tmp_path: Path, synapse_python: Path) -> None:
+    files = _files(_steps(enableJemalloc=str(jemalloc).lower())["synapse-config"])
+    unit = _unit(files)
+    svc = unit["Service"]
+    assert svc["User"] == svc["Group"] == paths.SYNAPSE_USER
+    assert svc["ExecStart"] == (f"{paths.SYNAPSE_VENV}/bin/python -m synapse.app.homeserver --config-path={paths.SYNAPSE_CONFIG}")
+    assert svc["Restart"] == "on-failure" and svc["NoNewPrivileges"] == "yes" and svc["PrivateTmp"] == "yes"
+    assert ("LD_PRELOAD=libjemalloc.so.2" in svc.get("Environment", "")) is jemalloc
+    for key in ("After", "Requires"):
+        assert {"postgresql.service", paths.MOUNT_UNIT} <= set(unit["Unit"][key].split())
+    # Everything Synapse writes is writable under ProtectSystem=strict.
+    writable = svc["ReadWritePaths"].split()
+    hs = yaml.safe_load(files[paths.SYNAPSE_CONFIG])
+    log_file = yaml.safe_load(files[paths.SYNAPSE_LOG_CONFIG])["handlers"]["file"]["filename"]
+    for path in (hs["media_store_path"], hs["signing_key_path"], log_file):
+        assert any(path.startswith(w + "/") for w in writable), path
+    assert hs["pid_file"].startswith(f"/run/{svc['RuntimeDirectory']}/")
+
+    # systemd's own checker. The units it depends on are stubbed next to it, and the venv path is
+    # pointed at the test venv (it checks that ExecStart is executable); nothing else is changed.
+    shutil.which("systemd-analyze") or pytest.fail("systemd-analyze is missing")
+    text = files[synapse.UNIT_PATH].replace(f"{paths.SYNAPSE_VENV}/bin/python", str(synapse_python))
+    (tmp_path / "matrix-synapse.service").write_text(text)
+    (tmp_path / paths.MOUNT_UNIT).write_text("[Mount]\nWhat=/dev/vdb\nWhere=/var/lib/postgresql\n")
+    (tmp_path / "postgresql.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "matrix-synapse.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_files_modes_and_owners() -> None:
+    files = {f.path: f for f in _steps()["synapse-config"].files}
+    hs = files[paths.SYNAPSE_CONFIG]
+    assert (hs.mode, hs.owner, hs.group) == ("0640", "root", paths.SYNAPSE_USER)
+    key = files[synapse.SIGNING_KEY_STAGED]
+    assert (key.mode, key.owner) == ("0600", "root")
+    # The real key path is never written by the file mechanism: only the script places it, once.
+    assert paths.SYNAPSE_SIGNING_KEY not in files
+    for f in files.values():
+        if any(secret.strip() in str(f.content) for secret in FAKE_SECRETS.values()):
+            assert f.mode in ("0600", "0640"), f.path
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_scripts_shellcheck_and_hold_no_secret(name: str) -> None:
+    shutil.which("shellcheck") or pytest.fail("shellcheck is missing")
+    for step in _steps(**CONFIGS[name]).values():
+        for secret in FAKE_SECRETS.values():
+            assert secret.strip() not in step.script, step.name
+        bundle = bundle_text(step, [str(f.content) for f in step.files])
+        # SC2119/SC2120: the shared prelude's ms_file_changed (optional argument), not this script.
+        result = subprocess.run(
+            ["shellcheck", "-s", "bash", "-e", "SC2119,SC2120", "-"],
+            input=bundle,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"{step.name}:\n{result.stdout}"
+
+
+def test_versions_and_packages() -> None:
+    steps = _steps(synapseVersion="1.150.0", enableJemalloc="false")
+    assert steps["synapse-install"].versions == {"synapse": "1.150.0"}
+    # The config step re-runs (and restarts Synapse) when the version changes.
+    assert steps["synapse-config"].versions == {"synapse": "1.150.0"}
+    install = steps["synapse-install"].script
+    assert "version=1.150.0" in install and '"matrix-synapse[url-preview]==$version"' in install
+    assert "libjemalloc2" not in install
+    assert "libjemalloc2" in _steps()["synapse-install"].script
+
+
+# --- the config script's behaviour, run here with stand-ins for systemctl, runuser, curl --------
+
+STUBS = {
+    "systemctl": 'echo "systemctl $*" >> "$STUB_LOG"; [ "$1" != is-active ] || [ "${STUB_ACTIVE:-1}" = 1 ]',
+    "runuser": 'shift 3; exec "$@"',  # runuser -u USER -- CMD...: run CMD as ourselves
+    "curl": '[ "${STUB_HEALTHY:-1}" = 1 ] && echo OK',
+    "journalctl": 'echo "journal: last lines"',
+    "chown": "true",
+    "sleep": "true",
+}
+
+
+def _run_config_script(
+    tmp: Path,
+    synapse_python: Path,
+    *,
+    existing_key: str | None,
+    changed: bool,
+    healthy: bool = True,
+    active: bool = True,
+    break_config: bool = False,
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run the real config.sh template against a redirected config; returns the result and the calls."""
+    files = _files(_steps()["synapse-config"])
+    config = _install_for_check(files, tmp)
+    key = tmp / "signing.key"
+    key.unlink()
+    if existing_key is not None:
+        key.write_text(existing_key)
+    if break_config:
+        config.write_text(config.read_text().replace('max_upload_size: "50M"', 'max_upload_size: "lots"'))
+    staged = tmp / "signing.key.generated"
+    staged.write_text(files[synapse.SIGNING_KEY_STAGED])
+    bindir = tmp / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name, body in STUBS.items():
+        (bindir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bindir / name).chmod(0o755)
+    script = render(
+        "synapse/config.sh.j2",
+        user="nobody",
+        venv=str(synapse_python.parent.parent),
+        config=str(config),
+        signing_key=str(key),
+        signing_key_staged=str(staged),
+        unit_name="matrix-synapse.service",
+        health_url="http://127.0.0.1:1/health",
+        health_timeout=3,
+    )
+    prelude = 'ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'
+    log = tmp / "calls.log"
+    log.write_text("")
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "MS_TEST_CHANGED": "1" if changed else "0",
+        "STUB_HEALTHY": "1" if healthy else "0",
+        "STUB_ACTIVE": "1" if active else "0",
+    }
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + prelude + script], capture_output=True, text=True, env=env, check=False
+    )
+    return result, log.read_text()
+
+
+OLD_KEY = "ed25519 a_old000 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
+
+
+def test_config_script_places_missing_signing_key(tmp_path: Path, synapse_python: Path) -> None:
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=None, changed=False)
+    assert result.returncode == 0, result.stderr
+    key = tmp_path / "signing.key"
+    assert key.read_text() == FAKE_SECRETS["signing_key"]
+    assert key.stat().st_mode & 0o777 == 0o600
+    # A new key is a new identity: Synapse must restart even though no file changed.
+    assert "systemctl restart matrix-synapse.service" in calls and "systemctl enable" in calls
+
+
+def test_config_script_keeps_existing_signing_key(tmp_path: Path, synapse_python: Path) -> None:
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=OLD_KEY, changed=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "signing.key").read_text() == OLD_KEY
+    assert "WARNING: keeping the existing signing key" in result.stderr
+    output = result.stderr + result.stdout
+    assert FAKE_SECRETS["signing_key"].split()[2] not in output and "AAAAAAAA" not in output
+    # Nothing changed and Synapse runs: enabled, not restarted, no daemon-reload.
+    assert "systemctl enable" in calls and "restart" not in calls and "daemon-reload" not in calls
+
+
+def test_config_script_restarts_only_when_changed(tmp_path: Path, synapse_python: Path) -> None:
+    key = FAKE_SECRETS["signing_key"]
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=key, changed=True)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr
+    assert calls.index("daemon-reload") < calls.index("restart")
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=key, changed=False, active=False)
+    assert result.returncode == 0, result.stderr
+    assert "systemctl start matrix-synapse.service" in calls and "restart" not in calls
+
+
+def test_config_script_validates_before_restart(tmp_path: Path, synapse_python: Path) -> None:
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=OLD_KEY, changed=True, break_config=True)
+    assert result.returncode != 0 and "rejects" in result.stderr
+    assert "restart" not in calls and "start" not in calls
+
+
+def test_config_script_fails_when_unhealthy(tmp_path: Path, synapse_python: Path) -> None:
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=OLD_KEY, changed=True, healthy=False)
+    assert result.returncode != 0
+    assert "journal: last lines" in result.stdout + result.stderr and "did not answer" in result.stderr
+    assert "systemctl restart" in calls  # it did restart, then waited for /health in vain
