@@ -26,7 +26,9 @@ class Edge(pulumi.ComponentResource):
     ) -> None:
         super().__init__("matrix-stack:cloud:Edge", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
-        zone = cloudflare.get_zone_output(filter={"name": settings.domain, "match": "all"}, opts=pulumi.InvokeOptions(parent=self))
+        zone = cloudflare.get_zone_output(
+            filter={"name": settings.domain, "match": "all"}, opts=pulumi.InvokeOptions(parent=self)
+        )
         self.zone_id = zone.id
 
         proxied = {settings.domain: "apex", settings.matrix_host: "matrix", settings.chat_host: "chat"}

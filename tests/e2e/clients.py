@@ -1,0 +1,64 @@
+"""Real Matrix and HTTPS clients pointed at the test host, as a user's device would be.
+
+Clients resolve the deployment's hostnames to the guest (there is no DNS here) and trust
+pebble's issuing root, so TLS is verified exactly as it would be against Let's Encrypt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from nio import AsyncClient, AsyncClientConfig
+
+T = TypeVar("T")
+
+
+class StaticResolver(AbstractResolver):
+    """Every name resolves to the test host's address."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host, host=self.address, port=port, family=socket.AF_INET, proto=0, flags=socket.AI_NUMERICHOST
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def tls_context(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def session(address: str, ca_file: Path, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(resolver=StaticResolver(address), ssl=tls_context(ca_file), force_close=True)
+    return aiohttp.ClientSession(connector=connector, headers=headers or {}, timeout=aiohttp.ClientTimeout(total=120))
+
+
+def matrix_client(homeserver: str, user: str, address: str, ca_file: Path) -> AsyncClient:
+    client = AsyncClient(homeserver, user, config=AsyncClientConfig(store_sync_tokens=False, encryption_enabled=False))
+    client.client_session = session(address, ca_file)
+    return client
+
+
+async def http_get(
+    url: str, address: str, ca_file: Path, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    async with session(address, ca_file, headers) as s, s.get(url, allow_redirects=False) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+def run(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one client conversation to the end (a fresh event loop each time)."""
+    return asyncio.run(coroutine_factory())

@@ -1,0 +1,36 @@
+"""The deployed test host shared by the end-to-end tests (one deployment per session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.deployment import Deployment, deployed_host
+
+E2E_INDEX = 21
+
+
+@pytest.fixture(scope="session")
+def volume_image() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="matrix-stack-volume-", dir="/var/tmp"))
+    try:
+        yield directory / "volume.img"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def deployment(volume_image: Path) -> Iterator[Deployment]:
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end suite needs root (network namespaces, systemd-nspawn, loop devices)")
+    with deployed_host(E2E_INDEX, volume_image) as deployed:
+        results = deployed.apply()
+        print("\nprovisioning steps:")
+        for result in results:
+            print(f"  {result.name:24s} {result.seconds:6.1f} s")
+        yield deployed

@@ -1,0 +1,124 @@
+"""Deploy the program onto a local Debian test host: the program's own steps, run for real.
+
+The program runs under mocks with the test host standing in for the droplet (its address is the
+droplet's IPv4) and the host side of the test network standing in for Cloudflare (the only
+source allowed on 80/443, and the ACME DNS API via the stand-in). Then every recorded remote
+command is executed over SSH in the engine's order (`runner.run_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.settings import DEFAULTS, load
+from tests.e2e.runner import StepResult, run_all
+from tests.e2e.standins import ElementRelease, element_release_server
+from tests.e2e.testhost import TestHost
+from tests.harness import CloudMocks, Recording, config_strings, record
+
+DOMAIN = "example.test"
+ELEMENT_PORT = 8088
+ELEMENT_VERSIONS = (DEFAULTS["elementVersion"], "1.11.99")
+
+
+@dataclass
+class Deployment:
+    """A deployed test host and everything a test needs to talk to it."""
+
+    host: TestHost
+    config: dict[str, Any]
+    key_file: Path
+    public_key: str
+    releases: dict[str, ElementRelease]
+    recording: Recording | None = None
+    results: list[StepResult] = field(default_factory=list)
+
+    @property
+    def mocks(self) -> CloudMocks:
+        return CloudMocks(
+            droplet_ipv4=self.host.address,
+            droplet_ipv6="2001:db8::2",  # documentation prefix: the guest has no IPv6 on its link
+            cloudflare_ipv4=[f"{self.host.host_side_address}/32"],
+            cloudflare_ipv6=[],
+            deploy_key=(self.key_file.read_text(), self.public_key),
+        )
+
+    def record(self, **changes: Any) -> Recording:
+        self.config = {**self.config, **changes}
+        self.recording = record(self.config, mocks=self.mocks)
+        return self.recording
+
+    def apply(self, only: set[str] | None = None, **changes: Any) -> list[StepResult]:
+        """Record the program with `changes` and run its steps (all, or `only`) on the host."""
+        recording = self.record(**changes)
+        self.results = run_all(recording, only=only)
+        return self.results
+
+    def ssh(self, command: str, stdin: str | None = None, timeout: float = 300) -> str:
+        proc = self.host.ssh(command, stdin=stdin.encode() if stdin is not None else None, timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"{command!r} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
+        return proc.stdout.decode()
+
+    @property
+    def admin_password(self) -> str:
+        assert self.recording is not None
+        return str(self.recording.stack_outputs["adminPassword"][0])
+
+    @property
+    def ca_file(self) -> Path:
+        return self.host.client_ca_file
+
+    def url(self, name: str, path: str) -> str:
+        host = {"apex": DOMAIN, "matrix": f"matrix.{DOMAIN}", "chat": f"chat.{DOMAIN}"}[name]
+        return f"https://{host}{path}"
+
+
+def base_config(host: TestHost, release: ElementRelease) -> dict[str, Any]:
+    return {
+        "domain": DOMAIN,
+        "sshAllowedCidrs": [f"{host.host_side_address}/32"],
+        "letsencryptEmail": f"ops@{DOMAIN}",
+        "certbotCloudflareToken": "e2e-cloudflare-token-0123456789",
+        "acmeServer": host.acme_directory,
+        "elementVersion": release.version,
+        "elementSha256": release.sha256,
+        "elementDownloadUrl": release.url_template,
+    }
+
+
+def volume_name_for(config: dict[str, Any], stack: str = "test") -> str:
+    plain = {k.split(":", 1)[1]: v for k, v in config_strings(config).items()}
+    return load(plain, stack)[0].volume_name
+
+
+@contextlib.contextmanager
+def deployed_host(index: int, volume_image: Path, outsider: bool = True, **host_options: Any) -> Iterator[Deployment]:
+    """Boot a test host with the given volume image and its stand-ins; tear it all down afterwards.
+
+    The volume image is kept (a later host can boot on the same "volume"); the caller removes it.
+    Nothing is deployed yet: call `apply()`.
+    """
+    TestHost.cleanup(index)
+    workdir = Path(tempfile.mkdtemp(prefix="matrix-stack-e2e-"))
+    key_file = workdir / "deploy_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "matrix-stack-deploy", "-f", str(key_file)],
+                   check=True)
+    public_key = (workdir / "deploy_key.pub").read_text().strip()
+    placeholder = {"domain": DOMAIN, "sshAllowedCidrs": ["198.18.0.1/32"], "letsencryptEmail": f"ops@{DOMAIN}",
+                   "certbotCloudflareToken": "e2e-cloudflare-token-0123456789"}
+    host = TestHost(index, public_key, volume_name_for(placeholder), DOMAIN, volume_image,
+                    identity_file=key_file, outsider=outsider, **host_options)
+    try:
+        host.boot()
+        with element_release_server(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS) as releases:
+            deployment = Deployment(host, base_config(host, releases[ELEMENT_VERSIONS[0]]), key_file, public_key, releases)
+            yield deployment
+    finally:
+        host.destroy(keep_volume=True)

@@ -1,0 +1,248 @@
+"""The deployed server, used the way its users use it: real Matrix clients, browsers' requests, TURN.
+
+Every request goes through nginx on 443 from the host side of the test network, which the
+deployment's firewall treats as Cloudflare (its address is the mocked Cloudflare range).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+from typing import Any
+
+import pytest
+from nio import (
+    JoinResponse,
+    LoginResponse,
+    RoomCreateResponse,
+    RoomMessagesResponse,
+    RoomSendResponse,
+    UploadResponse,
+)
+
+from tests.e2e.clients import http_get, matrix_client, run, session
+from tests.e2e.deployment import DOMAIN, Deployment
+from tests.e2e.runner import StepFailed, run_all
+
+pytestmark = pytest.mark.e2e
+
+HOMESERVER = f"https://matrix.{DOMAIN}"
+
+
+def test_every_provisioning_step_passed_including_the_self_check(deployment: Deployment) -> None:
+    names = [r.name for r in deployment.results]
+    assert names[-1] == "selfcheck-verify"
+    assert all(r.returncode == 0 for r in deployment.results)
+
+
+def login(deployment: Deployment, user: str, password: str) -> Any:
+    async def go() -> tuple[str, str]:
+        client = matrix_client(HOMESERVER, user, deployment.host.address, deployment.ca_file)
+        try:
+            response = await client.login(password)
+            assert isinstance(response, LoginResponse), response
+            return response.user_id, response.access_token
+        finally:
+            await client.close()
+
+    return run(go)
+
+
+def create_user_via_admin_api(deployment: Deployment, admin_token: str, localpart: str, password: str) -> None:
+    """The admin API is not exposed through nginx, so it is used on the server, as an operator would."""
+    body = json.dumps({"password": password, "admin": False})
+    script = (
+        "read -r token; read -r body; "
+        f"curl -fsS -X PUT -H \"Authorization: Bearer $token\" -H 'Content-Type: application/json' "
+        f'--data "$body" http://127.0.0.1:8008/_synapse/admin/v2/users/@{localpart}:{DOMAIN}'
+    )
+    deployment.ssh(f"bash -c {json.dumps(script)}", stdin=f"{admin_token}\n{body}\n")
+
+
+@pytest.fixture(scope="module")
+def users(deployment: Deployment) -> dict[str, tuple[str, str]]:
+    """The admin (password from the stack output) and a second user created by the admin."""
+    admin_id, admin_token = login(deployment, "admin", deployment.admin_password)
+    assert admin_id == f"@admin:{DOMAIN}"
+    bob_password = secrets.token_urlsafe(16)
+    create_user_via_admin_api(deployment, admin_token, "bob", bob_password)
+    return {"admin": ("admin", deployment.admin_password), "bob": ("bob", bob_password)}
+
+
+def test_admin_and_a_second_user_chat_both_ways_and_share_media(
+    deployment: Deployment, users: dict[str, tuple[str, str]]
+) -> None:
+    media = os.urandom(11 * 1024 * 1024)
+
+    async def go() -> None:
+        address, ca = deployment.host.address, deployment.ca_file
+        alice = matrix_client(HOMESERVER, "admin", address, ca)
+        bob = matrix_client(HOMESERVER, "bob", address, ca)
+        try:
+            assert isinstance(await alice.login(users["admin"][1]), LoginResponse)
+            assert isinstance(await bob.login(users["bob"][1]), LoginResponse)
+            room = await alice.room_create(name="e2e", invite=[f"@bob:{DOMAIN}"])
+            assert isinstance(room, RoomCreateResponse), room
+            assert isinstance(await bob.join(room.room_id), JoinResponse)
+            sent = await alice.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "hello bob"})
+            assert isinstance(sent, RoomSendResponse), sent
+            reply = await bob.room_send(room.room_id, "m.room.message", {"msgtype": "m.text", "body": "hello alice"})
+            assert isinstance(reply, RoomSendResponse), reply
+
+            upload, _ = await alice.upload(
+                lambda *_: media, content_type="application/octet-stream", filename="blob.bin", filesize=len(media)
+            )
+            assert isinstance(upload, UploadResponse), upload
+            await alice.room_send(
+                room.room_id, "m.room.message", {"msgtype": "m.file", "body": "blob.bin", "url": upload.content_uri}
+            )
+
+            for reader, expected in ((bob, "hello bob"), (alice, "hello alice")):
+                history = await reader.room_messages(room.room_id, start="", limit=20)
+                assert isinstance(history, RoomMessagesResponse), history
+                bodies = [getattr(e, "body", None) for e in history.chunk]
+                assert expected in bodies
+
+            server_name, media_id = upload.content_uri.removeprefix("mxc://").split("/", 1)
+            async with session(address, ca, {"Authorization": f"Bearer {bob.access_token}"}) as s:
+                url = f"{HOMESERVER}/_matrix/client/v1/media/download/{server_name}/{media_id}"
+                async with s.get(url) as response:
+                    assert response.status == 200
+                    assert await response.read() == media
+        finally:
+            await alice.close()
+            await bob.close()
+
+    run(go)
+
+
+def test_upload_above_the_limit_is_refused(deployment: Deployment, users: dict[str, tuple[str, str]]) -> None:
+    limit_mb = int(deployment.config.get("maxUploadSizeMb", 50))
+
+    async def go() -> int:
+        client = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        try:
+            await client.login(users["bob"][1])
+            async with session(
+                deployment.host.address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}
+            ) as s:
+                data = b"x" * ((limit_mb + 1) * 1024 * 1024)
+                async with s.post(
+                    f"{HOMESERVER}/_matrix/media/v3/upload", data=data, headers={"Content-Type": "application/octet-stream"}
+                ) as response:
+                    return response.status
+        finally:
+            await client.close()
+
+    assert run(go) == 413
+
+
+@pytest.mark.parametrize("name", ["server", "client"])
+def test_well_known_files_are_json_with_cors(deployment: Deployment, name: str) -> None:
+    status, headers, body = run(
+        lambda: http_get(deployment.url("apex", f"/.well-known/matrix/{name}"), deployment.host.address, deployment.ca_file)
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert headers.get("Access-Control-Allow-Origin") == "*"
+    document = json.loads(body)
+    if name == "server":
+        assert document == {"m.server": f"matrix.{DOMAIN}:443"}
+    else:
+        assert document["m.homeserver"]["base_url"] == HOMESERVER
+
+
+def test_element_is_served_with_its_config_and_headers(deployment: Deployment) -> None:
+    address, ca = deployment.host.address, deployment.ca_file
+    status, headers, body = run(lambda: http_get(deployment.url("chat", "/"), address, ca))
+    assert status == 200 and b"matrixchat" in body
+    assert "no-cache" in headers.get("Cache-Control", "")
+    assert headers.get("X-Content-Type-Options") == "nosniff"
+    assert "frame-ancestors" in headers.get("Content-Security-Policy", "") or headers.get("X-Frame-Options")
+    status, headers, body = run(lambda: http_get(deployment.url("chat", "/config.json"), address, ca))
+    assert status == 200 and "no-cache" in headers.get("Cache-Control", "")
+    config = json.loads(body)
+    assert config["default_server_config"]["m.homeserver"]["base_url"] == HOMESERVER
+    assert config["default_server_config"]["m.homeserver"]["server_name"] == DOMAIN
+
+
+def test_http_redirects_to_https(deployment: Deployment) -> None:
+    status, headers, _ = run(lambda: _plain_http_get(deployment, f"chat.{DOMAIN}", "/"))
+    assert status == 301 and headers["Location"].startswith(f"https://chat.{DOMAIN}")
+
+
+async def _plain_http_get(deployment: Deployment, host: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    async with (
+        session(deployment.host.address, deployment.ca_file) as s,
+        s.get(f"http://{host}{path}", allow_redirects=False) as response,
+    ):
+        return response.status, dict(response.headers), await response.read()
+
+
+def turn_credentials(deployment: Deployment, users: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        client = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        try:
+            await client.login(users["bob"][1])
+            async with (
+                session(deployment.host.address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}) as s,
+                s.get(f"{HOMESERVER}/_matrix/client/v3/voip/turnServer") as response,
+            ):
+                assert response.status == 200
+                return dict(await response.json())
+        finally:
+            await client.close()
+
+    return run(go)
+
+
+def test_turn_credentials_allocate_a_relay(deployment: Deployment, users: dict[str, tuple[str, str]]) -> None:
+    creds = turn_credentials(deployment, users)
+    assert any(f"turn.{DOMAIN}" in uri for uri in creds["uris"])
+    assert creds["username"] and creds["password"]
+    result = subprocess.run(
+        [
+            "turnutils_uclient",
+            "-X",
+            "-c",
+            "-n",
+            "10",
+            "-l",
+            "120",
+            "-u",
+            creds["username"],
+            "-w",
+            creds["password"],
+            "-y",
+            deployment.host.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    lost = re.search(r"Total lost packets (\d+)", output)
+    sent = re.search(r"Total send dropped (\d+)", output)
+    assert result.returncode == 0, output[-2000:]
+    assert lost and int(lost.group(1)) == 0, output[-2000:]
+    assert sent is None or int(sent.group(1)) == 0
+    counts = re.search(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    assert counts and int(counts.group(1)) > 0 and counts.group(1) == counts.group(2), output[-2000:]
+
+
+def test_self_check_fails_naming_synapse_when_it_is_down(deployment: Deployment) -> None:
+    assert deployment.recording is not None
+    deployment.ssh("systemctl stop matrix-synapse")
+    try:
+        with pytest.raises(StepFailed) as failure:
+            run_all(deployment.recording, only={"selfcheck-verify"})
+        assert "client" in str(failure.value).lower()
+    finally:
+        deployment.ssh(
+            "systemctl start matrix-synapse; for _ in $(seq 90); do "
+            "curl -fs http://127.0.0.1:8008/health >/dev/null && exit 0; sleep 1; done; exit 1"
+        )
+    run_all(deployment.recording, only={"selfcheck-verify"})  # healthy again once Synapse is back

@@ -1,0 +1,277 @@
+"""TestHost: a local Debian 12 "droplet" reachable over SSH, for end-to-end tests.
+
+It ties together the rootfs image, the network namespace, the registry proxy, pebble and the
+Cloudflare stand-in, the loop-device volume and the nspawn machine, and removes all of it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from . import guestconfig, hostconfig, limits, machine, network, rootfs, volume
+from ._proc import run, wait_until
+from .acme import Pebble
+from .cloudflare_standin import CloudflareStandin
+from .proxy import ForwardProxy
+
+HOSTS_DIR = Path("/var/lib/matrix-stack-e2e/hosts")
+# Host commands used here besides rootfs.HOST_TOOLS, and the Debian packages that provide them.
+HOST_COMMANDS = {"pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl": "openssl",
+                 "ssh": "openssh-client", "ssh-keygen": "openssh-client", "losetup": "mount",
+                 "ip": "iproute2"}
+PROXY_PORT = 3128
+CLOUDFLARE_PORT = 8080
+
+
+class TestHost:
+    """A booted guest at 198.18.<index>.2; use as a context manager, or boot() and destroy()."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        index: int,
+        authorized_key: str,
+        volume_name: str,
+        domain: str,
+        volume_image: Path | None = None,
+        *,
+        identity_file: Path | None = None,
+        volume_size: int = volume.DEFAULT_SIZE,
+        outsider: bool = False,
+        boot_timeout: float = 180,
+        cpu_quota: float | None = None,
+        memory_max: int | None = None,
+    ) -> None:
+        self.addr = network.Addresses(index)
+        self.index = index
+        self.authorized_key = authorized_key
+        self.volume_name = volume_name
+        self.domain = domain
+        self.volume_image = volume_image or volume.VOLUME_DIR / f"{volume_name}.img"
+        self.volume_size = volume_size
+        self.with_outsider = outsider
+        self.boot_timeout = boot_timeout
+        self.limits = (limits.Limits(self.addr.netns, cpu_quota, memory_max)
+                       if cpu_quota is not None or memory_max is not None else None)
+        self.workdir = HOSTS_DIR / str(index)
+        self.root = self.workdir / "rootfs"
+        self.state = self.workdir / "state"
+        self.identity_file = identity_file or self.state / "id_ed25519"
+        self._own_identity = identity_file is None
+        self.proxy: ForwardProxy | None = None
+        self.pebble: Pebble | None = None
+        self.cloudflare: CloudflareStandin | None = None
+        self.machine: machine.Machine | None = None
+        self.loop_device: str | None = None
+
+    # -- addresses and files --------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The guest's IPv4 address (SSH, HTTP, TURN targets)."""
+        return self.addr.guest
+
+    @property
+    def host_side_address(self) -> str:
+        """The host's end of the veth: proxy, pebble, challtestsrv and the Cloudflare stand-in."""
+        return self.addr.host_side
+
+    @property
+    def outsider_address(self) -> str:
+        return self.addr.outsider
+
+    @property
+    def acme_directory(self) -> str:
+        return f"https://{self.addr.host_side}:14000/dir"
+
+    @property
+    def client_ca_file(self) -> Path:
+        """pebble's issuing root: test clients trust this to verify the guest's certificates."""
+        return self.state / "pebble-root.pem"
+
+    @property
+    def pebble_tls_ca_file(self) -> Path:
+        """CA of pebble's own TLS endpoint (ACME directory, management API)."""
+        return self.state / "tls-ca.pem"
+
+    @property
+    def cloudflare_api_url(self) -> str:
+        return f"http://{self.addr.host_side}:{CLOUDFLARE_PORT}/client/v4"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.addr.host_side}:{PROXY_PORT}"
+
+    @property
+    def volume_guest_path(self) -> str:
+        return volume.guest_path(self.volume_name)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        self.boot()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.destroy(keep_volume=True)
+
+    def boot(self) -> None:
+        """Bring everything up (first call unpacks a fresh rootfs) and wait until SSH answers."""
+        try:
+            if self.machine is None:
+                self._bring_up()
+            if not self.machine_running:
+                assert self.machine is not None
+                self.machine.start()
+            self.wait_ready(self.boot_timeout)
+        except BaseException:
+            self.destroy(keep_volume=True)
+            raise
+
+    @property
+    def machine_running(self) -> bool:
+        return self.machine is not None and self.machine.running
+
+    def _bring_up(self) -> None:
+        rootfs.ensure_host_tools(HOST_COMMANDS)
+        TestHost.cleanup(self.index)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)
+        rootfs.unpack(self.root)
+        if self._own_identity and not self.identity_file.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"e2e-{self.index}",
+                 "-f", str(self.identity_file)])
+        network.create(self.addr)
+        if self.with_outsider:
+            network.create_outsider(self.addr)
+        self.proxy = ForwardProxy(self.addr.host_side, PROXY_PORT, hostconfig.registry_hosts())
+        self.proxy.start()
+        self.pebble = Pebble(self.addr.host_side, self.state)
+        self.pebble.start()
+        self.cloudflare = CloudflareStandin(self.addr.host_side, CLOUDFLARE_PORT, self.domain,
+                                            self.pebble.challtestsrv_url)
+        self.cloudflare.start()
+        keys = [self.authorized_key]
+        if self._own_identity:
+            keys.append(Path(f"{self.identity_file}.pub").read_text())
+        guestconfig.write(self.root, guestconfig.GuestSettings(
+            hostname=self.addr.netns, guest_address=self.address,
+            host_address=self.host_side_address, proxy_url=self.proxy_url,
+            cloudflare_api_url=self.cloudflare_api_url, domain=self.domain,
+            authorized_keys=tuple(k for k in keys if k.strip()),
+            pebble_tls_ca=self.pebble_tls_ca_file.read_bytes(),
+            pebble_root=self.client_ca_file.read_bytes()))
+        volume.ensure_image(self.volume_image, self.volume_size)
+        (self.state / "volume-image").write_text(str(self.volume_image.resolve()))
+        self.loop_device = volume.attach(self.volume_image)
+        if self.limits is not None:
+            self.limits.create()
+        self.machine = machine.Machine(
+            self.root, self.addr.netns, self.addr.netns,
+            [f"{self.loop_device}:{self.volume_guest_path}"], self.state / "nspawn.log", self.limits)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until systemd in the guest reports running or degraded over SSH."""
+        deadline = time.monotonic() + timeout
+
+        def ready() -> bool:
+            if not self.machine_running:
+                raise RuntimeError(f"guest exited during boot; see {self.state / 'nspawn.log'}")
+            left = max(5.0, deadline - time.monotonic())
+            try:
+                out = self.ssh("systemctl is-system-running --wait", timeout=min(left, 60))
+            except subprocess.TimeoutExpired:
+                return False
+            return out.stdout.decode().strip() in ("running", "degraded")
+
+        wait_until(f"guest {self.address} to finish booting", ready, timeout, interval=1)
+
+    def ssh(self, cmd: str, stdin: bytes | None = None, timeout: float = 600,
+            check: bool = False) -> subprocess.CompletedProcess[bytes]:
+        """Run `cmd` as root in the guest over real SSH (fresh host keys are not pinned)."""
+        argv = ["ssh", "-i", str(self.identity_file), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{self.address}", cmd]
+        return subprocess.run(argv, input=stdin if stdin is not None else b"",
+                              capture_output=True, timeout=timeout, check=check)
+
+    def outsider_run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        """Run a host command inside the outsider namespace (source 198.19.<index>.2)."""
+        if not self.with_outsider:
+            raise RuntimeError("TestHost was created without outsider=True")
+        return subprocess.run(["ip", "netns", "exec", self.addr.outsider_netns, *argv],
+                              capture_output=True, timeout=timeout, check=False)
+
+    def reboot(self, timeout: float | None = None) -> None:
+        """Reboot the guest (nspawn exits 133 and is restarted) and wait until it is back."""
+        assert self.machine is not None
+        boots = self.machine.boots
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.ssh("systemctl reboot", timeout=30)
+        wait_until("guest to restart", lambda: self.machine is not None
+                   and self.machine.boots > boots, timeout or self.boot_timeout)
+        self.wait_ready(timeout or self.boot_timeout)
+
+    def shutdown(self, timeout: float = 60) -> None:
+        """Power the guest off; boot() starts it again on the same rootfs and volume."""
+        if self.machine is not None:
+            self.machine.stop(timeout)
+
+    def destroy(self, keep_volume: bool = True) -> None:
+        """Power off and remove everything; the volume image stays unless keep_volume is False."""
+        self.shutdown()
+        self.machine = None
+        for service in (self.cloudflare, self.pebble, self.proxy):
+            if service is not None:
+                service.stop()
+        self.cloudflare = self.pebble = self.proxy = None
+        volume.detach(self.volume_image)
+        self.loop_device = None
+        TestHost.cleanup(self.index)
+        if not keep_volume:
+            self.volume_image.unlink(missing_ok=True)
+
+    @staticmethod
+    def cleanup(index: int | None = None) -> None:
+        """Remove leftovers of one index (or of every index), e.g. after a crashed run.
+
+        Kills our nspawn machines and pebble processes by exact argv, detaches loop devices of
+        our volume images, deletes the namespaces and veths and the rootfs; keeps volume images.
+        Proxy and Cloudflare stand-in are threads of the test process and end with it.
+        """
+        indexes = set(network.leftovers())
+        if HOSTS_DIR.is_dir():
+            indexes |= {int(p.name) for p in HOSTS_DIR.iterdir() if p.name.isdigit()}
+        if index is not None:
+            indexes = {index}
+        for i in sorted(indexes):
+            addr = network.Addresses(i)
+            machine.kill_leftovers(addr.netns)
+            limits.remove(addr.netns)
+            state = HOSTS_DIR / str(i) / "state"
+            Pebble.kill_leftovers(state)
+            record = state / "volume-image"
+            if record.exists():
+                volume.detach(Path(record.read_text().strip()))
+            network.destroy(addr)
+            _remove_tree(HOSTS_DIR / str(i))
+        if index is None and volume.VOLUME_DIR.is_dir():
+            for image in volume.VOLUME_DIR.glob("*.img"):
+                volume.detach(image)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a work dir, first unmounting anything left mounted below it (never expected)."""
+    if not path.exists():
+        return
+    prefix = str(path.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        run(["umount", "-l", mount], timeout=30, check=False)
+    shutil.rmtree(path, ignore_errors=True)
