@@ -12,7 +12,8 @@ import pytest
 
 from tests.e2e.deployment import Deployment, deployed_host
 
-E2E_INDEX = 21
+# Each concurrent test session needs its own host index (network 198.18.<index>.0/30).
+E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
 
 
 @pytest.fixture(scope="session")

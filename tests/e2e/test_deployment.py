@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import subprocess
 from typing import Any
 
@@ -59,7 +60,7 @@ def create_user_via_admin_api(deployment: Deployment, admin_token: str, localpar
         f"curl -fsS -X PUT -H \"Authorization: Bearer $token\" -H 'Content-Type: application/json' "
         f'--data "$body" http://127.0.0.1:8008/_synapse/admin/v2/users/@{localpart}:{DOMAIN}'
     )
-    deployment.ssh(f"bash -c {json.dumps(script)}", stdin=f"{admin_token}\n{body}\n")
+    deployment.ssh(f"bash -c {shlex.quote(script)}", stdin=f"{admin_token}\n{body}\n")
 
 
 @pytest.fixture(scope="module")
