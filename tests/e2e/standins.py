@@ -31,7 +31,10 @@ def build_tarball(directory: Path, version: str) -> Path:
     """Write element-v<version>.tar.gz with the files the deployment and its checks rely on."""
     top = f"element-v{version}"
     files = {
-        "index.html": f"<!doctype html><title>Element {version}</title><div id=matrixchat></div>\n",
+        "index.html": (
+            f'<!doctype html>\n<html lang="en"><head><title>Element {version}</title></head>'
+            '<body><section id="matrixchat"></section></body></html>\n'
+        ),
         "config.sample.json": '{"default_server_config": {}}\n',
         "version": f"{version}\n",
         "i18n/en_EN.json": "{}\n",

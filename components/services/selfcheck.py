@@ -1,0 +1,36 @@
+"""Self-check: the last step. Fails `pulumi up` unless the server answers like a healthy one.
+
+Everything is asked through nginx on 127.0.0.1:443 with the real host names (SNI and Host), so
+the check covers nginx, Synapse, Element, the well-known files, the certificate and coturn's TLS
+copy, and Synapse's TURN credentials (admin login, turnServer, logout).
+
+It re-runs when its own script changes (host names, paths) and whenever the step is replaced;
+making it re-run on every `up` that changed any other step is the stack's decision (for example
+by adding the other steps' triggers to this one), not this pure function's.
+"""
+
+from __future__ import annotations
+
+from components import paths
+from components.remote import StepSpec
+from components.render import render
+from components.services import ServiceContext
+
+# Fail while the certificate still has a week left, long before users see an expiry error.
+MIN_CERT_DAYS = 7
+
+
+def steps(ctx: ServiceContext) -> list[StepSpec]:
+    settings = ctx.settings
+    script = render(
+        "selfcheck/verify.sh.j2",
+        domain=settings.domain,
+        matrix_host=settings.matrix_host,
+        chat_host=settings.chat_host,
+        turn_host=settings.turn_host,
+        homeserver_url=settings.homeserver_url,
+        admin_credentials=paths.ADMIN_CREDENTIALS,
+        cert=f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem",
+        min_cert_days=MIN_CERT_DAYS,
+    )
+    return [StepSpec(name="selfcheck-verify", script=script)]

@@ -1,0 +1,236 @@
+"""Self-check: shellcheck, then the real script run in a throwaway network namespace.
+
+1. Nothing listens on 127.0.0.1: the script must fail and name every broken thing.
+2. A small stand-in answers on 127.0.0.1:443 and :5349 like a healthy server (Synapse, nginx,
+   Element, coturn TLS): the script must pass; then each answer is broken in turn and the script
+   must fail with exactly one message naming it. The only change to the rendered script is where
+   the certificate and the admin credentials are read from (two path assignments at its top).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from components import paths
+from components.remote import bundle_text
+from components.services import ServiceContext, selfcheck
+from tests.templates.conftest import FAKE_SECRETS, make_context
+
+CONFIGS = [{}, {"domain": "chat.example.net", "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "t"}]
+TOKEN = "syt_TOKENsecret0123456789"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    assert found, f"{name} is not installed: run tests/tools/install-deps.sh"
+    return found
+
+
+def script_of(ctx: ServiceContext) -> str:
+    (spec,) = selfcheck.steps(ctx)
+    assert spec.name == "selfcheck-verify" and not spec.files
+    return spec.script
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_shellcheck_and_no_secrets(config: dict[str, str]) -> None:
+    ctx = make_context(**config)
+    (spec,) = selfcheck.steps(ctx)
+    for secret in FAKE_SECRETS.values():
+        assert secret.strip() not in spec.script
+    result = subprocess.run(
+        [tool("shellcheck"), "-s", "bash", "-"], input=bundle_text(spec, []), capture_output=True, text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    s = ctx.settings
+    assert f"cert={paths.CERT_LIVE_DIR}/{s.domain}/cert.pem\n" in spec.script
+    assert f"admin_credentials={paths.ADMIN_CREDENTIALS}\n" in spec.script
+    assert f"matrix_host={s.matrix_host}\n" in spec.script and f"turn_host={s.turn_host}\n" in spec.script
+
+
+def run_script(script: str, tmp: Path, server: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The step's bundle (prelude + script), in its own network namespace, optionally with the stand-in."""
+    for name in ("unshare", "ip", "curl", "jq", "openssl", "python3"):
+        tool(name)
+    (spec,) = selfcheck.steps(make_context())
+    bundle = tmp / "bundle.sh"
+    text = bundle_text(type(spec)(name=spec.name, script=script), [])
+    # Record "step done" under tmp, not in this machine's /var/lib/matrix-stack.
+    state = "MS_STATE_DIR=/var/lib/matrix-stack/steps\n"
+    assert state in text
+    bundle.write_text(text.replace(state, f"MS_STATE_DIR={tmp}/steps\n"))
+    start, stop = "", ""
+    if server:
+        (tmp / "server.py").write_text(server)
+        start = (
+            f"python3 {tmp}/server.py > {tmp}/server.log 2>&1 & spid=$!\n"
+            f"for _ in $(seq 50); do [ -e {tmp}/ready ] && break; sleep 0.1; done\n"
+        )
+        stop = "kill $spid\n"
+    driver = f"ip link set lo up\n{start}bash {bundle}; rc=$?\n{stop}exit $rc\n"
+    return subprocess.run(["unshare", "-n", "bash", "-c", driver], capture_output=True, text=True, timeout=120)
+
+
+def failures(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("SELF-CHECK FAILED: ")]
+
+
+def test_fails_naming_everything_when_nothing_answers(tmp_path: Path) -> None:
+    ctx = make_context()
+    script = script_of(ctx).replace(
+        f"admin_credentials={paths.ADMIN_CREDENTIALS}\n", f"admin_credentials={tmp_path}/absent.env\n"
+    ).replace(f"cert={paths.CERT_LIVE_DIR}/{ctx.settings.domain}/cert.pem\n", f"cert={tmp_path}/absent.pem\n")
+    result = run_script(script, tmp_path)
+    assert result.returncode != 0
+    lines = failures(result)
+    expected = [
+        "Matrix client API: https://matrix.example.org/_matrix/client/versions",
+        "federation key endpoint: https://matrix.example.org/_matrix/key/v2/server",
+        "well-known server: https://example.org/.well-known/matrix/server",
+        "well-known client: https://example.org/.well-known/matrix/client",
+        "Element config: https://chat.example.org/config.json",
+        "Element Web: https://chat.example.org/",
+        f"certificate: {tmp_path}/absent.pem is missing",
+        f"TURN credentials: {tmp_path}/absent.env",
+    ]
+    assert len(lines) == len(expected), result.stderr
+    for line, prefix in zip(lines, expected):
+        assert line.startswith(f"SELF-CHECK FAILED: {prefix}"), line
+    assert "self-check: 8 problem(s)" in result.stderr
+
+
+# A stand-in that answers like the real server would; BREAK names the one thing it gets wrong.
+SERVER = textwrap.dedent(
+    """\
+    import http.server, json, os, ssl, socket, threading, pathlib
+    threading.Timer(100, lambda: os._exit(0)).start()  # never outlive the test
+    DIR = pathlib.Path({dir!r}); BREAK = {brk!r}; D = {domain!r}; M = {matrix!r}; C = {chat!r}; T = {turn!r}
+    PASSWORD = {password!r}; TOKEN = {token!r}; HS = "https://" + M
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def send(self, code, body, ctype="application/json", headers=()):
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(code); self.send_header("Content-Type", ctype)
+            for k, v in headers: self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+        def authed(self):
+            return self.headers.get("Authorization") == "Bearer " + TOKEN
+        def do_GET(self):
+            host, p = self.headers["Host"], self.path
+            if host == M and p == "/_matrix/client/versions":
+                return self.send(200, {{"versions": [] if BREAK == "versions" else ["v1.11"]}})
+            if host == M and p == "/_matrix/key/v2/server":
+                name = "other" if BREAK == "key" else D
+                return self.send(200, {{"server_name": name, "verify_keys": {{"ed25519:a": {{}}}}}})
+            if host == D and p == "/.well-known/matrix/server":
+                ctype = "text/plain" if BREAK == "server-type" else "application/json"
+                return self.send(200, {{"m.server": M + ":443"}}, ctype)
+            if host == D and p == "/.well-known/matrix/client":
+                cors = [] if BREAK == "cors" else [("Access-Control-Allow-Origin", "*")]
+                return self.send(200, {{"m.homeserver": {{"base_url": HS}}}}, headers=cors)
+            if host == C and p == "/config.json":
+                url = "https://matrix.example.com" if BREAK == "element-config" else HS
+                hs = {{"base_url": url, "server_name": D}}
+                return self.send(200, {{"default_server_config": {{"m.homeserver": hs}}}})
+            if host == C and p == "/":
+                cc = "max-age=3600" if BREAK == "cache" else "no-cache"
+                page = "<!doctype html><html><title>Element</title></html>"
+                return self.send(200, page, "text/html", [("Cache-Control", cc)])
+            if host == M and p == "/_matrix/client/v3/voip/turnServer" and self.authed():
+                uris = [] if BREAK == "turn" else ["turn:" + T + "?transport=udp", "turn:" + T + "?transport=tcp"]
+                return self.send(200, {{"uris": uris, "username": "1:@admin:" + D, "password": "x", "ttl": 86400}})
+            self.send(404, {{"errcode": "M_NOT_FOUND"}})
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{{}}")
+            if self.headers["Host"] == M and self.path == "/_matrix/client/v3/login":
+                ok = body.get("password") == PASSWORD and body["identifier"]["user"] == "@admin:" + D
+                if ok and BREAK != "login":
+                    return self.send(200, {{"access_token": TOKEN, "user_id": "@admin:" + D}})
+                return self.send(403, {{"errcode": "M_FORBIDDEN"}})
+            if self.headers["Host"] == M and self.path == "/_matrix/client/v3/logout" and self.authed():
+                (DIR / "logged-out").touch()
+                return self.send(200, {{}})
+            self.send(404, {{"errcode": "M_NOT_FOUND"}})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(DIR / "cert.pem", DIR / "key.pem")
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 443), H)
+    web.socket = ctx.wrap_socket(web.socket, server_side=True)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    turn = socket.socket(); turn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    turn.bind(("127.0.0.1", 5349)); turn.listen()
+    def tls_only():
+        while True:
+            conn, _ = turn.accept()
+            try:
+                ctx.wrap_socket(conn, server_side=True).close()
+            except Exception:
+                conn.close()
+    if BREAK != "turn-tls":
+        threading.Thread(target=tls_only, daemon=True).start()
+    (DIR / "ready").touch()
+    threading.Event().wait()
+    """
+)
+
+BREAKS = {
+    "versions": "Matrix client API:",
+    "key": "federation key endpoint:",
+    "server-type": "well-known server:",
+    "cors": "well-known client:",
+    "element-config": "Element config:",
+    "cache": "Element Web:",
+    "turn-tls": "TURN TLS:",
+    "login": "TURN credentials: admin login",
+    "turn": "TURN credentials: /_matrix/client/v3/voip/turnServer",
+}
+
+
+def stand_in(ctx: ServiceContext, tmp: Path, brk: str) -> tuple[str, str]:
+    """The script pointed at a test certificate and credentials file, and the stand-in's source."""
+    s = ctx.settings
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", f"/CN={s.domain}",
+         "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
+        check=True, capture_output=True,
+    )
+    password = FAKE_SECRETS["admin_password"]
+    creds = tmp / "admin.env"
+    creds.write_text(f"ADMIN_USER={s.admin_user_id}\nADMIN_PASSWORD={password}\n")
+    creds.chmod(0o600)
+    script = script_of(ctx).replace(
+        f"admin_credentials={paths.ADMIN_CREDENTIALS}\n", f"admin_credentials={creds}\n"
+    ).replace(f"cert={paths.CERT_LIVE_DIR}/{s.domain}/cert.pem\n", f"cert={tmp}/cert.pem\n")
+    server = SERVER.format(
+        dir=str(tmp), brk=brk, domain=s.domain, matrix=s.matrix_host, chat=s.chat_host, turn=s.turn_host,
+        password=password, token=TOKEN,
+    )
+    return script, server
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_passes_against_a_healthy_server(config: dict[str, str], tmp_path: Path) -> None:
+    ctx = make_context(**config)
+    script, server = stand_in(ctx, tmp_path, "")
+    result = run_script(script, tmp_path, server)
+    assert result.returncode == 0, result.stderr
+    assert "self-check passed" in result.stderr
+    assert (tmp_path / "logged-out").exists(), "the admin session was not logged out"
+    for secret in (TOKEN, FAKE_SECRETS["admin_password"]):
+        assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("brk", sorted(BREAKS))
+def test_each_broken_thing_gets_one_message(brk: str, tmp_path: Path) -> None:
+    ctx = make_context()
+    script, server = stand_in(ctx, tmp_path, brk)
+    result = run_script(script, tmp_path, server)
+    assert result.returncode != 0
+    lines = failures(result)
+    assert len(lines) == 1 and lines[0].startswith(f"SELF-CHECK FAILED: {BREAKS[brk]}"), result.stderr
+    for secret in (TOKEN, FAKE_SECRETS["admin_password"]):
+        assert secret not in result.stdout + result.stderr
