@@ -1,4 +1,4 @@
-"""Every step's complete bundle (prelude + files + script), for several configs, passes shellcheck."""
+"""Every step's complete bundle (prelude + files + script) and every script it installs passes shellcheck."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ CONFIGS = [
 
 
 def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, text) of every step's bundle and of every script file a step installs."""
     ctx = make_context(**config)
     out = []
     for module in SERVICE_ORDER:
         for spec in module.steps(ctx):
             out.append((spec.name, bundle_text(spec, [str(f.content) for f in spec.files])))
+            out += [(f"{spec.name}:{f.path}", str(f.content)) for f in spec.files if f.path.endswith(".sh")]
     return out
 
 

@@ -8,7 +8,6 @@ are observed for real. The real `turnserver` user (Debian's coturn package) rece
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -23,6 +22,7 @@ from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, certificates
 from components.settings import LETSENCRYPT_STAGING
 from tests.templates.conftest import BASE_CONFIG, FAKE_SECRETS, make_context
+from tests.templates.sandbox import run_in_sandbox
 
 TOKEN = BASE_CONFIG["certbotCloudflareToken"]
 PEBBLE = "https://pebble.test:14000/dir"
@@ -111,20 +111,6 @@ def test_shellcheck_bundles_and_hook() -> None:
 # ------------------------------------------------------------------------------------------
 # Sandbox
 
-SANDBOX = r"""
-set -euo pipefail
-scratch=$1
-shift
-mount -t tmpfs tmpfs "$scratch"
-for d in etc var/lib; do
-  mkdir -p "$scratch/$d-upper" "$scratch/$d-work"
-  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$scratch/$d-upper,workdir=$scratch/$d-work" "/$d"
-done
-[ "$(findmnt -n -o FSTYPE /etc)" = overlay ] && [ "$(findmnt -n -o FSTYPE /var/lib)" = overlay ] \
-  || { echo "sandbox mounts missing" >&2; exit 99; }
-exec bash "$@"
-"""
-
 # Stand-ins, recording every call in $WORK/calls.
 CERTBOT = r"""#!/bin/bash
 echo "certbot $*" >> "$WORK/calls"
@@ -177,13 +163,11 @@ done
 
 
 def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, ...]) -> list[dict[str, Any]]:
-    assert os.geteuid() == 0, "the sandbox needs root (mount namespaces)"
     assert subprocess.run(["getent", "passwd", "turnserver"], stdout=subprocess.DEVNULL).returncode == 0, (
         "coturn must be installed"
     )
     work = tmp / "work"
     (work / "bin").mkdir(parents=True)
-    (tmp / "ns").mkdir()
     for name, text in (("certbot", CERTBOT), ("systemctl", SYSTEMCTL), ("nginx", NGINX)):
         (work / "bin" / name).write_text(text)
         (work / "bin" / name).chmod(0o755)
@@ -196,12 +180,8 @@ def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, 
             continue
         (tmp / f"bundle{i}.sh").write_text(text)
         args.append(str(tmp / f"bundle{i}.sh"))
-    (tmp / "sandbox.sh").write_text(SANDBOX)
     driver = DRIVER.replace("HOOK", paths.CERT_DEPLOY_HOOK).replace("CRED", paths.CERTBOT_CREDENTIALS)
-    (tmp / "driver.sh").write_text(driver.replace("DOMAIN", ctx.settings.domain))
-    cmd = ["unshare", "--mount", "--net", "--propagation", "private", "--",
-           "bash", str(tmp / "sandbox.sh"), str(tmp / "ns"), str(tmp / "driver.sh"), str(work), *args]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run_in_sandbox(tmp, driver.replace("DOMAIN", ctx.settings.domain), [str(work), *args])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = re.split(r"--- end of run \d+\n", (work / "calls").read_text())
     return [

@@ -11,8 +11,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from components import paths
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, element
 from tests.templates.conftest import FAKE_SECRETS, make_context
+from tests.templates.sandbox import run_in_sandbox
 
 PORT = 8765
 
@@ -78,33 +77,8 @@ def test_versions_and_files() -> None:
         assert secret.strip() not in step.script and secret.strip() not in str(step.files[0].content)
 
 
-def test_shellcheck_bundle() -> None:
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck is required (tests/tools/install-deps.sh)"
-    step = _step(make_context())
-    text = bundle_text(step, [str(f.content) for f in step.files])
-    proc = subprocess.run([shellcheck, "-"], input=text, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
-
-
 # ------------------------------------------------------------------------------------------
 # The real bundle in a sandbox
-
-SANDBOX = r"""
-set -euo pipefail
-scratch=$1
-shift
-mount -t tmpfs tmpfs "$scratch"
-for d in etc var/lib; do
-  mkdir -p "$scratch/$d-upper" "$scratch/$d-work"
-  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$scratch/$d-upper,workdir=$scratch/$d-work" "/$d"
-done
-mount -t tmpfs tmpfs /var/www
-[ "$(findmnt -n -o FSTYPE /etc)" = overlay ] && [ "$(findmnt -n -o FSTYPE /var/lib)" = overlay ] \
-  && [ "$(findmnt -n -o FSTYPE /var/www)" = tmpfs ] || { echo "sandbox mounts missing" >&2; exit 99; }
-ip link set lo up
-exec bash "$@"
-"""
 
 DRIVER = r"""
 set -uo pipefail
@@ -139,18 +113,12 @@ def _tarball(version: str) -> bytes:
 
 
 def _run(tmp: Path, bundles: list[str]) -> list[dict[str, Any]]:
-    assert os.geteuid() == 0, "the sandbox needs root (mount namespaces)"
-    (tmp / "ns").mkdir()
     paths_ = []
     for i, text in enumerate(bundles, 1):
         path = tmp / f"bundle{i}.sh"
         path.write_text(text)
         paths_.append(str(path))
-    (tmp / "sandbox.sh").write_text(SANDBOX)
-    (tmp / "driver.sh").write_text(DRIVER)
-    cmd = ["unshare", "--mount", "--net", "--propagation", "private", "--",
-           "bash", str(tmp / "sandbox.sh"), str(tmp / "ns"), str(tmp / "driver.sh"), str(tmp), *paths_]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = run_in_sandbox(tmp, DRIVER, [str(tmp), *paths_], tmpfs=["/var/www"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = []
     for i in range(1, len(bundles) + 1):

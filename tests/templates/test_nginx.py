@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from components import paths
-from components.remote import StepSpec, bundle_text
+from components.remote import StepSpec
 from components.services import ServiceContext, element, nginx
 from tests.templates.conftest import FAKE_SECRETS, make_context
 
@@ -307,15 +307,6 @@ def test_script_checks_config_before_reloading_and_reloads_only_on_change() -> N
     assert "rm -f /etc/nginx/sites-enabled/default" in lines
     for site in nginx.SITE_NAMES:
         assert f"{nginx.SITES_AVAILABLE}/{site}" in {f.path for f in _step(make_context()).files}
-
-
-def test_shellcheck_bundle() -> None:
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck is required (tests/tools/install-deps.sh)"
-    step = _step(make_context())
-    text = bundle_text(step, [str(f.content) for f in step.files])
-    proc = subprocess.run([shellcheck, "-"], input=text, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
 
 
 def test_no_secret_in_files_or_script() -> None:
