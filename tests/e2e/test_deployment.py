@@ -6,6 +6,7 @@ deployment's firewall treats as Cloudflare (its address is the mocked Cloudflare
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -130,7 +131,7 @@ def test_upload_above_the_limit_is_refused(deployment: Deployment, users: dict[s
             async with session(
                 deployment.host.address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}
             ) as s:
-                data = b"x" * ((limit_mb + 1) * 1024 * 1024)
+                data = io.BytesIO(b"x" * ((limit_mb + 1) * 1024 * 1024))
                 async with s.post(
                     f"{HOMESERVER}/_matrix/media/v3/upload", data=data, headers={"Content-Type": "application/octet-stream"}
                 ) as response:

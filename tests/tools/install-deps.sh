@@ -11,21 +11,13 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 
-need=()
-for pkg in nginx coturn shellcheck postgresql-15 systemd; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod 0755 /usr/sbin/policy-rc.d
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+# shellcheck source=tests/tools/apt-ensure.sh
+. tests/tools/apt-ensure.sh
+apt_ensure nginx coturn shellcheck postgresql-15 systemd
 
 synapse_version=$(.venv/bin/python -c 'from components.settings import DEFAULTS; print(DEFAULTS["synapseVersion"])')
 venv=build/synapse-venv
-if ! "$venv/bin/python" -c "import synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import bs4, synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "matrix-synapse[url-preview]==$synapse_version" psycopg2-binary
