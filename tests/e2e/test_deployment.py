@@ -231,8 +231,10 @@ def test_turn_credentials_allocate_a_relay(deployment: Deployment, users: dict[s
     assert result.returncode == 0, output[-2000:]
     assert lost and int(lost.group(1)) == 0, output[-2000:]
     assert sent is None or int(sent.group(1)) == 0
-    counts = re.search(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
-    assert counts and int(counts.group(1)) > 0 and counts.group(1) == counts.group(2), output[-2000:]
+    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)  # the summary line
+    assert totals, output[-2000:]
+    sent_count, received_count = map(int, totals[-1])
+    assert sent_count > 0 and received_count == sent_count, output[-2000:]
 
 
 def test_self_check_fails_naming_synapse_when_it_is_down(deployment: Deployment) -> None:

@@ -50,3 +50,12 @@ def test_step_names_are_unique_and_bundles_deterministic() -> None:
     names = [name for name, _ in first]
     assert len(names) == len(set(names))
     assert first == second
+
+
+def test_repository_scripts_pass_shellcheck() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    scripts = [root / ".ci" / "run", *sorted((root / "tests" / "tools").glob("*.sh"))]
+    result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stdout
