@@ -250,3 +250,34 @@ def test_self_check_fails_naming_synapse_when_it_is_down(deployment: Deployment)
             "curl -fs http://127.0.0.1:8008/health >/dev/null && exit 0; sleep 1; done; exit 1"
         )
     run_all(deployment.recording, only={"selfcheck-verify"})  # healthy again once Synapse is back
+
+
+def served_certificate(deployment: Deployment, port: int, server_name: str) -> bytes:
+    """The DER certificate the guest presents on `port` for `server_name`, verified against pebble."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(deployment.ca_file))
+    with (
+        socket.create_connection((deployment.host.address, port), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        certificate = tls.getpeercert(binary_form=True)
+    assert certificate
+    return certificate
+
+
+def test_forced_renewal_reaches_nginx_and_coturn(deployment: Deployment) -> None:
+    before = {
+        port: served_certificate(deployment, port, host) for port, host in ((443, f"matrix.{DOMAIN}"), (5349, f"turn.{DOMAIN}"))
+    }
+    assert before[443] == before[5349]
+    deployment.ssh(f"certbot renew --force-renewal --no-random-sleep-on-renew --cert-name {DOMAIN} --quiet", timeout=300)
+    after = {
+        port: served_certificate(deployment, port, host) for port, host in ((443, f"matrix.{DOMAIN}"), (5349, f"turn.{DOMAIN}"))
+    }
+    live = deployment.ssh(f"openssl x509 -in /etc/letsencrypt/live/{DOMAIN}/cert.pem -outform DER | base64 -w0")
+    import base64
+
+    assert after[443] != before[443], "nginx still serves the old certificate"
+    assert after[443] == after[5349] == base64.b64decode(live), "nginx and coturn must serve the renewed certificate"
