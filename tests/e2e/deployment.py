@@ -9,6 +9,7 @@ command is executed over SSH in the engine's order (`runner.run_all`).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -122,3 +123,4 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, **host_
             yield deployment
     finally:
         host.destroy(keep_volume=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # the deploy key and the Element tarballs
