@@ -1,0 +1,321 @@
+"""Benchmark the stack on a test host the size of the smallest useful droplet (1 CPU, 1 GiB).
+
+    python -m tests.bench.benchmark [--index 61] [--clients 20] [--duration 60] [--no-saturate]
+
+Needs root, like the end-to-end suite. Boots a local test host whose guest is capped at 1 CPU and
+1 GiB (cgroup v1 limits on the whole nspawn guest), deploys the program for real and measures:
+
+- provisioning: a fresh run and a forced re-run (every step again, nothing changed), total and per step;
+- memory after 30 s idle: RSS and PSS per service (all processes of its systemd unit) and the guest total;
+- send latency (PUT /rooms/../send round trip) through nginx and directly to Synapse. Both paths are
+  measured by the same small stdlib client running *inside the guest*, over loopback, with one
+  keep-alive connection per path and the two paths interleaved message by message: the only
+  difference is nginx (TLS termination and the proxy hop). A client on the host side could not reach
+  Synapse directly (it listens on 127.0.0.1 only), and an ssh -L forward would add the SSH channel
+  to both paths and hide the difference being measured. The client shares the guest's CPU quota;
+  it does so equally for both paths;
+- load: 20 clients in pairs through nginx on 443 from the host side (tests/e2e/load.py), one message
+  every two seconds each for 60 s (the load test's load), and optionally a closed loop (each client sends
+  again as soon as its send returns) for the throughput the capped guest sustains.
+
+Prints numbers and writes them as markdown to build/benchmark.md; asserts nothing about time.
+Other processes on the machine (e.g. parallel test runs) skew the numbers: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.deployment import DOMAIN, Deployment, deployed_host
+from tests.e2e.load import LoadConfig, LoadResult, LoadUser, percentile, provision_users, run_load
+from tests.e2e.runner import StepResult, run_all
+from tests.e2e.testhost import limits
+
+DEFAULT_INDEX = int(os.environ.get("MATRIX_STACK_BENCH_INDEX", "61"))
+CPU_QUOTA = 1.0
+MEMORY_MAX = 1 << 30
+HOMESERVER = f"https://matrix.{DOMAIN}"
+OUTPUT = Path("build/benchmark.md")
+
+# Runs in the guest with the system Python: RSS and PSS (kB, from smaps_rollup) per service.
+MEMORY_SCRIPT = r"""
+import json, os, re
+SERVICES = ("synapse", "postgres", "nginx", "coturn")
+
+def by_unit(pid):
+    with open("/proc/%s/cgroup" % pid) as f:
+        units = set(re.findall(r"/([^/\s]+\.service)", f.read()))
+    for unit in units:
+        if unit == "matrix-synapse.service": return "synapse"
+        if unit.startswith("postgresql"): return "postgres"
+        if unit == "nginx.service": return "nginx"
+        if unit == "coturn.service": return "coturn"
+    return None
+
+def by_name(pid):
+    with open("/proc/%s/cmdline" % pid, "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    with open("/proc/%s/comm" % pid) as f:
+        comm = f.read().strip()
+    if "synapse.app.homeserver" in cmdline: return "synapse"
+    if comm.startswith("postgres") or cmdline.startswith("postgres:"): return "postgres"
+    if comm == "nginx": return "nginx"
+    if comm == "turnserver": return "coturn"
+    return None
+
+totals = {name: {"procs": 0, "rss_kb": 0, "pss_kb": 0, "matched_by": "unit"} for name in SERVICES + ("all",)}
+rows = []
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        with open("/proc/%s/smaps_rollup" % pid) as f:
+            rollup = f.read()
+        rss = re.search(r"^Rss:\s+(\d+)", rollup, re.M)
+        pss = re.search(r"^Pss:\s+(\d+)", rollup, re.M)
+        if not rss:
+            continue  # kernel thread
+        rows.append((by_unit(pid), by_name(pid), int(rss.group(1)), int(pss.group(1)) if pss else 0))
+    except (OSError, ValueError):
+        continue
+for unit, name, rss, pss in rows:
+    for key in ("all", unit):
+        if key:
+            totals[key]["procs"] += 1; totals[key]["rss_kb"] += rss; totals[key]["pss_kb"] += pss
+for service in SERVICES:
+    if totals[service]["procs"] == 0:  # no unit in /proc/PID/cgroup: fall back to process names
+        totals[service]["matched_by"] = "name"
+        for unit, name, rss, pss in rows:
+            if name == service:
+                totals[service]["procs"] += 1; totals[service]["rss_kb"] += rss; totals[service]["pss_kb"] += pss
+print(json.dumps(totals))
+"""
+
+# Runs in the guest with the system Python: interleaved sends through nginx and straight to Synapse.
+LATENCY_SCRIPT = r"""
+import http.client, json, socket, ssl, sys, time, urllib.parse
+args = json.loads(sys.stdin.readline())
+host = args["host"]
+context = ssl.create_default_context(cadata=args["ca"])
+
+class Nginx(http.client.HTTPSConnection):
+    def connect(self):  # nginx on this host, with the public name for SNI, Host and verification
+        sock = socket.create_connection(("127.0.0.1", 443), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._context.wrap_socket(sock, server_hostname=host)
+
+class Direct(http.client.HTTPConnection):
+    def connect(self):
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+paths = {"nginx": Nginx(host, 443, timeout=60, context=context), "direct": Direct("127.0.0.1", 8008, timeout=60)}
+
+def call(conn, method, path, token, body):
+    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+    began = time.perf_counter()
+    conn.request(method, "/_matrix/client/v3" + path, body=json.dumps(body).encode(), headers=headers)
+    response = conn.getresponse()
+    payload = response.read()
+    elapsed = time.perf_counter() - began
+    if response.status != 200:
+        raise SystemExit("%s %s: %s %s" % (method, path, response.status, payload[:200]))
+    return json.loads(payload), elapsed
+
+sender, partner = args["tokens"]
+room, _ = call(paths["direct"], "POST", "/createRoom", sender, {"preset": "private_chat", "invite": [args["partner"]]})
+room_id = urllib.parse.quote(room["room_id"])
+call(paths["direct"], "POST", "/join/" + room_id, partner, {})
+times = {"nginx": [], "direct": []}
+for i in range(args["warmup"] + args["samples"]):
+    for name in (("nginx", "direct") if i % 2 == 0 else ("direct", "nginx")):
+        _, elapsed = call(paths[name], "PUT", "/rooms/%s/send/m.room.message/%s-%d" % (room_id, name, i), sender,
+                          {"msgtype": "m.text", "body": "latency %s %d" % (name, i)})
+        if i >= args["warmup"]:
+            times[name].append(elapsed)
+print(json.dumps(times))
+"""
+
+
+@dataclass
+class Numbers:
+    fresh: list[StepResult]
+    fresh_wall: float
+    rerun: list[StepResult]
+    rerun_wall: float
+    idle_seconds: float
+    memory: dict[str, dict[str, Any]]
+    guest_cgroup: dict[str, int]
+    latency: dict[str, list[float]]
+    samples: int
+    steady: LoadResult
+    saturated: LoadResult | None
+    synapse_version: str
+
+
+def timed_apply(deployment: Deployment) -> tuple[list[StepResult], float]:
+    started = time.monotonic()
+
+    def show(result: StepResult) -> None:
+        print(f"  {result.name:24s} {result.seconds:6.1f} s", flush=True)
+
+    results = run_all(deployment.record(), on_step=show)
+    deployment.results = results
+    return results, time.monotonic() - started
+
+
+def guest_cgroup_memory(deployment: Deployment) -> dict[str, int]:
+    """The guest's memory cgroup as the host sees it (bytes): rss, page cache, peak usage."""
+    try:
+        memory = limits.cgroup_dirs(deployment.host.addr.netns)[1]
+        stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
+        return {"rss": int(stat["total_rss"]), "cache": int(stat["total_cache"]),
+                "peak": int((memory / "memory.max_usage_in_bytes").read_text()),
+                "limit": int((memory / "memory.limit_in_bytes").read_text())}
+    except (OSError, KeyError, ValueError) as error:
+        print(f"(guest memory cgroup not readable: {error})", file=sys.stderr)
+        return {}
+
+
+def measure_latency(deployment: Deployment, users: list[LoadUser], samples: int, warmup: int = 20) -> dict[str, list[float]]:
+    args = {"host": f"matrix.{DOMAIN}", "ca": deployment.ca_file.read_text(), "samples": samples, "warmup": warmup,
+            "tokens": [users[0].access_token, users[1].access_token], "partner": users[1].user_id}
+    out = deployment.ssh(f"python3 -c {shlex.quote(LATENCY_SCRIPT)}", json.dumps(args) + "\n", timeout=600)
+    times: dict[str, list[float]] = json.loads(out)
+    return times
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def mib(kb: float) -> str:
+    return f"{kb / 1024:.0f}"
+
+
+def render(n: Numbers, command: str) -> str:
+    fresh_steps = sum(r.seconds for r in n.fresh)
+    rerun_steps = sum(r.seconds for r in n.rerun)
+    nginx, direct = n.latency["nginx"], n.latency["direct"]
+    out = [
+        "## Benchmark: 1 CPU, 1 GiB",
+        "",
+        f"`{command}` on {datetime.date.today().isoformat()}: a local Debian 12 test host (systemd-nspawn) whose guest "
+        f"is capped at {CPU_QUOTA:g} CPU and {MEMORY_MAX >> 20} MiB, Synapse {n.synapse_version}, "
+        f"on a machine with {os.cpu_count()} cores.",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| fresh provisioning (all steps, wall / sum of steps) | {n.fresh_wall:.0f} s / {fresh_steps:.0f} s |",
+        f"| forced re-run, nothing changed (wall / sum of steps) | {n.rerun_wall:.0f} s / {rerun_steps:.0f} s |",
+    ]
+    for service in ("synapse", "postgres", "nginx", "coturn", "all"):
+        m = n.memory[service]
+        label = "whole guest (all processes)" if service == "all" else f"{service} ({m['procs']} processes)"
+        out.append(f"| idle memory after {n.idle_seconds:.0f} s, {label}: RSS / PSS | "
+                   f"{mib(m['rss_kb'])} MiB / {mib(m['pss_kb'])} MiB |")
+    if n.guest_cgroup:
+        out.append(f"| guest memory cgroup after idle: RSS / page cache (limit {n.guest_cgroup['limit'] >> 20} MiB) | "
+                   f"{n.guest_cgroup['rss'] >> 20} MiB / {n.guest_cgroup['cache'] >> 20} MiB |")
+    out += [
+        f"| send latency through nginx (in-guest client, {n.samples} sends): p50 / p99 | "
+        f"{ms(percentile(nginx, 50))} ms / {ms(percentile(nginx, 99))} ms |",
+        f"| send latency direct to Synapse 127.0.0.1:8008 ({n.samples} sends): p50 / p99 | "
+        f"{ms(percentile(direct, 50))} ms / {ms(percentile(direct, 99))} ms |",
+        f"| nginx overhead, ratio nginx / direct: p50 / p99 | "
+        f"{percentile(nginx, 50) / percentile(direct, 50):.2f} / {percentile(nginx, 99) / percentile(direct, 99):.2f} |",
+    ]
+    for label, load in (("steady", n.steady), ("closed loop", n.saturated)):
+        if load is None:
+            continue
+        mode = "closed loop" if load.config.rate == 0 else f"{load.config.rate:g} msg/s each"
+        out += [
+            f"| load, {load.clients} clients, {mode}, {load.config.duration:g} s: messages/s | "
+            f"{load.messages_per_second:.1f} (sent {load.sent}, received {load.received}, lost {len(load.lost)}, "
+            f"errors {len(load.errors)}) |",
+            f"| load ({label}): send→receive latency via /sync p50 / p90 / p99 | "
+            f"{load.latency_ms(50):.0f} ms / {load.latency_ms(90):.0f} ms / {load.latency_ms(99):.0f} ms |",
+        ]
+    out += ["", "| step | fresh (s) | re-run (s) |", "|---|---|---|"]
+    rerun = {r.name: r.seconds for r in n.rerun}
+    for r in n.fresh:
+        out.append(f"| {r.name} | {r.seconds:.1f} | {rerun.get(r.name, float('nan')):.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=LoadConfig.rate, help="messages per second per client in the steady run")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds idle before measuring memory")
+    parser.add_argument("--samples", type=int, default=300, help="sends per path for the latency comparison")
+    parser.add_argument("--no-saturate", action="store_true", help="skip the closed-loop load run")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("needs root (network namespaces, systemd-nspawn, cgroups, loop devices)", file=sys.stderr)
+        return 2
+    command = "python -m tests.bench.benchmark" + ("" if argv is None and len(sys.argv) == 1 else
+                                                    " " + " ".join(sys.argv[1:] if argv is None else argv))
+
+    volume_dir = Path(tempfile.mkdtemp(prefix="matrix-stack-bench-", dir="/var/tmp"))
+    try:
+        with deployed_host(args.index, volume_dir / "volume.img", outsider=False,
+                           cpu_quota=CPU_QUOTA, memory_max=MEMORY_MAX) as deployment:
+            print(f"test host {deployment.host.address}, guest capped at {CPU_QUOTA:g} CPU / {MEMORY_MAX >> 20} MiB")
+            print("fresh provisioning:", flush=True)
+            fresh, fresh_wall = timed_apply(deployment)
+            print("forced re-run (nothing changed):", flush=True)
+            rerun, rerun_wall = timed_apply(deployment)
+            print(f"idle for {args.idle:g} s ...", flush=True)
+            time.sleep(args.idle)
+            memory = json.loads(deployment.ssh(f"python3 -c {shlex.quote(MEMORY_SCRIPT)}"))
+            cgroup = guest_cgroup_memory(deployment)
+            version = deployment.ssh("/opt/synapse/venv/bin/python -c 'import synapse; print(synapse.__version__)'").strip()
+
+            users = provision_users(deployment.ssh, args.clients + 2)
+            print(f"latency: {args.samples} interleaved sends per path, in the guest ...", flush=True)
+            latency = measure_latency(deployment, users[args.clients:], args.samples)
+            load_users = users[: args.clients]
+            steady = asyncio.run(run_load(HOMESERVER, deployment.host.address, deployment.ca_file, load_users,
+                                          LoadConfig(duration=args.duration, rate=args.rate)))
+            print(steady.summary(), flush=True)
+            saturated = None
+            if not args.no_saturate:
+                saturated = asyncio.run(run_load(HOMESERVER, deployment.host.address, deployment.ca_file, load_users,
+                                                 LoadConfig(duration=args.duration, rate=0)))
+                print(saturated.summary(), flush=True)
+    finally:
+        shutil.rmtree(volume_dir, ignore_errors=True)
+
+    numbers = Numbers(fresh, fresh_wall, rerun, rerun_wall, args.idle, memory, cgroup, latency, args.samples,
+                      steady, saturated, version)
+    table = render(numbers, command)
+    print("\n" + table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(table)
+    print(f"written to {args.output}")
+    problems = [f"{label}: {len(r.errors)} errors, {len(r.lost)} lost"
+                for label, r in (("steady", steady), ("closed loop", saturated))
+                if r is not None and (r.errors or r.lost or r.mismatched)]
+    for problem in problems:
+        print(f"WARNING: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
