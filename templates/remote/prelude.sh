@@ -21,7 +21,8 @@ ms_put_file() {
   chmod "$mode" "$tmp"
   if [ -f "$path" ] && cmp -s "$tmp" "$path"; then
     rm -f "$tmp"
-    [ "$(stat -c '%a %U %G' "$path")" = "$((8#$mode)) $owner $group" ] || {
+    # stat prints the mode in octal without a leading zero (0644 -> 644).
+    [ "$(stat -c '%a %U %G' "$path")" = "$(printf '%o' "$((8#$mode))") $owner $group" ] || {
       chown "$owner:$group" "$path"
       chmod "$mode" "$path"
     }
