@@ -35,3 +35,12 @@ def deployment(volume_image: Path) -> Iterator[Deployment]:
         for result in results:
             print(f"  {result.name:24s} {result.seconds:6.1f} s")
         yield deployed
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """aiohttp on Python 3.11 can leave a closed client's TLS transport for the garbage collector,
+    which then warns from __del__ at a random later moment. That says nothing about the server
+    under test, so in the end-to-end suite those unraisable ResourceWarnings are not errors."""
+    for item in items:
+        if "tests/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))
