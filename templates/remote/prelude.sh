@@ -59,3 +59,17 @@ ms_step_done() {
 ms_apt() {
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold -y -q "$@"
 }
+
+# One step at a time on this server. A lost SSH session (a killed `pulumi up`, a dropped network)
+# does not stop its step here: the step runs on until it ends or first writes to the closed
+# session. The next run waits for it instead of doing the same work at the same time (two pips
+# in one venv, two pg_createclusters, two certbots).
+install -d -m 0700 /var/lib/matrix-stack
+exec 9>>/var/lib/matrix-stack/steps.lock
+if ! flock -n 9; then
+  ms_log "an earlier matrix-stack step is still running on this server (lost session?); waiting for it"
+  flock -w 1500 9 || {
+    ms_log "ERROR: the earlier step still holds /var/lib/matrix-stack/steps.lock after 25 minutes"
+    exit 1
+  }
+fi
