@@ -8,7 +8,10 @@ command is executed over SSH in the engine's order (`runner.run_all`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
+import os
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +27,12 @@ from tests.e2e.testhost import TestHost
 from tests.harness import CloudMocks, Recording, config_strings, record
 
 DOMAIN = "example.test"
+HOMESERVER = f"https://matrix.{DOMAIN}"
+# Each concurrent test session needs its own host indexes (network 198.18.<index>.0/30): the shared
+# deployment uses E2E_INDEX, the lifecycle tests' replaced-droplet hosts E2E_INDEX + 100 and + 101.
+E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
+if not 0 <= E2E_INDEX <= 154:
+    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..154 (the lifecycle tests also take index + 100, + 101)")
 ELEMENT_PORT = 8088
 ELEMENT_VERSIONS = (DEFAULTS["elementVersion"], "1.11.99")
 
@@ -51,8 +60,21 @@ class Deployment:
         )
 
     def record(self, **changes: Any) -> Recording:
+        """Run the program under mocks with `changes` applied to the config.
+
+        Pulumi's mock runtime runs on the current event loop and opens more of its own without closing
+        them; once the clients' asyncio.run() has replaced them they are garbage whose ResourceWarning
+        (an error in this suite) would land in whichever later test collects it. So every idle loop is
+        closed around the recording.
+        """
         self.config = {**self.config, **changes}
-        self.recording = record(self.config, mocks=self.mocks)
+        _close_idle_event_loops()
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            self.recording = record(self.config, mocks=self.mocks)
+        finally:
+            asyncio.set_event_loop(None)
+            _close_idle_event_loops()
         return self.recording
 
     def apply(self, only: set[str] | None = None, **changes: Any) -> list[StepResult]:
@@ -79,6 +101,12 @@ class Deployment:
     def url(self, name: str, path: str) -> str:
         host = {"apex": DOMAIN, "matrix": f"matrix.{DOMAIN}", "chat": f"chat.{DOMAIN}"}[name]
         return f"https://{host}{path}"
+
+
+def _close_idle_event_loops() -> None:
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed() and not obj.is_running():
+            obj.close()
 
 
 def base_config(host: TestHost, release: ElementRelease) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import subprocess
 from typing import Any
 
@@ -25,13 +24,12 @@ from nio import (
     UploadResponse,
 )
 
+from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import http_get, matrix_client, run, session
-from tests.e2e.deployment import DOMAIN, Deployment
+from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
 from tests.e2e.runner import StepFailed, run_all
 
 pytestmark = pytest.mark.e2e
-
-HOMESERVER = f"https://matrix.{DOMAIN}"
 
 
 def test_every_provisioning_step_passed_including_the_self_check(deployment: Deployment) -> None:
@@ -40,37 +38,13 @@ def test_every_provisioning_step_passed_including_the_self_check(deployment: Dep
     assert all(r.returncode == 0 for r in deployment.results)
 
 
-def login(deployment: Deployment, user: str, password: str) -> Any:
-    async def go() -> tuple[str, str]:
-        client = matrix_client(HOMESERVER, user, deployment.host.address, deployment.ca_file)
-        try:
-            response = await client.login(password)
-            assert isinstance(response, LoginResponse), response
-            return response.user_id, response.access_token
-        finally:
-            await client.close()
-
-    return run(go)
-
-
-def create_user_via_admin_api(deployment: Deployment, admin_token: str, localpart: str, password: str) -> None:
-    """The admin API is not exposed through nginx, so it is used on the server, as an operator would."""
-    body = json.dumps({"password": password, "admin": False})
-    script = (
-        "read -r token; read -r body; "
-        f"curl -fsS -X PUT -H \"Authorization: Bearer $token\" -H 'Content-Type: application/json' "
-        f'--data "$body" http://127.0.0.1:8008/_synapse/admin/v2/users/@{localpart}:{DOMAIN}'
-    )
-    deployment.ssh(f"bash -c {shlex.quote(script)}", stdin=f"{admin_token}\n{body}\n")
-
-
 @pytest.fixture(scope="module")
 def users(deployment: Deployment) -> dict[str, tuple[str, str]]:
     """The admin (password from the stack output) and a second user created by the admin."""
     admin_id, admin_token = login(deployment, "admin", deployment.admin_password)
     assert admin_id == f"@admin:{DOMAIN}"
     bob_password = secrets.token_urlsafe(16)
-    create_user_via_admin_api(deployment, admin_token, "bob", bob_password)
+    create_user(deployment, admin_token, "bob", bob_password)
     return {"admin": ("admin", deployment.admin_password), "bob": ("bob", bob_password)}
 
 

@@ -1,6 +1,4 @@
-"""PENDING (not collected: rename to test_lifecycle.py once it has passed inside a full `make test` run).
-
-The lifecycle promises, checked on the real host: re-runs change nothing, a change touches only its
+"""The lifecycle promises, checked on the real host: re-runs change nothing, a change touches only its
 own step and service, data outlives the droplet, services recover by themselves, and a provisioning run
 killed halfway is finished by the next one.
 
@@ -10,7 +8,6 @@ two more hosts of their own, one after the other, on one volume image (a replace
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import hashlib
 import io
@@ -41,48 +38,21 @@ from nio import (
 
 from components import paths
 from components.settings import DEFAULTS
+from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import http_get, matrix_client, run, session
-from tests.e2e.deployment import DOMAIN, Deployment, deployed_host
+from tests.e2e.deployment import DOMAIN, E2E_INDEX, HOMESERVER, Deployment, deployed_host
 from tests.e2e.observe import SERVICE_UNITS, Snapshot, derived_files, derived_links, differences, managed_files, snapshot
 from tests.e2e.runner import StepFailed, StepResult, run_all, run_step, ssh_command
 from tests.harness import Recording, parse_bundle, unwrap
 
 pytestmark = pytest.mark.e2e
 
-HOMESERVER = f"https://matrix.{DOMAIN}"
-FIRST_INDEX, SECOND_INDEX = 51, 52  # the replaced-droplet hosts (the shared deployment uses its own index)
+# The replaced-droplet hosts: indexes of their own, next to the shared deployment's (see deployment.py).
+FIRST_INDEX, SECOND_INDEX = E2E_INDEX + 100, E2E_INDEX + 101
 MB = 1024 * 1024
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _close_idle_event_loops() -> None:
-    for obj in gc.get_objects():
-        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed() and not obj.is_running():
-            obj.close()
-
-
-def record(deployment: Deployment, **changes: Any) -> Recording:
-    """Deployment.record, minus the event loops pulumi's mock runtime leaves open.
-
-    The runtime runs on the current loop and opens more of its own; none is ever closed, and once the
-    clients' asyncio.run() replaces them they are garbage whose ResourceWarning (an error here) would
-    land in whichever test happens to collect it. Closing every idle loop around a recording avoids that.
-    """
-    _close_idle_event_loops()
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    try:
-        return deployment.record(**changes)
-    finally:
-        asyncio.set_event_loop(None)
-        _close_idle_event_loops()
-
-
-def apply(deployment: Deployment, only: set[str] | None = None, **changes: Any) -> list[StepResult]:
-    """Deployment.apply (record the program, run its steps) with `record` above."""
-    deployment.results = run_all(record(deployment, **changes), only=only)
-    return deployment.results
-
-
 def take_snapshot(deployment: Deployment) -> Snapshot:
     assert deployment.recording is not None
     return snapshot(deployment.ssh, managed_files(deployment.recording) + derived_files(DOMAIN), derived_links())
@@ -107,19 +77,6 @@ def changed_steps(before: Recording, after: Recording) -> set[str]:
 
 def bundle_contents(recording: Recording) -> dict[str, str]:
     return {f.path: f.content for c in recording.commands() for f in parse_bundle(c.inputs["stdin"])[0]}
-
-
-def login_token(deployment: Deployment, user: str, password: str) -> str:
-    async def go() -> str:
-        client = matrix_client(HOMESERVER, user, deployment.host.address, deployment.ca_file)
-        try:
-            response = await client.login(password, device_name="e2e-lifecycle")
-            assert isinstance(response, LoginResponse), response
-            return str(response.access_token)
-        finally:
-            await client.close()
-
-    return run(go)
 
 
 def upload_status(deployment: Deployment, token: str, size: int) -> int:
@@ -157,15 +114,6 @@ def synapse_healthy() -> str:
     return "[ \"$(curl -fsS --max-time 5 http://127.0.0.1:8008/health 2>/dev/null)\" = OK ]"
 
 
-def create_user(deployment: Deployment, admin_token: str, localpart: str, password: str) -> None:
-    """The admin API is not exposed through nginx: used on the server, as an operator would."""
-    body = json.dumps({"password": password, "admin": False})
-    script = ("read -r token; read -r body; "
-              "curl -fsS -X PUT -H \"Authorization: Bearer $token\" -H 'Content-Type: application/json' "
-              f'--data "$body" http://127.0.0.1:8008/_synapse/admin/v2/users/@{localpart}:{DOMAIN}')
-    deployment.ssh(f"bash -c {shlex.quote(script)}", stdin=f"{admin_token}\n{body}\n")
-
-
 @pytest.fixture(autouse=True)
 def _collect_client_leftovers() -> Iterator[None]:
     """Collect what the clients left for the garbage collector while this test's warning filters
@@ -177,7 +125,7 @@ def _collect_client_leftovers() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def admin_token(deployment: Deployment) -> str:
     """One admin login for the module (logins are rate-limited per account)."""
-    return login_token(deployment, "admin", deployment.admin_password)
+    return login(deployment, "admin", deployment.admin_password)[1]
 
 
 # -- 1. idempotency --------------------------------------------------------------------------------
@@ -189,7 +137,7 @@ def test_rerunning_every_step_changes_nothing_on_the_server(deployment: Deployme
     missing = [p for p, v in before.data["files"].items() if v is None]
     assert not missing, f"files the steps should have written are missing: {missing}"
 
-    results = apply(deployment)  # every step, nothing changed
+    results = deployment.apply()  # every step, nothing changed
     print_steps("re-run of every step, nothing changed", results)
     after = take_snapshot(deployment)
 
@@ -209,7 +157,7 @@ def _apply_changed(deployment: Deployment, **changes: Any) -> tuple[set[str], se
     for key, value in changes.items():
         if value is None:
             deployment.config.pop(key, None)
-    after = record(deployment, **{k: v for k, v in changes.items() if v is not None})
+    after = deployment.record(**{k: v for k, v in changes.items() if v is not None})
     steps = changed_steps(before, after)
     old, new = bundle_contents(before), bundle_contents(after)
     files = {p for p in set(old) | set(new) if old.get(p) != new.get(p)}
@@ -342,7 +290,7 @@ class SecondGeneration:
 
 def populate(deployment: Deployment) -> FirstGeneration:
     """A second user, a room with messages both ways and a file, as users leave them on a server."""
-    admin_token = login_token(deployment, "admin", deployment.admin_password)
+    admin_token = login(deployment, "admin", deployment.admin_password)[1]
     bob_password = secrets.token_urlsafe(16)
     create_user(deployment, admin_token, "bob", bob_password)
     media = os.urandom(3 * MB)
@@ -435,7 +383,7 @@ def provision_with_interruptions(deployment: Deployment, second: SecondGeneratio
     A run reaching a step named in `kills` is cut by killing the SSH client midway (the engine would
     record no result for that command, so the next `up` creates it again and everything after it).
     """
-    recording = record(deployment)
+    recording = deployment.record()
     done: set[str] = set()
     pending_kills = dict(kills)
     while True:
@@ -470,7 +418,7 @@ def second_generation() -> Iterator[SecondGeneration]:
     try:
         started = time.monotonic()
         with deployed_host(FIRST_INDEX, image, outsider=False) as first_host:
-            print_steps("first host: provisioning", apply(first_host))
+            print_steps("first host: provisioning", first_host.apply())
             first = populate(first_host)
         print(f"first host deployed, used and destroyed in {time.monotonic() - started:.0f} s")
 
@@ -545,7 +493,7 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     assert deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip() == first.signing_key_stat
     assert server_keys(deployment) == first.keys
 
-    assert login_token(deployment, "admin", deployment.admin_password)  # the same admin password works
+    assert login(deployment, "admin", deployment.admin_password)[1]  # the same admin password works
 
     async def go() -> tuple[list[str], bytes]:
         bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
