@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "sshPublicKeys": [],
     "enableUrlPreviews": False,
     "enableJemalloc": True,
+    "backupKeepDays": 7,
 }
 
 REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareToken")
@@ -151,6 +152,7 @@ class Settings:
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
     enable_jemalloc: bool
+    backup_keep_days: int
     tuning: Tuning
 
     @property
@@ -362,6 +364,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "sshPublicKeys": _string_list(_ssh_key),
     "enableUrlPreviews": _bool,
     "enableJemalloc": _bool,
+    "backupKeepDays": _int_range(1, 365),
 }
 
 # Types as Pulumi config stores them; lists and booleans arrive as JSON text.
@@ -443,6 +446,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         ssh_public_keys=v["sshPublicKeys"],
         enable_url_previews=v["enableUrlPreviews"],
         enable_jemalloc=v["enableJemalloc"],
+        backup_keep_days=v["backupKeepDays"],
         tuning=tuning_for(memory_mb_of(v["dropletSize"])),
     )
 

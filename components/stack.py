@@ -15,6 +15,7 @@ from components.services import (
     Service,
     ServiceContext,
     admin,
+    backup,
     base,
     certificates,
     coturn,
@@ -27,11 +28,13 @@ from components.services import (
 )
 from components.settings import Settings
 
-# DESIGN section 3: each service starts when the one before it has finished.
+# DESIGN section 3: each service starts when the one before it has finished. Backups come right
+# after PostgreSQL: synapse-install takes one before changing Synapse's version.
 SERVICE_ORDER: tuple[ModuleType, ...] = (
     base,
     volume,
     postgres,
+    backup,
     certificates,
     synapse,
     coturn,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from components import paths
 from components.remote import StepSpec
 from components.render import render
-from components.services import ServiceContext
+from components.services import ServiceContext, backup
 
 # Fail while the certificate still has a week left, long before users see an expiry error.
 MIN_CERT_DAYS = 7
@@ -32,5 +32,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         admin_credentials=paths.ADMIN_CREDENTIALS,
         cert=f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem",
         min_cert_days=MIN_CERT_DAYS,
+        backup_timer=backup.TIMER,
+        backup_service=backup.SERVICE,
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

@@ -127,7 +127,8 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         "config": paths.SYNAPSE_CONFIG,
         "signing_key": paths.SYNAPSE_SIGNING_KEY,
         "signing_key_staged": SIGNING_KEY_STAGED,
-        "unit_name": "matrix-synapse.service",
+        "unit_name": paths.SYNAPSE_UNIT,
+        "backup_command": paths.BACKUP_COMMAND,
         "health_url": f"http://{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}/health",
         "health_timeout": HEALTH_TIMEOUT_S,
     }

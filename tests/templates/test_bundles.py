@@ -25,6 +25,10 @@ CONFIGS = [
 ]
 
 
+def is_script(path: str, content: str) -> bool:
+    return path.endswith(".sh") or content.startswith("#!/bin/bash")
+
+
 def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     """(name, text) of every step's bundle and of every script file a step installs."""
     ctx = make_context(**config)
@@ -32,7 +36,7 @@ def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     for module in SERVICE_ORDER:
         for spec in module.steps(ctx):
             out.append((spec.name, bundle_text(spec, [str(f.content) for f in spec.files])))
-            out += [(f"{spec.name}:{f.path}", str(f.content)) for f in spec.files if f.path.endswith(".sh")]
+            out += [(f"{spec.name}:{f.path}", str(f.content)) for f in spec.files if is_script(f.path, str(f.content))]
     return out
 
 

@@ -54,6 +54,15 @@ def test_shellcheck_and_no_secrets(config: dict[str, str]) -> None:
     assert f"matrix_host={s.matrix_host}\n" in spec.script and f"turn_host={s.turn_host}\n" in spec.script
 
 
+SYSTEMCTL = """#!/bin/bash
+case "$1" in
+  is-active) [ ! -e {dir}/timer-inactive ] ;;
+  show) cat {dir}/backup-result 2>/dev/null || echo success ;;
+  *) echo "unexpected: systemctl $*" >&2; exit 1 ;;
+esac
+"""
+
+
 def run_script(script: str, tmp: Path, server: str | None = None) -> subprocess.CompletedProcess[str]:
     """The step's bundle (prelude + script), in its own network namespace, optionally with the stand-in."""
     for name in ("unshare", "ip", "curl", "jq", "openssl", "python3"):
@@ -73,7 +82,13 @@ def run_script(script: str, tmp: Path, server: str | None = None) -> subprocess.
             f"for _ in $(seq 50); do [ -e {tmp}/ready ] && break; sleep 0.1; done\n"
         )
         stop = "kill $spid\n"
-    driver = f"ip link set lo up\n{start}bash {bundle}; rc=$?\n{stop}exit $rc\n"
+    # systemd does not run in this namespace: a stand-in systemctl reports the backup units as the
+    # test sets them (files in tmp); the real timer is checked on the end-to-end host.
+    stubs = tmp / "bin"
+    stubs.mkdir(exist_ok=True)
+    (stubs / "systemctl").write_text(SYSTEMCTL.format(dir=str(tmp)))
+    (stubs / "systemctl").chmod(0o755)
+    driver = f"ip link set lo up\nexport PATH={stubs}:$PATH\n{start}bash {bundle}; rc=$?\n{stop}exit $rc\n"
     return subprocess.run(["unshare", "-n", "bash", "-c", driver], capture_output=True, text=True, timeout=120)
 
 
@@ -86,6 +101,7 @@ def test_fails_naming_everything_when_nothing_answers(tmp_path: Path) -> None:
     script = script_of(ctx).replace(
         f"admin_credentials={paths.ADMIN_CREDENTIALS}\n", f"admin_credentials={tmp_path}/absent.env\n"
     ).replace(f"cert={paths.CERT_LIVE_DIR}/{ctx.settings.domain}/cert.pem\n", f"cert={tmp_path}/absent.pem\n")
+    (tmp_path / "timer-inactive").touch()
     result = run_script(script, tmp_path)
     assert result.returncode != 0
     lines = failures(result)
@@ -98,11 +114,12 @@ def test_fails_naming_everything_when_nothing_answers(tmp_path: Path) -> None:
         "Element Web: https://chat.example.org/",
         f"certificate: {tmp_path}/absent.pem is missing",
         f"TURN credentials: {tmp_path}/absent.env",
+        "backups: matrix-stack-backup.timer is not active",
     ]
     assert len(lines) == len(expected), result.stderr
     for line, prefix in zip(lines, expected):
         assert line.startswith(f"SELF-CHECK FAILED: {prefix}"), line
-    assert "self-check: 8 problem(s)" in result.stderr
+    assert "self-check: 9 problem(s)" in result.stderr
 
 
 # A stand-in that answers like the real server would; BREAK names the one thing it gets wrong.
@@ -187,6 +204,7 @@ BREAKS = {
     "turn-tls": "TURN TLS:",
     "login": "TURN credentials: admin login",
     "turn": "TURN credentials: /_matrix/client/v3/voip/turnServer",
+    "backup-timer": "backups:",
 }
 
 
@@ -198,6 +216,8 @@ def stand_in(ctx: ServiceContext, tmp: Path, brk: str) -> tuple[str, str]:
          "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
         check=True, capture_output=True,
     )
+    if brk == "backup-timer":
+        (tmp / "timer-inactive").touch()
     password = FAKE_SECRETS["admin_password"]
     creds = tmp / "admin.env"
     creds.write_text(f"ADMIN_USER={s.admin_user_id}\nADMIN_PASSWORD={password}\n")
@@ -234,3 +254,11 @@ def test_each_broken_thing_gets_one_message(brk: str, tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"SELF-CHECK FAILED: {BREAKS[brk]}"), result.stderr
     for secret in (TOKEN, FAKE_SECRETS["admin_password"]):
         assert secret not in result.stdout + result.stderr
+
+
+def test_a_failed_last_backup_is_reported_without_failing(tmp_path: Path) -> None:
+    script, server = stand_in(make_context(), tmp_path, "")
+    (tmp_path / "backup-result").write_text("exit-code\n")
+    result = run_script(script, tmp_path, server)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: the last backup failed: journalctl -u matrix-stack-backup.service" in result.stderr

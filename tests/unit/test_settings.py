@@ -67,6 +67,9 @@ INVALID: list[tuple[str, Any]] = [
     ("sshPublicKeys", ["not a key"]),
     ("enableUrlPreviews", "on"),
     ("enableJemalloc", 1),
+    ("backupKeepDays", 0),
+    ("backupKeepDays", 366),
+    ("backupKeepDays", "a week"),
 ]
 
 

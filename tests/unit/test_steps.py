@@ -16,6 +16,7 @@ STEP_ORDER = [
     "volume-mount",
     "postgres-install",
     "postgres-config",
+    "backup-schedule",
     "certificates-install",
     "certificates-issue",
     "synapse-install",
@@ -78,6 +79,7 @@ def test_a_second_run_gives_identical_triggers_and_inputs() -> None:
 LOCALITY: list[tuple[dict[str, Any], set[str]]] = [
     ({"elementVersion": "1.11.52", "elementSha256": "0" * 64}, {"element-web"}),
     ({"maxUploadSizeMb": 20}, {"synapse-config", "nginx-sites"}),
+    ({"backupKeepDays": 30}, {"backup-schedule"}),
     ({"synapseVersion": "1.163.1"}, {"synapse-install", "synapse-config"}),  # the upgrade restarts Synapse
     ({"turnRelayPorts": "50000-50099"}, {"base-firewall", "coturn-config"}),
     ({"sshAllowedCidrs": ["198.51.100.0/24"]}, {"base-firewall"}),
