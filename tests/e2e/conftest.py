@@ -34,9 +34,9 @@ def deployment(volume_image: Path) -> Iterator[Deployment]:
         yield deployed
 
 
-# Modules that reboot and re-provision the shared host: they run after every other test, which
-# expects the host just as the first provisioning left it.
-RUN_LAST = ("test_lifecycle.py",)
+# Modules that rewind the database, re-install Synapse, reboot and re-provision the shared host:
+# they run, in this order, after every other test, which expects the host as first provisioned.
+RUN_LAST = ("test_backup.py", "test_lifecycle.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,7 +45,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     aiohttp on Python 3.11 can leave a closed client's TLS transport for the garbage collector,
     which then warns from __del__ at a random later moment. That says nothing about the server
     under test, so in the end-to-end suite those unraisable ResourceWarnings are not errors."""
-    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: every other order is kept
+    def position(item: pytest.Item) -> int:
+        return RUN_LAST.index(item.path.name) + 1 if item.path.name in RUN_LAST else 0
+
+    items.sort(key=position)  # stable: every other order is kept
     for item in items:
         if "tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))

@@ -43,7 +43,7 @@ from tests.e2e.clients import http_get, matrix_client, run, session
 from tests.e2e.deployment import DOMAIN, E2E_INDEX, HOMESERVER, Deployment, deployed_host
 from tests.e2e.observe import SERVICE_UNITS, Snapshot, derived_files, derived_links, differences, managed_files, snapshot
 from tests.e2e.runner import StepFailed, StepResult, run_all, run_step, ssh_command
-from tests.harness import Recording, parse_bundle, unwrap
+from tests.harness import Recording, parse_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -63,16 +63,6 @@ def print_steps(title: str, results: list[StepResult]) -> None:
     for result in results:
         print(f"  {result.name:24s} {result.seconds:6.1f} s")
     print(f"  {'total':24s} {sum(r.seconds for r in results):6.1f} s")
-
-
-def step_triggers(recording: Recording) -> dict[str, Any]:
-    return {c.name: unwrap(c.raw_inputs["triggers"]) for c in recording.commands()}
-
-
-def changed_steps(before: Recording, after: Recording) -> set[str]:
-    """What `pulumi up` would run: every command whose triggers differ (or that is new or gone)."""
-    old, new = step_triggers(before), step_triggers(after)
-    return {name for name in set(old) | set(new) if old.get(name) != new.get(name)}
 
 
 def bundle_contents(recording: Recording) -> dict[str, str]:
@@ -154,14 +144,10 @@ def _apply_changed(deployment: Deployment, **changes: Any) -> tuple[set[str], se
     """
     before = deployment.recording
     assert before is not None
-    for key, value in changes.items():
-        if value is None:
-            deployment.config.pop(key, None)
-    after = deployment.record(**{k: v for k, v in changes.items() if v is not None})
-    steps = changed_steps(before, after)
-    old, new = bundle_contents(before), bundle_contents(after)
+    steps, results = deployment.apply_changes(**changes)
+    assert deployment.recording is not None
+    old, new = bundle_contents(before), bundle_contents(deployment.recording)
     files = {p for p in set(old) | set(new) if old.get(p) != new.get(p)}
-    results = run_all(after, only=steps)
     return steps, files, results
 
 
@@ -267,6 +253,7 @@ class FirstGeneration:
     media_sha256: str
     keys: dict[str, Any]
     signing_key_stat: str
+    backup: str  # a backup taken on the first host (its directory)
 
 
 @dataclass
@@ -323,7 +310,8 @@ def populate(deployment: Deployment) -> FirstGeneration:
     return FirstGeneration(
         bob_password=bob_password, room_id=room_id, messages=messages, media_uri=media_uri,
         media_sha256=hashlib.sha256(media).hexdigest(), keys=server_keys(deployment),
-        signing_key_stat=deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip())
+        signing_key_stat=deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip(),
+        backup=deployment.ssh(f"{paths.BACKUP_COMMAND} first-host").strip().splitlines()[-1])
 
 
 def run_interrupted(deployment: Deployment, command: Any, started: str, grace: float) -> Interruption:
@@ -492,6 +480,7 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     assert "placed the generated signing key" not in synapse_log
     assert deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip() == first.signing_key_stat
     assert server_keys(deployment) == first.keys
+    deployment.ssh(f"cd {first.backup} && sha256sum --check --quiet --strict SHA256SUMS")  # the backup came along
 
     assert login(deployment, "admin", deployment.admin_password)[1]  # the same admin password works
 

@@ -31,7 +31,7 @@ from components.settings import DEFAULTS
 from tests.e2e.clients import tls_context
 from tests.e2e.deployment import DOMAIN, Deployment
 from tests.e2e.runner import StepResult, run_all, ssh_command
-from tests.harness import Recording, unwrap
+from tests.harness import unwrap
 
 pytestmark = pytest.mark.e2e
 
@@ -107,18 +107,10 @@ def http(
         return response.status, raw.decode(errors="replace")
 
 
-def triggers(recording: Recording) -> dict[str, Any]:
-    return {c.name: unwrap(c.raw_inputs["triggers"]) for c in recording.commands()}
-
-
 def reconfigure(deployment: Deployment, **changes: Any) -> set[str]:
-    """Apply config changes the way `pulumi up` would: run only the steps whose triggers changed."""
-    assert deployment.recording is not None
-    before = triggers(deployment.recording)
-    recording = deployment.record(**changes)
-    changed = {name for name, value in triggers(recording).items() if before.get(name) != value}
+    """Apply config changes the way `pulumi up` would (only the steps whose triggers changed)."""
     started = time.monotonic()
-    deployment.results = run_all(recording, only=changed)
+    changed, deployment.results = deployment.apply_changes(**changes)
     print(f"\n  {changes}: re-ran {sorted(changed)} in {time.monotonic() - started:.1f} s")
     return changed
 
