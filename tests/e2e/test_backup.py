@@ -144,6 +144,26 @@ def test_a_damaged_backup_is_refused_before_anything_is_stopped(deployment: Depl
         deployment.ssh(f"rm -rf {damaged}")
 
 
+def test_backup_and_restore_refuse_to_fill_the_volume_postgres_lives_on(deployment: Deployment) -> None:
+    filler = f"{paths.DATA_MOUNT}/matrix-stack-test-filler"
+    names = backups(deployment)
+    pid = deployment.ssh(f"systemctl show -P MainPID {paths.SYNAPSE_UNIT}").strip()
+    # Leave 100 MiB free: enough for PostgreSQL for a few seconds, less than the tenth kept free.
+    deployment.ssh(f"avail=$(df --output=avail -B1 {paths.DATA_MOUNT} | tail -n 1); "
+                   f"fallocate -l $((avail - 100 * 1048576)) {filler}")
+    try:
+        proc = deployment.host.ssh(f"{paths.BACKUP_COMMAND} manual", timeout=120)
+        print(f"\n{proc.stderr.decode()}")
+        assert proc.returncode != 0 and f"not enough space on {paths.DATA_MOUNT}" in proc.stderr.decode()
+        assert backups(deployment) == names
+        proc = deployment.host.ssh(f"{paths.RESTORE_COMMAND} {paths.BACKUP_DIR}/{names[-1]}", timeout=120)
+        print(proc.stderr.decode())
+        assert proc.returncode != 0 and "not enough space for the restore" in proc.stderr.decode()
+        assert deployment.ssh(f"systemctl show -P MainPID {paths.SYNAPSE_UNIT}").strip() == pid, "Synapse was touched"
+    finally:
+        deployment.ssh(f"rm -f {filler}")
+
+
 def test_the_self_check_fails_while_the_backup_timer_is_stopped(deployment: Deployment) -> None:
     assert deployment.recording is not None
     deployment.ssh(f"systemctl stop {backup.TIMER}")
