@@ -122,6 +122,16 @@ class Recording:
                 pending.remove(c)
         return ordered
 
+    def triggers(self) -> dict[str, Any]:
+        """Each remote command's triggers: what decides whether `pulumi up` runs it again."""
+        return {c.name: unwrap(c.raw_inputs["triggers"]) for c in self.commands()}
+
+
+def changed_steps(before: Recording, after: Recording) -> set[str]:
+    """The steps `pulumi up` would run going from `before` to `after`: triggers differ, or new, or gone."""
+    old, new = before.triggers(), after.triggers()
+    return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """The mock monitor, keeping every request it sees."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.deployment import DOMAIN, Deployment, deployed_host
+from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment, deployed_host
 from tests.e2e.load import LoadConfig, LoadResult, LoadUser, percentile, provision_users, run_load
 from tests.e2e.runner import StepResult, run_all
 from tests.e2e.testhost import limits
@@ -46,7 +46,6 @@ from tests.e2e.testhost import limits
 DEFAULT_INDEX = int(os.environ.get("MATRIX_STACK_BENCH_INDEX", "61"))
 CPU_QUOTA = 1.0
 MEMORY_MAX = 1 << 30
-HOMESERVER = f"https://matrix.{DOMAIN}"
 OUTPUT = Path("build/benchmark.md")
 
 # Runs in the guest with the system Python: RSS and PSS (kB, from smaps_rollup) per service.

@@ -24,7 +24,7 @@ from components.settings import DEFAULTS, load
 from tests.e2e.runner import StepResult, run_all
 from tests.e2e.standins import ElementRelease, element_release_server
 from tests.e2e.testhost import TestHost
-from tests.harness import CloudMocks, Recording, config_strings, record, unwrap
+from tests.harness import CloudMocks, Recording, changed_steps, config_strings, record
 
 DOMAIN = "example.test"
 HOMESERVER = f"https://matrix.{DOMAIN}"
@@ -90,12 +90,12 @@ class Deployment:
         and their results; `results` keeps the last full run.
         """
         assert self.recording is not None, "apply() first"
-        before = step_triggers(self.recording)
+        before = self.recording
         for key in [k for k, v in changes.items() if v is None]:
             self.config.pop(key, None)
-        after = step_triggers(self.record(**{k: v for k, v in changes.items() if v is not None}))
-        changed = {name for name in set(before) | set(after) if before.get(name) != after.get(name)}
-        return changed, run_all(self.recording, only=changed)
+        after = self.record(**{k: v for k, v in changes.items() if v is not None})
+        changed = changed_steps(before, after)
+        return changed, run_all(after, only=changed)
 
     def ssh(self, command: str, stdin: str | None = None, timeout: float = 300) -> str:
         proc = self.host.ssh(command, stdin=stdin.encode() if stdin is not None else None, timeout=timeout)
@@ -115,11 +115,6 @@ class Deployment:
     def url(self, name: str, path: str) -> str:
         host = {"apex": DOMAIN, "matrix": f"matrix.{DOMAIN}", "chat": f"chat.{DOMAIN}"}[name]
         return f"https://{host}{path}"
-
-
-def step_triggers(recording: Recording) -> dict[str, Any]:
-    """Each remote command's triggers: what decides whether `pulumi up` runs it again."""
-    return {c.name: unwrap(c.raw_inputs["triggers"]) for c in recording.commands()}
 
 
 def _close_idle_event_loops() -> None:

@@ -14,12 +14,11 @@ import asyncio
 
 import pytest
 
-from tests.e2e.deployment import DOMAIN, Deployment
+from tests.e2e.deployment import HOMESERVER, Deployment
 from tests.e2e.load import LoadConfig, provision_users, run_load
 
 pytestmark = pytest.mark.e2e
 
-HOMESERVER = f"https://matrix.{DOMAIN}"
 CLIENTS = 20
 CONFIG = LoadConfig(duration=60.0, rate=0.5)
 

@@ -29,13 +29,12 @@ import pytest
 
 from components.settings import DEFAULTS
 from tests.e2e.clients import tls_context
-from tests.e2e.deployment import DOMAIN, Deployment
+from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
 from tests.e2e.runner import StepResult, run_all, ssh_command
 from tests.harness import unwrap
 
 pytestmark = pytest.mark.e2e
 
-HOMESERVER = f"https://matrix.{DOMAIN}"
 SCAN = Path(__file__).with_name("scan.py")
 PUBLIC_TCP = [22, 80, 443, 3478, 5349]
 TURN_TCP = [3478, 5349]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from components.remote import RUN_BUNDLE
+from tests import harness
 from tests.harness import CloudMocks, Recording, parse_bundle, record, unwrap
 
 STEP_ORDER = [
@@ -30,14 +31,10 @@ STEP_ORDER = [
 ]
 
 
-def triggers(recording: Recording) -> dict[str, Any]:
-    return {c.name: unwrap(c.raw_inputs["triggers"]) for c in recording.commands()}
-
-
 def changed_steps(before: Recording, after: Recording) -> set[str]:
-    old, new = triggers(before), triggers(after)
-    assert old.keys() == new.keys()
-    return {name for name in old if old[name] != new[name]}
+    """A setting change never adds or removes a step; which ones would re-run."""
+    assert before.triggers().keys() == after.triggers().keys()
+    return harness.changed_steps(before, after)
 
 
 def test_steps_run_in_the_design_order_one_after_another(graph: Recording) -> None:
@@ -71,7 +68,7 @@ def test_every_step_connects_with_the_deploy_key_to_the_droplet(graph: Recording
 
 def test_a_second_run_gives_identical_triggers_and_inputs() -> None:
     first, second = record(), record()
-    assert triggers(first) == triggers(second)
+    assert first.triggers() == second.triggers()
     for a, b in zip(first.commands(), second.commands()):
         assert a.inputs["stdin"] == b.inputs["stdin"], a.name
 
