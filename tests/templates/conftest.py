@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,14 @@ FAKE_SECRETS = {
     "admin_password": "adminSECRETpassword0123",
     "signing_key": "ed25519 a_abcdef nXlTrL0cSZ2Xc9r0bFq0gkPq6lS0u3Gm8uZ2N3tIv1c\n",
 }
+
+
+def parse_unit(text: str) -> configparser.ConfigParser:
+    """A systemd unit file as sections of keys (case kept, no % interpolation: systemd has its own)."""
+    parser = configparser.ConfigParser(strict=True, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return parser
 
 
 def make_context(**config: Any) -> ServiceContext:

@@ -4,26 +4,18 @@ end-to-end host: tests/e2e/test_backup.py)."""
 
 from __future__ import annotations
 
-import configparser
 import subprocess
 from pathlib import Path
 
 from components import paths
 from components.remote import RemoteFile
 from components.services import backup
-from tests.templates.conftest import make_context
+from tests.templates.conftest import make_context, parse_unit
 
 
 def files(**config: str) -> dict[str, RemoteFile]:
     (spec,) = backup.steps(make_context(**config))
     return {f.path: f for f in spec.files}
-
-
-def unit(text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=True, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(text)
-    return parser
 
 
 def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -41,7 +33,7 @@ def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 def test_the_timer_runs_daily_and_catches_up_after_downtime() -> None:
-    timer = unit(str(files()[backup.TIMER_PATH].content))
+    timer = parse_unit(str(files()[backup.TIMER_PATH].content))
     calendar = subprocess.run(["systemd-analyze", "calendar", timer["Timer"]["OnCalendar"]], capture_output=True, text=True)
     assert calendar.returncode == 0, calendar.stderr
     assert "Normalized form: *-*-* 03:30:00" in calendar.stdout
@@ -50,7 +42,7 @@ def test_the_timer_runs_daily_and_catches_up_after_downtime() -> None:
 
 
 def test_the_service_waits_for_postgres_and_the_volume() -> None:
-    service = unit(str(files()[backup.SERVICE_PATH].content))
+    service = parse_unit(str(files()[backup.SERVICE_PATH].content))
     assert service["Unit"]["After"] == backup.POSTGRES_UNIT
     assert service["Unit"]["RequiresMountsFor"] == paths.DATA_MOUNT
     assert service["Service"]["Type"] == "oneshot"

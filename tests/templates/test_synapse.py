@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import json
 import os
@@ -19,7 +18,7 @@ from components import paths
 from components.remote import StepSpec
 from components.render import render
 from components.services import synapse
-from tests.templates.conftest import FAKE_SECRETS, make_context
+from tests.templates.conftest import FAKE_SECRETS, make_context, parse_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNAPSE_PY = ROOT / "build" / "synapse-venv" / "bin" / "python"
@@ -227,17 +226,10 @@ def test_blocklist_covers_synapse_defaults(synapse_python: Path) -> None:
         assert any(net.version == o.version and net.subnet_of(o) for o in ours), default  # type: ignore[arg-type]
 
 
-def _unit(files: dict[str, str]) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=True, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(files[synapse.UNIT_PATH])
-    return parser
-
-
 @pytest.mark.parametrize("jemalloc", [True, False])
 def test_systemd_unit(jemalloc: bool, tmp_path: Path, synapse_python: Path) -> None:
     files = _files(_steps(enableJemalloc=str(jemalloc).lower())["synapse-config"])
-    unit = _unit(files)
+    unit = parse_unit(files[synapse.UNIT_PATH])
     svc = unit["Service"]
     assert svc["User"] == svc["Group"] == paths.SYNAPSE_USER
     assert svc["ExecStart"] == (f"{paths.SYNAPSE_VENV}/bin/python -m synapse.app.homeserver --config-path={paths.SYNAPSE_CONFIG}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import configparser
 import subprocess
 from pathlib import Path
 
 from components import paths
 from components.services import volume
-from tests.templates.conftest import make_context
+from tests.templates.conftest import make_context, parse_unit
 
 
 def unit_text() -> str:
@@ -17,9 +16,7 @@ def unit_text() -> str:
 
 
 def test_mount_unit_mounts_the_volume_by_id_as_xfs_noatime() -> None:
-    parser = configparser.ConfigParser(strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(unit_text())
+    parser = parse_unit(unit_text())
     mount = parser["Mount"]
     assert mount["What"] == make_context().settings.volume_device
     assert mount["What"].startswith("/dev/disk/by-id/scsi-0DO_Volume_")
