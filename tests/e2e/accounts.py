@@ -1,18 +1,46 @@
 """Accounts on the deployed server, handled as its users and its operator handle them.
 
-Users log in through nginx with a real Matrix client; the operator creates accounts with the admin
-API on the server itself, because nginx does not expose /_synapse/admin.
+Users log in through nginx with a real Matrix client; the operator uses the admin API on the
+server itself (`guest_api`), because nginx does not expose /_synapse/admin.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from typing import Any
 
 from nio import LoginResponse
 
 from tests.e2e.clients import matrix_client, run
 from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
+
+# Runs on the guest: one Synapse admin/client API call on 127.0.0.1:8008. The request, access
+# token included, arrives on stdin, so no secret is ever on a command line.
+GUEST_API = r"""
+import json, sys, urllib.error, urllib.request
+r = json.load(sys.stdin)
+data = None if r["body"] is None else json.dumps(r["body"]).encode()
+headers = {"Authorization": "Bearer " + r["token"], "Content-Type": "application/json"}
+request = urllib.request.Request("http://127.0.0.1:8008" + r["path"], data=data, method=r["method"], headers=headers)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(request, timeout=60) as response:
+        status, body = response.status, response.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+print(json.dumps({"status": status, "body": body.decode()}))
+"""
+
+
+def guest_api(deployment: Deployment, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One API call made on the server (admin API included): (HTTP status, JSON body or text)."""
+    request = json.dumps({"token": token, "method": method, "path": path, "body": body})
+    answer = json.loads(deployment.ssh(f"python3 -c {shlex.quote(GUEST_API)}", stdin=request, timeout=120))
+    try:
+        return int(answer["status"]), json.loads(answer["body"])
+    except ValueError:
+        return int(answer["status"]), answer["body"]
 
 
 def login(deployment: Deployment, user: str, password: str) -> tuple[str, str]:
@@ -31,11 +59,7 @@ def login(deployment: Deployment, user: str, password: str) -> tuple[str, str]:
 
 
 def create_user(deployment: Deployment, admin_token: str, localpart: str, password: str) -> None:
-    """Create (or update) a user with the admin API on the server; token and password go over stdin."""
-    body = json.dumps({"password": password, "admin": False})
-    script = (
-        "read -r token; read -r body; "
-        "curl -fsS -X PUT -H \"Authorization: Bearer $token\" -H 'Content-Type: application/json' "
-        f'--data "$body" http://127.0.0.1:8008/_synapse/admin/v2/users/@{localpart}:{DOMAIN}'
-    )
-    deployment.ssh(f"bash -c {shlex.quote(script)}", stdin=f"{admin_token}\n{body}\n")
+    """Create (or update) a user with the admin API on the server."""
+    status, body = guest_api(deployment, admin_token, "PUT", f"/_synapse/admin/v2/users/@{localpart}:{DOMAIN}",
+                             {"password": password, "admin": False})
+    assert status in (200, 201), body

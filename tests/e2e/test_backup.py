@@ -17,7 +17,7 @@ import pytest
 from components import paths
 from components.services import backup
 from components.settings import DEFAULTS
-from tests.e2e.accounts import create_user, login
+from tests.e2e.accounts import create_user, guest_api, login
 from tests.e2e.deployment import DOMAIN, Deployment
 from tests.e2e.runner import StepFailed, run_all
 
@@ -40,9 +40,7 @@ def take_backup(deployment: Deployment, label: str) -> str:
 
 def user_status(deployment: Deployment, admin_token: str, localpart: str) -> int:
     """HTTP status of the admin API's user lookup (200: exists, 404: unknown), asked on the server."""
-    script = ("read -r token; curl -s -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $token\" "
-              f"http://127.0.0.1:8008/_synapse/admin/v2/users/@{localpart}:{DOMAIN}")
-    return int(deployment.ssh(f"bash -c {shlex.quote(script)}", stdin=f"{admin_token}\n"))
+    return guest_api(deployment, admin_token, "GET", f"/_synapse/admin/v2/users/@{localpart}:{DOMAIN}")[0]
 
 
 def psql(deployment: Deployment, database: str, sql: str) -> str:

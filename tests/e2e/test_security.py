@@ -28,6 +28,7 @@ from urllib.parse import quote
 import pytest
 
 from components.settings import DEFAULTS
+from tests.e2e.accounts import guest_api
 from tests.e2e.clients import tls_context
 from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
 from tests.e2e.runner import StepResult, run_all, ssh_command
@@ -41,35 +42,9 @@ TURN_TCP = [3478, 5349]
 INTERNAL_TCP = {5432: "PostgreSQL", 8008: "Synapse", 5766: "coturn CLI"}
 SYNAPSE_LOG = "/var/log/matrix-synapse/homeserver.log"
 
-# Runs on the guest: one Synapse admin/client API call on 127.0.0.1:8008. The request, access
-# token included, arrives on stdin, so no secret is ever on a command line.
-GUEST_API = r"""
-import json, sys, urllib.error, urllib.request
-r = json.load(sys.stdin)
-data = None if r["body"] is None else json.dumps(r["body"]).encode()
-headers = {"Authorization": "Bearer " + r["token"], "Content-Type": "application/json"}
-request = urllib.request.Request("http://127.0.0.1:8008" + r["path"], data=data, method=r["method"], headers=headers)
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(request, timeout=60) as response:
-        status, body = response.status, response.read()
-except urllib.error.HTTPError as error:
-    status, body = error.code, error.read()
-print(json.dumps({"status": status, "body": body.decode()}))
-"""
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def guest_api(deployment: Deployment, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    request = json.dumps({"token": token, "method": method, "path": path, "body": body})
-    answer = json.loads(deployment.ssh(f"python3 -c {shlex.quote(GUEST_API)}", stdin=request, timeout=120))
-    try:
-        return int(answer["status"]), json.loads(answer["body"])
-    except ValueError:
-        return int(answer["status"]), answer["body"]
 
 
 class _GuestHTTPS(HTTPSConnection):
