@@ -19,6 +19,8 @@ SERVICE = "matrix-stack-backup.service"
 TIMER_PATH = f"/etc/systemd/system/{TIMER}"
 SERVICE_PATH = f"/etc/systemd/system/{SERVICE}"
 POSTGRES_UNIT = f"postgresql@{PG_MAJOR}-main.service"
+# Share of the volume that a backup or a restore must leave free: PostgreSQL lives on the volume too.
+FREE_RESERVE_PERCENT = 10
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
@@ -29,6 +31,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         data_mount=paths.DATA_MOUNT,
         database=paths.POSTGRES_DB,
         keep_days=ctx.settings.backup_keep_days,
+        reserve_percent=FREE_RESERVE_PERCENT,
         copies=[paths.SYNAPSE_SIGNING_KEY, paths.SYNAPSE_CONFIG, paths.SYNAPSE_LOG_CONFIG],
     )
     restore = render(
@@ -40,6 +43,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         signing_key=paths.SYNAPSE_SIGNING_KEY,
         synapse_user=paths.SYNAPSE_USER,
         health_url=f"http://{host}:{port}/health",
+        reserve_percent=FREE_RESERVE_PERCENT,
     )
     service = render(
         "backup/matrix-stack-backup.service.j2",
