@@ -34,9 +34,16 @@ DEFAULTS: dict[str, Any] = {
     "turnSubdomain": "turn",
     "acmeServer": LETSENCRYPT_PRODUCTION,
     "synapseVersion": "1.163.2",
-    "elementVersion": "1.11.51",
-    "elementSha256": "8566c53b22e6a63a2876d76d52a1cd6e3f121ce1404e0d187b54c09656226128",
+    # Element Web 1.12.30 (2026-09-29), the newest final release found: a copy of element-web's
+    # releases page taken 2026-10-10 (v1.12.30 final, v1.12.31 only as rc.1) and deployments
+    # pinning ghcr.io/element-hq/element-web:v1.12.30 by digest; v1.12.28 is confirmed by Element's
+    # own element-hq/ess-helm #1582. Integrity comes from Element's release signature (sha256 optional).
+    "elementVersion": "1.12.30",
+    "elementSha256": "",
     "elementDownloadUrl": ELEMENT_GITHUB_URL,
+    # Empty: Element's own release key, pinned in templates/element/ (see services/element.py).
+    "elementSigningKey": "",
+    "elementSigningFingerprint": "",
     "maxUploadSizeMb": 50,
     "enableRegistration": False,
     "federation": "open",
@@ -53,6 +60,10 @@ REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareT
 SECRET_KEYS = ("certbotCloudflareToken",)
 ALL_KEYS = REQUIRED + tuple(DEFAULTS)
 
+# The oldest Element Web that works with the Synapse we install: 1.11.70 is the first to fetch media
+# through the authenticated endpoints Synapse serves new media from (element-web #27558), 1.11.109
+# the first to read and join room version 12 rooms, Synapse's default (element-web #30452, #30526).
+ELEMENT_MIN_VERSION = (1, 11, 109)
 MAX_UPLOAD_MB_CLOUDFLARE = 100  # Cloudflare Free/Pro refuse larger request bodies with 413.
 RELAY_PORT_MIN, RELAY_PORT_MAX = 49152, 65535
 RELAY_RANGE_MAX_WIDTH = 2000  # ufw/firewall rules stay readable; coturn needs ~4 ports per call.
@@ -64,6 +75,8 @@ _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:rc\d+)?$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT_RE = re.compile(r"^[0-9A-F]{40}$")
+_PUBLIC_KEY_BLOCK = ("-----BEGIN PGP PUBLIC KEY BLOCK-----", "-----END PGP PUBLIC KEY BLOCK-----")
 _LOCALPART_RE = re.compile(r"^[a-z0-9._=/-]{1,64}$")
 _SSH_KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
@@ -141,8 +154,10 @@ class Settings:
     acme_server: str
     synapse_version: str
     element_version: str
-    element_sha256: str
+    element_sha256: str  # "" = not checked (the release signature always is)
     element_download_url: str
+    element_signing_key: str  # "" = Element's pinned release key
+    element_signing_fingerprint: str  # "" = Element's pinned release key fingerprint
     max_upload_size_mb: int
     enable_registration: bool
     federation: str
@@ -203,6 +218,11 @@ class Settings:
         return self.element_download_url.replace("{version}", self.element_version)
 
     @property
+    def element_signature_url(self) -> str:
+        """The detached signature sits next to the tarball, as on Element's release pages."""
+        return f"{self.element_tarball_url}.asc"
+
+    @property
     def relay_port_range(self) -> str:
         return f"{self.turn_relay_ports[0]}-{self.turn_relay_ports[1]}"
 
@@ -248,10 +268,39 @@ def _version(key: str, value: Any) -> str:
     return value
 
 
-def _sha256(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _SHA256_RE.match(value):
-        raise _fail(key, value, "64 lower-case hex characters (sha256sum of the release tarball)")
+def _element_version(key: str, value: Any) -> str:
+    version = _version(key, value)
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < ELEMENT_MIN_VERSION:
+        oldest = ".".join(map(str, ELEMENT_MIN_VERSION))
+        raise _fail(key, version, f"Element Web {oldest} or newer (older releases cannot show this Synapse's "
+                    "authenticated media or join room version 12 rooms)")
+    return version
+
+
+def _optional_sha256(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not (value == "" or _SHA256_RE.match(value)):
+        raise _fail(key, value, "64 lower-case hex characters (sha256sum of the release tarball), or empty")
     return value
+
+
+def _optional_fingerprint(key: str, value: Any) -> str:
+    """An OpenPGP v4 fingerprint as gpg prints it, spaces allowed; normalised to 40 upper-case hex."""
+    normalised = value.replace(" ", "").upper() if isinstance(value, str) else None
+    if normalised is None or not (normalised == "" or _FINGERPRINT_RE.match(normalised)):
+        raise _fail(key, value, "the signing key's 40-hex-digit fingerprint as gpg --fingerprint prints it, or empty")
+    return normalised
+
+
+def _optional_public_key(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, "an ASCII-armored OpenPGP public key block, or empty")
+    text = value.strip()
+    begin, end = _PUBLIC_KEY_BLOCK
+    if text and not (text.startswith(begin) and text.endswith(end) and "PRIVATE KEY" not in text):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise _fail(key, shown, f"an ASCII-armored public key block from {begin} to {end}, or empty "
+                    "(pulumi config set elementSigningKey -- \"$(cat key.asc)\")")
+    return text + "\n" if text else ""
 
 
 def _https_url(key: str, value: Any) -> str:
@@ -352,9 +401,11 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "turnSubdomain": _subdomain,
     "acmeServer": _https_url,
     "synapseVersion": _version,
-    "elementVersion": _version,
-    "elementSha256": _sha256,
+    "elementVersion": _element_version,
+    "elementSha256": _optional_sha256,
     "elementDownloadUrl": _download_url,
+    "elementSigningKey": _optional_public_key,
+    "elementSigningFingerprint": _optional_fingerprint,
     "maxUploadSizeMb": _int_range(1, MAX_UPLOAD_MB_CLOUDFLARE, " (Cloudflare Free/Pro cap uploads at 100 MB)"),
     "enableRegistration": _bool,
     "federation": _federation,
@@ -418,6 +469,14 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
             list(v["federationAllowlist"]),
             "empty unless federation=allowlist (set federation to allowlist, or remove the list)",
         )
+    if bool(v["elementSigningKey"]) != bool(v["elementSigningFingerprint"]):
+        missing = "elementSigningFingerprint" if v["elementSigningKey"] else "elementSigningKey"
+        raise _fail(
+            missing,
+            "",
+            "elementSigningKey and elementSigningFingerprint go together: set both (a mirror's own key "
+            "and its fingerprint) or neither (Element's pinned release key)",
+        )
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise _fail("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(
@@ -437,6 +496,8 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         element_version=v["elementVersion"],
         element_sha256=v["elementSha256"],
         element_download_url=v["elementDownloadUrl"],
+        element_signing_key=v["elementSigningKey"],
+        element_signing_fingerprint=v["elementSigningFingerprint"],
         max_upload_size_mb=v["maxUploadSizeMb"],
         enable_registration=v["enableRegistration"],
         federation=v["federation"],

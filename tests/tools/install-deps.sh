@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs what the test suite needs on a fresh Debian 12 machine (CI runs this first).
 # - the Python packages of requirements-dev.txt into .venv
-# - Debian's nginx, coturn, shellcheck, PostgreSQL 15, systemd-analyze: the real validators of rendered configs
+# - Debian's nginx, coturn, shellcheck, PostgreSQL 15, systemd-analyze, gpg: the real validators of rendered configs
+#   (gpg also signs the stand-in Element releases)
 # - matrix-synapse (the pinned version) in its own venv, for `python -m synapse.config`
 # Services are never started by the package installs (policy-rc.d), the tests run them.
 set -euo pipefail
@@ -13,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 
 # shellcheck source=tests/tools/apt-ensure.sh
 . tests/tools/apt-ensure.sh
-apt_ensure nginx coturn shellcheck postgresql-15 systemd
+apt_ensure nginx coturn shellcheck postgresql-15 systemd gpg gpg-agent
 
 synapse_version=$(.venv/bin/python -c 'from components.settings import DEFAULTS; print(DEFAULTS["synapseVersion"])')
 venv=build/synapse-venv

@@ -52,6 +52,10 @@ INVALID: list[tuple[str, Any]] = [
     ("elementSha256", "z" * 64),
     ("elementDownloadUrl", "https://mirror.example.com/element.tar.gz"),
     ("elementDownloadUrl", "https://mirror.example.com/{version}/a b.tgz"),
+    ("elementSigningKey", "not a key block"),
+    ("elementSigningKey", "-----BEGIN PGP PRIVATE KEY BLOCK-----\nxyz\n-----END PGP PRIVATE KEY BLOCK-----"),
+    ("elementSigningFingerprint", "712B FBEE 92DC"),
+    ("elementSigningFingerprint", "Z" * 40),
     ("maxUploadSizeMb", 0),
     ("maxUploadSizeMb", 101),
     ("maxUploadSizeMb", True),
@@ -81,6 +85,33 @@ def test_invalid_value_is_refused_with_one_line_naming_the_key(key: str, value: 
     assert "\n" not in message
     assert f"matrix-stack:{key}" in message or (key == "turnSubdomain" and "Subdomain" in message)
     assert "fix:" in message
+
+
+KEY_BLOCK = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGCALb4=\n-----END PGP PUBLIC KEY BLOCK-----"
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [({"elementSigningKey": KEY_BLOCK}, "elementSigningFingerprint"),
+     ({"elementSigningFingerprint": "A" * 40}, "elementSigningKey")],
+)
+def test_a_mirror_signing_key_needs_its_fingerprint_and_back(given: dict[str, str], missing: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load(raw(**given))
+    assert f"matrix-stack:{missing}" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_mirror_signing_key_is_accepted_with_a_normalised_fingerprint() -> None:
+    spaced = "712b fbee 92dc a452 52db  17d7 c7be 97ef a179 b100"
+    settings, _ = load(raw(elementSigningKey=KEY_BLOCK, elementSigningFingerprint=spaced))
+    assert settings.element_signing_fingerprint == "712BFBEE92DCA45252DB17D7C7BE97EFA179B100"
+    assert settings.element_signing_key == KEY_BLOCK + "\n"
+
+
+def test_element_signature_sits_next_to_the_tarball() -> None:
+    settings, _ = load(raw(elementDownloadUrl="https://mirror.example.com/e/{version}/element-v{version}.tar.gz"))
+    assert settings.element_signature_url == f"https://mirror.example.com/e/{settings.element_version}/element-v{settings.element_version}.tar.gz.asc"
+    assert settings.element_sha256 == "" and settings.element_signing_key == ""
 
 
 def test_allowlist_mode_needs_a_list() -> None:

@@ -74,7 +74,7 @@ def test_a_second_run_gives_identical_triggers_and_inputs() -> None:
 
 
 LOCALITY: list[tuple[dict[str, Any], set[str]]] = [
-    ({"elementVersion": "1.11.52", "elementSha256": "0" * 64}, {"element-web"}),
+    ({"elementVersion": "1.12.31", "elementSha256": "0" * 64}, {"element-web"}),
     ({"maxUploadSizeMb": 20}, {"synapse-config", "nginx-sites"}),
     ({"backupKeepDays": 30}, {"backup-schedule"}),
     ({"synapseVersion": "1.163.1"}, {"synapse-install", "synapse-config"}),  # the upgrade restarts Synapse
