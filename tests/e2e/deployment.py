@@ -34,7 +34,9 @@ E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
 if not 0 <= E2E_INDEX <= 154:
     raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..154 (the lifecycle tests also take index + 100, + 101)")
 ELEMENT_PORT = 8088
-ELEMENT_VERSIONS = (DEFAULTS["elementVersion"], "1.11.99")
+# The default release, and a later one whose tarball a compromised mirror swapped after signing.
+ELEMENT_VERSIONS = (DEFAULTS["elementVersion"],)
+ELEMENT_TAMPERED = "1.12.99"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Deployment:
     releases: dict[str, ElementRelease]
     recording: Recording | None = None
     results: list[StepResult] = field(default_factory=list)
+    provisioning: list[StepResult] = field(default_factory=list)  # the first full run, as a fresh droplet saw it
 
     @property
     def mocks(self) -> CloudMocks:
@@ -81,6 +84,8 @@ class Deployment:
         """Record the program with `changes` and run its steps (all, or `only`) on the host."""
         recording = self.record(**changes)
         self.results = run_all(recording, only=only)
+        if only is None and not self.provisioning:
+            self.provisioning = self.results
         return self.results
 
     def apply_changes(self, **changes: Any) -> tuple[set[str], list[StepResult]]:
@@ -131,8 +136,9 @@ def base_config(host: TestHost, release: ElementRelease) -> dict[str, Any]:
         "certbotCloudflareToken": "e2e-cloudflare-token-0123456789",
         "acmeServer": host.acme_directory,
         "elementVersion": release.version,
-        "elementSha256": release.sha256,
         "elementDownloadUrl": release.url_template,
+        "elementSigningKey": release.signing_key,
+        "elementSigningFingerprint": release.signing_fingerprint,
     }
 
 
@@ -160,7 +166,8 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, **host_
                     identity_file=key_file, outsider=outsider, **host_options)
     try:
         host.boot()
-        with element_release_server(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS) as releases:
+        with element_release_server(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS,
+                                    tampered=(ELEMENT_TAMPERED,)) as releases:
             deployment = Deployment(host, base_config(host, releases[ELEMENT_VERSIONS[0]]), key_file, public_key, releases)
             yield deployment
     finally:

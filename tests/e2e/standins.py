@@ -1,9 +1,13 @@
 """Local stand-ins for what the guest cannot download here: the Element release tarball.
 
-GitHub release downloads are unreachable, so the test serves a tarball shaped like Element's
-(`element-v<version>/index.html`, `config.sample.json`, `version`) from the host side of the
-test network, and the program is configured with its real sha256 through `elementDownloadUrl`
-and `elementSha256`, the same settings a user with a mirror would use.
+GitHub release downloads are unreachable, so the test serves tarballs shaped like Element's
+(`element-v<version>/index.html`, `config.sample.json`, `version`) with detached `.asc`
+signatures from the host side of the test network. They are signed by a key the test generates
+(Element's own key cannot sign them), and the program is pointed at them the way a user with a
+re-signing mirror would do it: `elementDownloadUrl`, `elementSigningKey` and
+`elementSigningFingerprint`. The server checks the signature with the same gpg call as for a real
+release. A version listed in `tampered` gets a valid signature over a tarball that is then
+replaced, as a compromised mirror would serve it.
 """
 
 from __future__ import annotations
@@ -19,21 +23,25 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.signing import Signer
+
 
 @dataclass(frozen=True)
 class ElementRelease:
     url_template: str
     sha256: str
     version: str
+    signing_key: str
+    signing_fingerprint: str
 
 
-def build_tarball(directory: Path, version: str) -> Path:
+def build_tarball(directory: Path, version: str, extra: str = "") -> Path:
     """Write element-v<version>.tar.gz with the files the deployment and its checks rely on."""
     top = f"element-v{version}"
     files = {
         "index.html": (
             f'<!doctype html>\n<html lang="en"><head><title>Element {version}</title></head>'
-            '<body><section id="matrixchat"></section></body></html>\n'
+            f'<body><section id="matrixchat"></section>{extra}</body></html>\n'
         ),
         "config.sample.json": '{"default_server_config": {}}\n',
         "version": f"{version}\n",
@@ -56,16 +64,22 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 @contextmanager
 def element_release_server(
-    address: str, port: int, directory: Path, versions: tuple[str, ...]
+    address: str, port: int, directory: Path, versions: tuple[str, ...], tampered: tuple[str, ...] = ()
 ) -> Iterator[dict[str, ElementRelease]]:
-    """Serve tarballs for `versions` on address:port until the block ends."""
+    """Serve signed tarballs for `versions` (and tampered ones for `tampered`) on address:port."""
+    signer = Signer(directory / "gnupg", "Mirror Release Signer")
     releases = {}
-    for version in versions:
+    for version in (*versions, *tampered):
         path = build_tarball(directory, version)
+        signer.sign(path)
+        if version in tampered:
+            build_tarball(directory, version, extra="<script>/* not what was signed */</script>")
         releases[version] = ElementRelease(
             url_template=f"http://{address}:{port}/element-v{{version}}.tar.gz",
             sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
             version=version,
+            signing_key=signer.public_key,
+            signing_fingerprint=signer.fingerprint,
         )
     server = ThreadingHTTPServer((address, port), partial(_QuietHandler, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -75,3 +89,4 @@ def element_release_server(
     finally:
         server.shutdown()
         server.server_close()
+        signer.close()

@@ -24,9 +24,10 @@ from nio import (
     UploadResponse,
 )
 
+from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import http_get, matrix_client, run, session
-from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
+from tests.e2e.deployment import DOMAIN, ELEMENT_TAMPERED, HOMESERVER, Deployment
 from tests.e2e.runner import StepFailed, run_all
 
 pytestmark = pytest.mark.e2e
@@ -143,6 +144,37 @@ def test_element_is_served_with_its_config_and_headers(deployment: Deployment) -
     config = json.loads(body)
     assert config["default_server_config"]["m.homeserver"]["base_url"] == HOMESERVER
     assert config["default_server_config"]["m.homeserver"]["server_name"] == DOMAIN
+
+
+def _served_element(deployment: Deployment) -> tuple[str, bytes]:
+    """The release the symlink names, and the index page nginx serves for chat.<domain>."""
+    link = deployment.ssh("readlink /var/www/element").strip()
+    status, _, body = run(lambda: http_get(deployment.url("chat", "/"), deployment.host.address, deployment.ca_file))
+    assert status == 200
+    return link, body
+
+
+def test_the_default_element_release_is_served_after_its_signature_was_verified(deployment: Deployment) -> None:
+    version = DEFAULTS["elementVersion"]
+    link, body = _served_element(deployment)
+    assert link == f"element-v{version}" and f"<title>Element {version}</title>".encode() in body
+    (step,) = [r for r in deployment.provisioning if r.name == "element-web"]
+    fingerprint = deployment.config["elementSigningFingerprint"]
+    assert f"signature of element-v{version} verified: signed by {fingerprint}" in step.stderr
+
+
+def test_a_tampered_element_upgrade_is_refused_and_the_running_release_keeps_serving(deployment: Deployment) -> None:
+    before = _served_element(deployment)
+    try:
+        with pytest.raises(StepFailed) as failure:
+            deployment.apply_changes(elementVersion=ELEMENT_TAMPERED)
+        assert failure.value.result.name == "element-web"
+        assert f"Element {ELEMENT_TAMPERED} NOT installed: BAD signature" in failure.value.result.stderr
+        assert _served_element(deployment) == before
+        assert f"element-v{ELEMENT_TAMPERED}" not in deployment.ssh("ls -A /var/www")
+    finally:
+        deployment.apply_changes(elementVersion=DEFAULTS["elementVersion"])
+    assert _served_element(deployment) == before
 
 
 def test_http_redirects_to_https(deployment: Deployment) -> None:
