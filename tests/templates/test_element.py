@@ -112,6 +112,8 @@ DRIVER = r"""
 set -uo pipefail
 work=$1
 shift
+# As on a droplet, where gpg comes without its recommended gpg-agent: the step must not need it.
+if [ -e /usr/bin/gpg-agent ]; then mount --bind /dev/null /usr/bin/gpg-agent; fi
 python3 -m http.server PORT --bind 127.0.0.1 --directory "$work/serve" > "$work/http.log" 2>&1 &
 server=$!
 trap 'kill "$server"' EXIT
