@@ -17,3 +17,8 @@ pulumi.export("dropletIpv6", droplet.ipv6_address)
 pulumi.export("adminUserId", settings.admin_user_id)
 pulumi.export("adminPassword", stack.secrets.admin_password)
 pulumi.export("sshCommand", droplet.ipv4_address.apply(lambda ip: f"ssh root@{ip}"))
+# What `pulumi destroy` leaves in the account, and how to remove it for good (README "Tearing down").
+pulumi.export("dataVolume", stack.host.volume.name)
+pulumi.export("dataVolumeId", stack.host.volume.id)
+pulumi.export("dataVolumeKeptOnDestroy", stack.host.volume.id.apply(
+    lambda volume_id: f"pulumi destroy keeps this volume; delete it for good with: doctl compute volume delete {volume_id}"))

@@ -46,12 +46,18 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class StepSpec:
-    """What one step does: its files, its script and the versions it installs."""
+    """What one step does: its files, its script and the versions it installs.
+
+    `on_delete` is a command the provider runs on the server when the engine deletes the step's
+    resource (`pulumi destroy`, or before a replacement): it must be a fixed command line that
+    carries no secret, e.g. a script the step installed.
+    """
 
     name: str
     script: str
     files: Sequence[RemoteFile] = ()
     versions: Mapping[str, str] = field(default_factory=dict)
+    on_delete: str = ""
 
 
 def _digest(text: str) -> str:
@@ -97,11 +103,18 @@ def remote_step(
     parent: pulumi.Resource,
     depends_on: Sequence[pulumi.Resource] = (),
     watch: Sequence[pulumi.Output[Any]] = (),
+    replace_with: Sequence[pulumi.Output[Any]] | None = None,
 ) -> remote.Command:
     """Create the pulumi-command resource for one step, parented to its service component.
 
     `watch` adds other resources' triggers to this step's, so it re-runs whenever they change
     (the self-check uses it to verify every deployment that changed anything).
+
+    `replace_with` makes the step's identity those values instead of its content: it is replaced
+    (its `on_delete` runs first, delete-before-replace) only when one of them changes, while a new
+    script or file is an in-place update that re-runs `create` and never runs `on_delete`. The
+    volume guard uses it so that its delete command (stop and unmount) runs exactly when the
+    attachment or the droplet goes, never because the guard's own script was edited.
     """
     if not _STEP_NAME.match(spec.name):
         raise ValueError(f"bad step name {spec.name!r}")
@@ -111,11 +124,18 @@ def remote_step(
     if watch:
         watched = pulumi.Output.all(*watch).apply(lambda ts: f"watched={_digest(repr(ts))[:16]}")
         triggers = pulumi.Output.all(triggers, watched).apply(lambda parts: [*parts[0], parts[1]])
+    if replace_with is not None:
+        triggers = pulumi.Output.all(*replace_with).apply(lambda values: [str(v) for v in values])
+    # Triggers are short hashes, never content: plain, so `pulumi preview --diff` names the file or
+    # script that changed even in a step whose files carry secrets. A 64-bit prefix of the sha256 of a
+    # file that holds a 24-64 character random secret reveals nothing of it.
+    triggers = pulumi.Output.unsecret(triggers)
     carries_secret = any(isinstance(f.content, pulumi.Output) for f in spec.files)
     return remote.Command(
         spec.name,
         connection=connection,
         create=RUN_BUNDLE,
+        delete=spec.on_delete or None,
         stdin=bundle,
         triggers=triggers,
         logging=remote.Logging.STDOUT_AND_STDERR,
@@ -123,6 +143,7 @@ def remote_step(
             parent=parent,
             depends_on=list(depends_on),
             additional_secret_outputs=["stdout", "stderr"] if carries_secret else [],
-            custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m"),
+            custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m", delete="10m"),
+            delete_before_replace=replace_with is not None,
         ),
     )

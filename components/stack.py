@@ -22,6 +22,7 @@ from components.services import (
     element,
     nginx,
     postgres,
+    release,
     selfcheck,
     synapse,
     volume,
@@ -93,9 +94,14 @@ class MatrixStack(pulumi.ComponentResource):
             admin_password=self.secrets.admin_password,
             signing_key=self.secrets.signing_key,
         )
-        # The first step waits for the volume to be attached and the firewall to be in place.
-        previous: list[pulumi.Resource] = [self.host.attachment, firewall]
-        self.services = []
+        # The volume guard comes first, right after the attachment (and the firewall): every other
+        # step depends on it, and it is replaced, its delete command stopping the writers and
+        # unmounting the volume, before the attachment is deleted or replaced (services/release.py).
+        attachment = self.host.attachment
+        guard = Service("release", release.steps(context), self.host.connection, after=[attachment, firewall],
+                        opts=child, replace_with=[attachment.id, droplet.id])
+        previous: list[pulumi.Resource] = guard.last
+        self.services = [guard]
         for module in SERVICE_ORDER:
             kind = module.__name__.rsplit(".", 1)[-1]
             # The self-check re-runs whenever any other step changed, so every deployment is verified.

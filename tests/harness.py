@@ -60,6 +60,7 @@ class Registration:
     """One RegisterResource request as the engine would see it."""
 
     urn: str
+    id: str
     type: str
     name: str
     parent: str
@@ -72,6 +73,8 @@ class Registration:
     replace_on_changes: list[str]
     additional_secret_outputs: list[str]
     delete_before_replace: bool
+    retain_on_delete: bool
+    import_id: str
     raw_outputs: dict[str, Any]
 
     @property
@@ -128,8 +131,12 @@ class Recording:
 
 
 def changed_steps(before: Recording, after: Recording) -> set[str]:
-    """The steps `pulumi up` would run going from `before` to `after`: triggers differ, or new, or gone."""
-    old, new = before.triggers(), after.triggers()
+    """The steps `pulumi up` would run going from `before` to `after`: new or gone, triggers differ
+    (a replacement), or stdin differs (an update, which re-runs `create`; pulumi-command)."""
+    def runs(recording: Recording) -> dict[str, Any]:
+        return {c.name: (unwrap(c.raw_inputs["triggers"]), unwrap(c.raw_inputs.get("stdin"))) for c in recording.commands()}
+
+    old, new = runs(before), runs(after)
     return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
 
 
@@ -145,6 +152,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         self.recording.registrations.append(
             Registration(
                 urn=response.urn,
+                id=response.id,
                 type=request.type,
                 name=request.name,
                 parent=request.parent,
@@ -157,6 +165,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 replace_on_changes=list(request.replaceOnChanges),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
                 delete_before_replace=request.deleteBeforeReplace,
+                retain_on_delete=request.retainOnDelete,
+                import_id=request.importId,
                 raw_outputs=rpc.deserialize_properties(response.object, keep_unknowns=True),
             )
         )
@@ -173,6 +183,13 @@ def _stable(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz0
     return "".join(alphabet[b % len(alphabet)] for b in digest[:length])
 
 
+def identity(name: str, inputs: Mapping[str, Any], seed: str = "") -> str:
+    """What a provider would derive a new resource from: its name, its inputs and (for random
+    values) the entropy of one stack's life. Any change in them gives a different value, as a
+    replacement would, so a change that replaces a secret or a droplet cannot go unnoticed."""
+    return f"{seed}|{name}|{json.dumps(unwrap(dict(inputs)), sort_keys=True, default=str)}"
+
+
 class CloudMocks(pulumi_mocks.Mocks):
     """Answers for DigitalOcean, Cloudflare, random and tls, shaped like the real providers'."""
 
@@ -183,6 +200,8 @@ class CloudMocks(pulumi_mocks.Mocks):
         cloudflare_ipv4: list[str] | None = None,
         cloudflare_ipv6: list[str] | None = None,
         deploy_key: tuple[str, str] | None = None,
+        secret_seed: str = "",
+        host_key: tuple[str, str] | None = None,
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
@@ -190,38 +209,48 @@ class CloudMocks(pulumi_mocks.Mocks):
         self.cloudflare_ipv6 = cloudflare_ipv6 if cloudflare_ipv6 is not None else CLOUDFLARE_IPV6
         # (private OpenSSH PEM, public OpenSSH line); fake unless a real key is given (e2e).
         self.deploy_key = deploy_key or ("-----FAKE PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeDeployKey deploy")
+        # The droplet's SSH host key (cloud-init user data, pinned in every connection).
+        self.host_key = host_key or ("-----FAKE HOST PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeHostKey\n")
+        # Another seed is another stack life: every generated secret differs (a stack re-created on a kept volume).
+        self.secret_seed = secret_seed
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
         typ, name = args.typ, args.name
         if typ == "digitalocean:index/droplet:Droplet":
+            # A droplet of another image, size or user data is another droplet: another id.
+            replaced_by = {k: args.inputs.get(k) for k in ("image", "size", "region", "userData")}
+            droplet_id = str(int(_stable(identity(name, replaced_by), 8, "0123456789")) + 10_000_000)
             outputs.update(
                 ipv4Address=self.droplet_ipv4,
                 ipv6Address=self.droplet_ipv6,
-                dropletUrn=f"do:droplet:{name}",
+                dropletUrn=f"do:droplet:{droplet_id}",
                 memory=1024,
             )
-            return "424242", outputs
+            return droplet_id, outputs
         if typ == "digitalocean:index/volume:Volume":
             outputs.update(volumeUrn=f"do:volume:{name}", filesystemType="xfs")
             return f"vol-{_stable(name, 8)}", outputs
+        if typ == "digitalocean:index/volumeAttachment:VolumeAttachment":
+            return f"{args.inputs['dropletId']}-{args.inputs['volumeId']}", outputs
         if typ == "digitalocean:index/sshKey:SshKey":
             outputs.update(fingerprint=":".join(_stable(name, 16, "0123456789abcdef")[i : i + 2] for i in range(0, 16, 2)))
             return "1234", outputs
         if typ == "tls:index/privateKey:PrivateKey":
-            private, public = self.deploy_key
+            private, public = self.host_key if name.endswith("-host-key") else self.deploy_key
             outputs.update(privateKeyOpenssh=rpc.wrap_rpc_secret(private), publicKeyOpenssh=public)
             return f"{name}-id", outputs
+        seed = identity(name, args.inputs, self.secret_seed)
         if typ == "random:index/randomPassword:RandomPassword":
-            outputs.update(result=rpc.wrap_rpc_secret(_stable(name, int(args.inputs["length"]))))
+            outputs.update(result=rpc.wrap_rpc_secret(_stable(seed, int(args.inputs["length"]))))
             return f"{name}-id", outputs
         if typ == "random:index/randomString:RandomString":
-            outputs.update(result=_stable(name, int(args.inputs["length"]), "abcdefghijklmnopqrstuvwxyz0123456789"))
+            outputs.update(result=_stable(seed, int(args.inputs["length"]), "abcdefghijklmnopqrstuvwxyz0123456789"))
             return f"{name}-id", outputs
         if typ == "random:index/randomBytes:RandomBytes":
             import base64
 
-            raw = hashlib.sha256(name.encode()).digest()[: int(args.inputs["length"])]
+            raw = hashlib.sha256(seed.encode()).digest()[: int(args.inputs["length"])]
             outputs.update(base64=rpc.wrap_rpc_secret(base64.b64encode(raw).decode()), hex=rpc.wrap_rpc_secret(raw.hex()))
             return f"{name}-id", outputs
         if typ == "command:remote:Command":

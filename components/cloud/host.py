@@ -7,7 +7,12 @@ import pulumi_digitalocean as do
 import pulumi_tls as tls
 from pulumi_command import remote
 
+from components.render import render
 from components.settings import Settings
+
+# Inputs of digitalocean.Volume that the provider can only change by creating a new volume.
+VOLUME_REPLACING_INPUTS = ["name", "region", "description", "initialFilesystemType", "initialFilesystemLabel",
+                           "filesystemType", "snapshotId"]
 
 
 class Host(pulumi.ComponentResource):
@@ -17,6 +22,7 @@ class Host(pulumi.ComponentResource):
     volume: do.Volume
     attachment: do.VolumeAttachment
     deploy_key: tls.PrivateKey
+    host_key: tls.PrivateKey
     connection: remote.ConnectionArgs
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -25,6 +31,13 @@ class Host(pulumi.ComponentResource):
         prefix = settings.resource_prefix
 
         self.deploy_key = tls.PrivateKey(f"{name}-deploy-key", algorithm="ED25519", opts=child)
+        # The droplet's SSH host key: installed by cloud-init from the user data at creation and
+        # pinned in every step's connection (host_key), so no step talks to an impostor.
+        self.host_key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
+        keys = pulumi.Output.all(self.host_key.private_key_openssh, self.host_key.public_key_openssh)
+        cloud_config: pulumi.Output[str] = keys.apply(lambda k: render(
+            "cloud-init/user-data.yaml.j2", host_private_key=k[0], host_public_key=k[1].strip()))
+        user_data: pulumi.Output[str] = pulumi.Output.secret(cloud_config)
         deploy_ssh_key = do.SshKey(
             f"{name}-deploy-key",
             name=f"{prefix}-deploy",
@@ -37,6 +50,13 @@ class Host(pulumi.ComponentResource):
         ]
 
         # The volume outlives droplets and `pulumi destroy`: it holds the database, media and signing key.
+        # - retain_on_delete, not protect: the engine refuses any deployment that would delete a
+        #   protected resource, so a protected volume makes `pulumi destroy` fail at its preview.
+        #   A retained one is dropped from the state and never deleted in the account, on destroy
+        #   and on replacement (Pulumi docs, resource options "protect" and "retainOnDelete").
+        # - ignore_changes on every input the provider can only apply by replacing the volume
+        #   (name, region, description, filesystem and snapshot inputs), so no setting change ever
+        #   swaps the data for an empty volume; only `size` (grow only) is applied in place.
         self.volume = do.Volume(
             f"{name}-data",
             name=settings.volume_name,
@@ -44,11 +64,15 @@ class Host(pulumi.ComponentResource):
             size=settings.volume_size_gb,
             initial_filesystem_type="xfs",
             description=f"Matrix data for {settings.domain} (PostgreSQL, media store, signing key)",
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, ignore_changes=VOLUME_REPLACING_INPUTS),
         )
 
         # ssh_keys only seed root's authorized_keys at creation; changing them would replace the
         # droplet, so later key changes are applied by the base step instead (ignore_changes).
+        # A new size replaces the droplet (replace_on_changes) instead of resizing it: the provider
+        # resizes by powering the droplet off hard and grows its disk for good (resize_disk), while
+        # a replacement stops the services and unmounts the volume first (release-volume), keeps
+        # every byte on the volume, and can go back to a smaller size.
         self.droplet = do.Droplet(
             f"{name}-droplet",
             name=prefix,
@@ -59,8 +83,9 @@ class Host(pulumi.ComponentResource):
             monitoring=True,
             graceful_shutdown=True,
             ssh_keys=[deploy_ssh_key.fingerprint, *[k.fingerprint for k in user_keys]],
+            user_data=user_data,  # changing it replaces the droplet; it changes only with the host key
             tags=["matrix-stack", f"matrix-stack-{settings.stack}"],
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sshKeys"]),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sshKeys"], replace_on_changes=["size"]),
         )
         # A volume attaches to one droplet at a time: on droplet replacement detach first.
         self.attachment = do.VolumeAttachment(
@@ -82,6 +107,7 @@ class Host(pulumi.ComponentResource):
             host=self.droplet.ipv4_address,
             user="root",
             private_key=self.deploy_key.private_key_openssh,
+            host_key=self.host_key.public_key_openssh.apply(str.strip),
             dial_error_limit=40,  # a fresh droplet takes a minute or two before sshd answers
             per_dial_timeout=15,
         )

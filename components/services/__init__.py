@@ -66,6 +66,7 @@ class Service(pulumi.ComponentResource):
         after: Sequence[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
         watch: Sequence[pulumi.Output[Any]] = (),
+        replace_with: Sequence[pulumi.Output[Any]] | None = None,
     ) -> None:
         super().__init__(f"matrix-stack:service:{kind.capitalize()}", kind, {}, opts)
         self.commands = []
@@ -73,7 +74,8 @@ class Service(pulumi.ComponentResource):
         for spec in steps:
             if not spec.name.startswith(f"{kind}-"):
                 raise ValueError(f"step {spec.name!r} of service {kind!r} must be named {kind}-<what>")
-            command = remote_step(spec, connection, parent=self, depends_on=previous, watch=watch)
+            command = remote_step(spec, connection, parent=self, depends_on=previous, watch=watch,
+                                  replace_with=replace_with)
             self.commands.append(command)
             previous = [command]
         self.register_outputs({})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from components.settings import DEFAULTS
 from tests.harness import CLOUDFLARE_IPV4, CLOUDFLARE_IPV6, DEFAULT_CONFIG, Recording, record, unwrap
@@ -32,7 +33,8 @@ def test_firewall_inbound_rules_are_exactly_the_expected_set(graph: Recording) -
     }
     assert rule_set(firewall.inputs["inboundRules"], "sourceAddresses") == expected
     assert len(firewall.inputs["inboundRules"]) == len(expected)
-    assert firewall.inputs["dropletIds"] == [424242]
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert firewall.inputs["dropletIds"] == [int(droplet.id)]
 
 
 def test_firewall_allows_all_outbound_traffic(graph: Recording) -> None:
@@ -80,16 +82,50 @@ def test_zone_settings_enforce_strict_tls(graph: Recording) -> None:
     assert settings == {"ssl": "strict", "always_use_https": "on", "min_tls_version": "1.2"}
 
 
-def test_volume_is_protected_xfs_and_attached(graph: Recording) -> None:
+def test_volume_is_retained_not_protected_xfs_and_attached(graph: Recording) -> None:
+    """`pulumi destroy` must complete and keep the data.
+
+    The engine fails any deployment that would delete a protected resource (Pulumi docs, "protect"),
+    so the volume is retained instead: on destroy or replacement the engine never calls the
+    provider's Delete and only drops it from the state (Pulumi docs, "retainOnDelete"). No setting
+    may replace it: every input the provider can only apply by creating a new volume is ignored.
+    """
     (volume,) = graph.of_type("digitalocean:index/volume:Volume")
-    assert volume.protect is True
+    assert volume.protect is False and volume.retain_on_delete is True
+    assert set(volume.ignore_changes) >= {"name", "region", "description", "initialFilesystemType", "snapshotId"}
+    assert "size" not in volume.ignore_changes  # growing the volume is an in-place update
     assert volume.inputs["initialFilesystemType"] == "xfs"
     assert volume.inputs["size"] == DEFAULTS["volumeSizeGb"]
     (attachment,) = graph.of_type("digitalocean:index/volumeAttachment:VolumeAttachment")
-    assert attachment.inputs["dropletId"] == 424242
-    assert attachment.delete_before_replace is True
     (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert attachment.inputs["dropletId"] == int(droplet.id) and attachment.inputs["volumeId"] == volume.id
+    assert attachment.delete_before_replace is True
     assert "volumeIds" not in droplet.inputs  # never both volume_ids and VolumeAttachment
+    # Nothing else is retained or protected: destroy removes everything but the volume.
+    others = [r.name for r in graph.registrations if r.custom and r is not volume and (r.protect or r.retain_on_delete)]
+    assert others == []
+
+
+def test_a_resize_replaces_the_droplet_instead_of_a_hard_power_off(graph: Recording) -> None:
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert "size" in droplet.replace_on_changes
+
+
+def test_the_volume_guard_stands_between_the_attachment_and_every_step(graph: Recording) -> None:
+    """Dependents are deleted before what they depend on, so the guard's delete command (stop the
+    writers, unmount) runs before the attachment goes, on destroy and on delete-before-replace."""
+    (attachment,) = graph.of_type("digitalocean:index/volumeAttachment:VolumeAttachment")
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    guard, *steps = graph.commands()
+    assert guard.name == "release-volume"
+    assert attachment.urn in guard.dependencies
+    assert guard.inputs["delete"] == "/usr/local/sbin/matrix-stack-release-volume"
+    assert guard.delete_before_replace is True
+    # Its identity is the attachment and the droplet: a new droplet replaces it, an edit does not.
+    assert guard.inputs["triggers"] == [attachment.id, droplet.id]
+    assert set(guard.property_dependencies["triggers"]) == {attachment.urn, droplet.urn}
+    for step in steps:
+        assert "delete" not in step.inputs or not step.inputs["delete"], step.name
 
 
 def test_droplet_is_debian_with_ipv6_monitoring_and_deploy_key(graph: Recording) -> None:
@@ -97,11 +133,28 @@ def test_droplet_is_debian_with_ipv6_monitoring_and_deploy_key(graph: Recording)
     assert droplet.inputs["image"] == "debian-12-x64"
     assert droplet.inputs["size"] == "s-1vcpu-1gb"
     assert droplet.inputs["ipv6"] is True and droplet.inputs["monitoring"] is True
-    (key,) = graph.of_type("tls:index/privateKey:PrivateKey")
-    assert key.inputs["algorithm"] == "ED25519"
+    keys = {k.name: k for k in graph.of_type("tls:index/privateKey:PrivateKey")}
+    assert set(keys) == {"host-deploy-key", "host-host-key"}
+    assert {k.inputs["algorithm"] for k in keys.values()} == {"ED25519"}
     (do_key,) = graph.of_type("digitalocean:index/sshKey:SshKey")
     assert do_key.inputs["publicKey"] == "ssh-ed25519 AAAAfakeDeployKey deploy"
     assert droplet.inputs["sshKeys"] and "sshKeys" in droplet.ignore_changes
+
+
+def test_the_droplet_gets_the_generated_host_key_and_every_step_pins_it(graph: Recording) -> None:
+    """cloud-init installs the program's host key at creation (user data); every connection verifies
+    it, so no step sends its stdin (which carries secrets) to a machine without that key."""
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert droplet.is_secret("userData")  # it holds the host's private key
+    user_data = droplet.inputs["userData"]
+    assert user_data.startswith("#cloud-config\n")
+    config = yaml.safe_load(user_data)
+    assert config["ssh_keys"] == {"ed25519_private": "-----FAKE HOST PRIVATE KEY-----\n",
+                                  "ed25519_public": "ssh-ed25519 AAAAfakeHostKey"}
+    assert config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == ["ed25519"]
+    for command in graph.commands():
+        assert command.inputs["connection"]["hostKey"] == "ssh-ed25519 AAAAfakeHostKey", command.name
+    assert "userData" not in droplet.ignore_changes  # a new host key needs a new droplet: never silently
 
 
 def test_user_ssh_keys_are_registered_next_to_the_deploy_key() -> None:
@@ -115,7 +168,8 @@ def test_user_ssh_keys_are_registered_next_to_the_deploy_key() -> None:
 
 def test_project_groups_droplet_and_volume(graph: Recording) -> None:
     (project,) = graph.of_type("digitalocean:index/project:Project")
-    assert sorted(project.inputs["resources"]) == ["do:droplet:host-droplet", "do:volume:host-data"]
+    (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
+    assert sorted(project.inputs["resources"]) == [f"do:droplet:{droplet.id}", "do:volume:host-data"]
 
 
 def urn_type(urn: str) -> str:
@@ -170,7 +224,7 @@ def test_outputs_are_named_as_the_design_says(graph: Recording) -> None:
     outputs = graph.stack_outputs
     assert set(outputs) == {
         "homeserverUrl", "elementUrl", "serverName", "dropletIpv4", "dropletIpv6",
-        "adminUserId", "adminPassword", "sshCommand",
+        "adminUserId", "adminPassword", "sshCommand", "dataVolume", "dataVolumeId", "dataVolumeKeptOnDestroy",
     }
     assert outputs["homeserverUrl"] == ("https://matrix.example.org", False)
     assert outputs["adminUserId"] == ("@admin:example.org", False)

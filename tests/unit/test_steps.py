@@ -12,6 +12,7 @@ from tests import harness
 from tests.harness import CloudMocks, Recording, parse_bundle, record, unwrap
 
 STEP_ORDER = [
+    "release-volume",
     "base-packages",
     "base-firewall",
     "volume-mount",
@@ -48,10 +49,17 @@ def test_steps_run_in_the_design_order_one_after_another(graph: Recording) -> No
     # The self-check waits for every other step (it watches their triggers).
     assert set(commands[-1].dependencies) & command_urns == command_urns - {commands[-1].urn}
     first = commands[0]
-    depends_on = {graph.by_urn(u).type for u in first.explicit_dependencies}
-    assert depends_on == {
+    # The first step waits for the attachment and the firewall (explicitly or through its triggers).
+    depends_on = {graph.by_urn(u).type for u in first.dependencies}
+    assert depends_on >= {
         "digitalocean:index/volumeAttachment:VolumeAttachment",
         "digitalocean:index/firewall:Firewall",
+    }
+    assert depends_on <= {
+        "digitalocean:index/volumeAttachment:VolumeAttachment",
+        "digitalocean:index/firewall:Firewall",
+        "digitalocean:index/droplet:Droplet",  # the connection and the guard's identity
+        "tls:index/privateKey:PrivateKey",  # the connection's deploy key
     }
 
 
@@ -66,6 +74,16 @@ def test_every_step_connects_with_the_deploy_key_to_the_droplet(graph: Recording
         assert "triggers[*]" in command.replace_on_changes
 
 
+def test_every_trigger_is_plain_so_a_preview_names_what_changed(graph: Recording) -> None:
+    """Triggers are hashes (tested below: no secret in them), so none needs to be a secret; a secret
+    trigger would show as [secret] in `pulumi preview --diff`."""
+    carrying = [c.name for c in graph.commands() if c.is_secret("stdin")]
+    assert carrying, "no step carries a secret: the test would prove nothing"
+    for command in graph.commands():
+        assert not harness.contains_secret_marker(command.raw_inputs["triggers"]), command.name
+        assert all(isinstance(t, str) and len(t) < 200 for t in command.inputs["triggers"]), command.name
+
+
 def test_a_second_run_gives_identical_triggers_and_inputs() -> None:
     first, second = record(), record()
     assert first.triggers() == second.triggers()
@@ -77,6 +95,7 @@ LOCALITY: list[tuple[dict[str, Any], set[str]]] = [
     ({"elementVersion": "1.12.31", "elementSha256": "0" * 64}, {"element-web"}),
     ({"maxUploadSizeMb": 20}, {"synapse-config", "nginx-sites"}),
     ({"backupKeepDays": 30}, {"backup-schedule"}),
+    ({"volumeSizeGb": 20}, {"volume-mount"}),  # grows the filesystem to the resized volume
     ({"synapseVersion": "1.163.1"}, {"synapse-install", "synapse-config"}),  # the upgrade restarts Synapse
     ({"turnRelayPorts": "50000-50099"}, {"base-firewall", "coturn-config"}),
     ({"sshAllowedCidrs": ["198.51.100.0/24"]}, {"base-firewall"}),
@@ -86,7 +105,8 @@ LOCALITY: list[tuple[dict[str, Any], set[str]]] = [
     ({"enableUrlPreviews": True}, {"synapse-config"}),
     ({"acmeServer": "https://acme.example.net/directory"}, {"certificates-issue"}),
     ({"letsencryptEmail": "other@example.org"}, {"certificates-issue"}),
-    ({"dropletSize": "s-2vcpu-4gb"}, {"postgres-config", "synapse-config"}),
+    # A new size is a new droplet (replace_on_changes): the volume guard is replaced with it.
+    ({"dropletSize": "s-2vcpu-4gb"}, {"release-volume", "postgres-config", "synapse-config"}),
 ]
 
 
@@ -103,11 +123,19 @@ def test_new_cloudflare_ranges_change_only_the_firewall_and_nginx(graph: Recordi
     assert changed_steps(graph, moved) == {"base-firewall", "nginx-sites", "selfcheck-verify"}
 
 
-def test_droplet_replacement_reconnects_every_step_without_changing_triggers(graph: Recording) -> None:
-    moved = record(mocks=CloudMocks(droplet_ipv4="203.0.113.99"))
+def test_droplet_replacement_reconnects_every_step_and_reruns_only_what_depends_on_the_droplet(graph: Recording) -> None:
+    """A new droplet (here: another size, so another droplet id and address): every step connects to the
+    new address; the guard is replaced (its delete released the volume on the old droplet first), and
+    only the steps whose content names the droplet change their triggers."""
+    moved = record({"dropletSize": "s-2vcpu-2gb"}, mocks=CloudMocks(droplet_ipv4="203.0.113.99"))
     assert {c.inputs["connection"]["host"] for c in moved.commands()} == {"203.0.113.99"}
-    changed = changed_steps(graph, moved)
-    assert changed <= {"coturn-config", "selfcheck-verify"}  # coturn's external-ip is the droplet's address
+    assert moved.named("release-volume").inputs["triggers"] != graph.named("release-volume").inputs["triggers"]
+    assert changed_steps(graph, moved) == {
+        "release-volume",  # the new droplet and attachment
+        "postgres-config", "synapse-config",  # tuned to the new size's memory
+        "coturn-config",  # coturn's external-ip is the droplet's address
+        "selfcheck-verify",
+    }
 
 
 SECRETS = {
