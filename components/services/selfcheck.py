@@ -34,5 +34,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         min_cert_days=MIN_CERT_DAYS,
         backup_timer=backup.TIMER,
         backup_service=backup.SERVICE,
+        volume_device=settings.volume_device,
+        data_mount=paths.DATA_MOUNT,
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

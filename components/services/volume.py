@@ -1,4 +1,5 @@
-"""The data volume: XFS, mounted noatime at /var/lib/postgresql at every boot, never reformatted."""
+"""The data volume: XFS, mounted once, noatime, at /var/lib/postgresql at every boot; never reformatted,
+grown to the volume's size when it was resized, and no other mount of it (DigitalOcean's /mnt one)."""
 
 from __future__ import annotations
 
@@ -25,5 +26,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
                     rendered("volume/postgresql-requires-volume.conf.j2", **values),
                 ),
             ],
+            # A resized volume re-runs the step, which grows the filesystem to the new size.
+            versions={"volume-size-gb": str(ctx.settings.volume_size_gb)},
         )
     ]

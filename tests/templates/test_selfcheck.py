@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import textwrap
@@ -63,11 +64,23 @@ esac
 """
 
 
-def run_script(script: str, tmp: Path, server: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The step's bundle (prelude + script), in its own network namespace, optionally with the stand-in."""
-    for name in ("unshare", "ip", "curl", "jq", "openssl", "python3"):
+def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: bool = False) -> subprocess.CompletedProcess[str]:
+    """The step's bundle (prelude + script), in its own network and mount namespace, optionally with
+    the stand-in. A real filesystem (a loop device) stands in for the data volume, mounted once at a
+    temporary mount point, or also at a second one with `extra_mount`."""
+    for name in ("unshare", "ip", "curl", "jq", "openssl", "python3", "losetup", "mkfs.xfs"):
         tool(name)
     (spec,) = selfcheck.steps(make_context())
+    image, data, other = tmp / "volume.img", tmp / "data", tmp / "mnt-auto"
+    with open(image, "wb") as f:
+        f.truncate(320 * 1024 * 1024)
+    subprocess.run(["mkfs.xfs", "-q", str(image)], check=True, timeout=60)
+    data.mkdir()
+    other.mkdir()
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
+    script = re.sub(r"(?m)^volume_device=.*$", f"volume_device={loop}", script)
+    script = script.replace(f"data_mount={paths.DATA_MOUNT}\n", f"data_mount={data}\n")
+    mounts = f"mount {loop} {data}\n" + (f"mount {loop} {other}\n" if extra_mount else "")
     bundle = tmp / "bundle.sh"
     text = bundle_text(type(spec)(name=spec.name, script=script), [])
     # Record "step done" under tmp, not in this machine's /var/lib/matrix-stack.
@@ -88,8 +101,12 @@ def run_script(script: str, tmp: Path, server: str | None = None) -> subprocess.
     stubs.mkdir(exist_ok=True)
     (stubs / "systemctl").write_text(SYSTEMCTL.format(dir=str(tmp)))
     (stubs / "systemctl").chmod(0o755)
-    driver = f"ip link set lo up\nexport PATH={stubs}:$PATH\n{start}bash {bundle}; rc=$?\n{stop}exit $rc\n"
-    return subprocess.run(["unshare", "-n", "bash", "-c", driver], capture_output=True, text=True, timeout=120)
+    driver = f"ip link set lo up\n{mounts}export PATH={stubs}:$PATH\n{start}bash {bundle}; rc=$?\n{stop}exit $rc\n"
+    try:
+        return subprocess.run(["unshare", "-n", "-m", "--propagation", "private", "bash", "-c", driver],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False, timeout=30)
 
 
 def failures(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -254,6 +271,16 @@ def test_each_broken_thing_gets_one_message(brk: str, tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"SELF-CHECK FAILED: {BREAKS[brk]}"), result.stderr
     for secret in (TOKEN, FAKE_SECRETS["admin_password"]):
         assert secret not in result.stdout + result.stderr
+
+
+def test_a_second_mount_of_the_data_volume_fails_the_check(tmp_path: Path) -> None:
+    """DigitalOcean's own /mnt mount next to ours: the volume must be mounted exactly once."""
+    script, server = stand_in(make_context(), tmp_path, "")
+    result = run_script(script, tmp_path, server, extra_mount=True)
+    assert result.returncode != 0
+    lines = failures(result)
+    assert lines == [f"SELF-CHECK FAILED: data volume: mounted at '{tmp_path}/data {tmp_path}/mnt-auto', "
+                     f"expected exactly once at {tmp_path}/data"], result.stderr
 
 
 def test_a_failed_last_backup_is_reported_without_failing(tmp_path: Path) -> None:
