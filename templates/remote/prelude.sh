@@ -5,6 +5,7 @@
 
 MS_STATE_DIR=/var/lib/matrix-stack/steps
 MS_CHANGED_FILES=()
+MS_PREVIOUS_SUFFIX=.ms-previous
 
 ms_log() {
   printf '[matrix-stack:%s] %s\n' "$MS_STEP" "$*" >&2
@@ -27,10 +28,40 @@ ms_put_file() {
       chmod "$mode" "$path"
     }
   else
+    # Keep the file it replaces until the step's validation accepts the new one (ms_validated).
+    if [ -f "$path" ]; then
+      cp -p "$path" "$path$MS_PREVIOUS_SUFFIX"
+    else
+      rm -f "$path$MS_PREVIOUS_SUFFIX"
+    fi
     mv -f "$tmp" "$path"
     MS_CHANGED_FILES+=("$path")
     ms_log "wrote $path"
   fi
+}
+
+# ms_validated CMD...: run the real tool's check of the files this step just wrote. If it rejects
+# them, every file this run changed goes back to what it was (or away, if it is new), so a rejected
+# config is never left on disk for the next restart or reboot; returns CMD's failure.
+ms_validated() {
+  local f
+  if "$@"; then
+    for f in "${MS_CHANGED_FILES[@]}"; do
+      rm -f "$f$MS_PREVIOUS_SUFFIX"
+    done
+    return 0
+  fi
+  for f in "${MS_CHANGED_FILES[@]}"; do
+    if [ -f "$f$MS_PREVIOUS_SUFFIX" ]; then
+      mv -f "$f$MS_PREVIOUS_SUFFIX" "$f"
+      ms_log "restored the previous $f"
+    else
+      rm -f "$f"
+      ms_log "removed the rejected new $f"
+    fi
+  done
+  MS_CHANGED_FILES=()
+  return 1
 }
 
 # True when PATH (or, given '', any file of this step) was rewritten in this run.
@@ -51,6 +82,10 @@ ms_changed() {
 }
 
 ms_step_done() {
+  local f
+  for f in "${MS_CHANGED_FILES[@]}"; do
+    rm -f "$f$MS_PREVIOUS_SUFFIX"
+  done
   install -d -m 0700 "$MS_STATE_DIR"
   printf '%s\n' "$MS_STEP_HASH" > "$MS_STATE_DIR/$MS_STEP"
 }

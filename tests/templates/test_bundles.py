@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from components.remote import bundle_text
+from components.services import release
 from components.stack import SERVICE_ORDER
 from tests.templates.conftest import make_context
 
@@ -33,7 +34,7 @@ def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     """(name, text) of every step's bundle and of every script file a step installs."""
     ctx = make_context(**config)
     out = []
-    for module in SERVICE_ORDER:
+    for module in (release, *SERVICE_ORDER):
         for spec in module.steps(ctx):
             out.append((spec.name, bundle_text(spec, [str(f.content) for f in spec.files])))
             out += [(f"{spec.name}:{f.path}", str(f.content)) for f in spec.files if is_script(f.path, str(f.content))]

@@ -301,7 +301,8 @@ def test_element_site_headers_survive_add_header_inheritance() -> None:
 def test_script_checks_config_before_reloading_and_reloads_only_on_change() -> None:
     script = _step(make_context()).script
     lines = [line.strip() for line in script.splitlines()]
-    assert lines.index("nginx -t") < lines.index("systemctl enable --now nginx") < lines.index("systemctl reload nginx")
+    check = "if ! ms_validated nginx -t; then"
+    assert lines.index(check) < lines.index("systemctl enable --now nginx") < lines.index("systemctl reload nginx")
     reload_guard = next(line for line in lines if line.startswith("if ms_changed"))
     assert lines.index(reload_guard) == lines.index("systemctl reload nginx") - 2
     assert "rm -f /etc/nginx/sites-enabled/default" in lines

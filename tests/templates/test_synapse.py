@@ -341,7 +341,9 @@ def _run_config_script(
         health_url="http://127.0.0.1:1/health",
         health_timeout=3,
     )
-    prelude = 'ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'
+    # ms_validated's restore of rejected files is tested with the real prelude (test_prelude.py).
+    prelude = ('ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'
+               'ms_validated() { "$@"; }\n')
     log = tmp / "calls.log"
     log.write_text("")
     env = {
