@@ -22,7 +22,7 @@ from typing import Any
 
 from components.settings import DEFAULTS, load
 from tests.e2e.runner import StepResult, run_all
-from tests.e2e.standins import ElementRelease, element_release_server
+from tests.e2e.standins import ElementRelease, build_releases, release_server
 from tests.e2e.testhost import TestHost
 from tests.harness import CloudMocks, Recording, changed_steps, config_strings, record
 
@@ -48,6 +48,7 @@ class Deployment:
     key_file: Path
     public_key: str
     releases: dict[str, ElementRelease]
+    host_key_file: Path  # the droplet's SSH host key the program "generated" (pulumi-tls under mocks)
     recording: Recording | None = None
     results: list[StepResult] = field(default_factory=list)
     provisioning: list[StepResult] = field(default_factory=list)  # the first full run, as a fresh droplet saw it
@@ -60,6 +61,7 @@ class Deployment:
             cloudflare_ipv4=[f"{self.host.host_side_address}/32"],
             cloudflare_ipv6=[],
             deploy_key=(self.key_file.read_text(), self.public_key),
+            host_key=(self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text()),
         )
 
     def record(self, **changes: Any) -> Recording:
@@ -109,6 +111,13 @@ class Deployment:
         return proc.stdout.decode()
 
     @property
+    def user_data(self) -> str:
+        """The user data the program declares on the droplet, exactly as recorded."""
+        assert self.recording is not None
+        (droplet,) = self.recording.of_type("digitalocean:index/droplet:Droplet")
+        return str(droplet.inputs["userData"])
+
+    @property
     def admin_password(self) -> str:
         assert self.recording is not None
         return str(self.recording.stack_outputs["adminPassword"][0])
@@ -147,29 +156,39 @@ def volume_name_for(config: dict[str, Any], stack: str = "test") -> str:
     return load(plain, stack)[0].volume_name
 
 
+def _keypair(path: Path, comment: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return Path(f"{path}.pub").read_text().strip()
+
+
 @contextlib.contextmanager
 def deployed_host(index: int, volume_image: Path, outsider: bool = True, **host_options: Any) -> Iterator[Deployment]:
-    """Boot a test host with the given volume image and its stand-ins; tear it all down afterwards.
+    """Create a test "droplet" as the engine would: the program is recorded first, then the host boots
+    with the user data it declares (cloud-init installs the pinned host key), on the given volume
+    image, with its stand-ins; all of it is torn down afterwards.
 
     The volume image is kept (a later host can boot on the same "volume"); the caller removes it.
-    Nothing is deployed yet: call `apply()`.
+    Nothing is provisioned yet: call `apply()`.
     """
     TestHost.cleanup(index)
     workdir = Path(tempfile.mkdtemp(prefix="matrix-stack-e2e-"))
-    key_file = workdir / "deploy_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "matrix-stack-deploy", "-f", str(key_file)],
-                   check=True)
-    public_key = (workdir / "deploy_key.pub").read_text().strip()
+    key_file, host_key_file = workdir / "deploy_key", workdir / "host_key"
+    public_key = _keypair(key_file, "matrix-stack-deploy")
+    _keypair(host_key_file, "")
     placeholder = {"domain": DOMAIN, "sshAllowedCidrs": ["198.18.0.1/32"], "letsencryptEmail": f"ops@{DOMAIN}",
                    "certbotCloudflareToken": "e2e-cloudflare-token-0123456789"}
     host = TestHost(index, public_key, volume_name_for(placeholder), DOMAIN, volume_image,
                     identity_file=key_file, outsider=outsider, **host_options)
     try:
+        releases = build_releases(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS,
+                                  tampered=(ELEMENT_TAMPERED,))
+        deployment = Deployment(host, base_config(host, releases[ELEMENT_VERSIONS[0]]), key_file, public_key,
+                                releases, host_key_file)
+        deployment.record()
+        host.user_data = deployment.user_data
         host.boot()
-        with element_release_server(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS,
-                                    tampered=(ELEMENT_TAMPERED,)) as releases:
-            deployment = Deployment(host, base_config(host, releases[ELEMENT_VERSIONS[0]]), key_file, public_key, releases)
+        with release_server(host.host_side_address, ELEMENT_PORT, workdir):
             yield deployment
     finally:
         host.destroy(keep_volume=True)
-        shutil.rmtree(workdir, ignore_errors=True)  # the deploy key and the Element tarballs
+        shutil.rmtree(workdir, ignore_errors=True)  # the keys and the Element tarballs

@@ -34,30 +34,51 @@ class StepFailed(RuntimeError):
         self.result = result
 
 
-def ssh_command(host: str, key_file: Path, port: int = 22) -> list[str]:
+def ssh_command(host: str, key_file: Path, port: int = 22, host_key: str | None = None) -> list[str]:
+    """ssh as the provider connects: the deploy key, and the pinned host key when the connection has one
+    (pulumi-command verifies `host_key`; without it the host key is not checked)."""
+    if host_key:
+        known_hosts = key_file.with_name(f"known_hosts-{host}-{port}")
+        known_hosts.write_text(f"[{host}]:{port} {host_key.strip()}\n" if port != 22 else f"{host} {host_key.strip()}\n")
+        checking = ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                    "-o", f"HostKeyAlgorithms={host_key.split()[0]}"]
+    else:
+        checking = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     return [
-        "ssh", "-p", str(port), "-i", str(key_file),
-        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "ssh", "-p", str(port), "-i", str(key_file), "-o", "BatchMode=yes", *checking,
         "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
         f"root@{host}",
     ]
 
 
+def connect(command: Registration, key_file: Path) -> list[str]:
+    """The ssh command line for one recorded command's connection."""
+    connection = command.inputs["connection"]
+    return ssh_command(connection["host"], key_file, int(connection.get("port", 22)), connection.get("hostKey"))
+
+
 def run_step(command: Registration, key_file: Path, timeout: float = 1800) -> StepResult:
     """Run one recorded command the way the provider would: ssh, `create` as the command, stdin."""
     inputs = command.inputs
-    connection = inputs["connection"]
     if inputs.get("environment"):
         raise AssertionError(f"{command.name} uses environment, which needs AcceptEnv on the droplet")
     started = time.monotonic()
     proc = subprocess.run(
-        [*ssh_command(connection["host"], key_file, int(connection.get("port", 22))), inputs["create"]],
+        [*connect(command, key_file), inputs["create"]],
         input=inputs.get("stdin", ""),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     return StepResult(command.name, time.monotonic() - started, proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_delete(command: Registration, key_file: Path, timeout: float = 600) -> StepResult:
+    """Run a recorded command's `delete` the way the provider does when the engine deletes it (no stdin)."""
+    started = time.monotonic()
+    proc = subprocess.run([*connect(command, key_file), command.inputs["delete"]], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+    return StepResult(f"{command.name} (delete)", time.monotonic() - started, proc.returncode, proc.stdout, proc.stderr)
 
 
 def deploy_key_file(recording: Recording, directory: Path) -> Path:

@@ -62,31 +62,38 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def element_release_server(
-    address: str, port: int, directory: Path, versions: tuple[str, ...], tampered: tuple[str, ...] = ()
-) -> Iterator[dict[str, ElementRelease]]:
-    """Serve signed tarballs for `versions` (and tampered ones for `tampered`) on address:port."""
+def build_releases(address: str, port: int, directory: Path, versions: tuple[str, ...],
+                   tampered: tuple[str, ...] = ()) -> dict[str, ElementRelease]:
+    """Signed tarballs for `versions` (and tampered ones for `tampered`) in `directory`, to be served
+    at http://address:port/ (the URLs are known before the server runs: the program records them)."""
     signer = Signer(directory / "gnupg", "Mirror Release Signer")
     releases = {}
-    for version in (*versions, *tampered):
-        path = build_tarball(directory, version)
-        signer.sign(path)
-        if version in tampered:
-            build_tarball(directory, version, extra="<script>/* not what was signed */</script>")
-        releases[version] = ElementRelease(
-            url_template=f"http://{address}:{port}/element-v{{version}}.tar.gz",
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-            version=version,
-            signing_key=signer.public_key,
-            signing_fingerprint=signer.fingerprint,
-        )
+    try:
+        for version in (*versions, *tampered):
+            path = build_tarball(directory, version)
+            signer.sign(path)
+            if version in tampered:
+                build_tarball(directory, version, extra="<script>/* not what was signed */</script>")
+            releases[version] = ElementRelease(
+                url_template=f"http://{address}:{port}/element-v{{version}}.tar.gz",
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                version=version,
+                signing_key=signer.public_key,
+                signing_fingerprint=signer.fingerprint,
+            )
+    finally:
+        signer.close()
+    return releases
+
+
+@contextmanager
+def release_server(address: str, port: int, directory: Path) -> Iterator[None]:
+    """Serve `directory` on address:port until the block ends."""
     server = ThreadingHTTPServer((address, port), partial(_QuietHandler, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield releases
+        yield
     finally:
         server.shutdown()
         server.server_close()
-        signer.close()

@@ -24,19 +24,72 @@ from nio import (
     UploadResponse,
 )
 
+from components import paths
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import http_get, matrix_client, run, session
 from tests.e2e.deployment import DOMAIN, ELEMENT_TAMPERED, HOMESERVER, Deployment
-from tests.e2e.runner import StepFailed, run_all
+from tests.e2e.runner import StepFailed, run_all, run_step
+from tests.e2e.testhost import droplet
 
 pytestmark = pytest.mark.e2e
 
 
 def test_every_provisioning_step_passed_including_the_self_check(deployment: Deployment) -> None:
-    names = [r.name for r in deployment.results]
-    assert names[-1] == "selfcheck-verify"
-    assert all(r.returncode == 0 for r in deployment.results)
+    assert deployment.recording is not None
+    names = [r.name for r in deployment.provisioning]
+    assert names == [c.name for c in deployment.recording.commands()]  # every recorded step ran, in order
+    assert all(r.returncode == 0 for r in deployment.provisioning)
+    assert "self-check passed" in deployment.provisioning[-1].stderr
+
+
+# -- the droplet as DigitalOcean makes it (tests/e2e/testhost/droplet.py) ---------------------------
+def test_the_droplet_serves_the_host_key_its_user_data_installed(deployment: Deployment) -> None:
+    assert deployment.recording is not None
+    pinned = {c.inputs["connection"]["hostKey"] for c in deployment.recording.commands()}
+    assert len(pinned) == 1
+    scanned = subprocess.run(["ssh-keyscan", "-T", "10", deployment.host.address], capture_output=True, text=True,
+                             timeout=60).stdout.split("\n")
+    served = {" ".join(line.split()[1:3]) for line in scanned if line and not line.startswith("#")}
+    assert served == pinned  # exactly the pinned key: cloud-init removed every other host key
+    assert deployment.ssh("cloud-init status --format json | jq -r .status").strip() == "done"
+    # cloud-init itself accepts the user data as the program declared it (its schema, no warnings).
+    assert deployment.ssh("cmp /var/lib/cloud/instance/user-data.txt -", stdin=deployment.user_data) == ""
+    assert "Valid" in deployment.ssh("cloud-init schema -c /var/lib/cloud/instance/user-data.txt 2>&1")
+
+
+def test_a_step_refuses_a_host_with_another_key(deployment: Deployment, tmp_path: Any) -> None:
+    """An impostor (here: the pin changed to another key) gets no stdin: ssh stops before the step runs."""
+    assert deployment.recording is not None
+    first = deployment.recording.commands()[0]
+    other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    assert other.returncode == 0
+    impostor_pin = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    first.raw_inputs["connection"] = {**first.inputs["connection"], "hostKey": impostor_pin}
+    try:
+        result = run_step(first, deployment.key_file)
+    finally:
+        deployment.record()  # back to the program's own recording
+    assert result.returncode == 255 and "Host key verification failed" in result.stderr, result.stderr
+    assert "[matrix-stack:" not in result.stderr  # nothing of the step ran
+
+
+def test_the_data_volume_is_mounted_once_where_the_program_wants_it(deployment: Deployment) -> None:
+    """DigitalOcean auto-mounted the new volume at /mnt/<name> (fstab); the volume step took that over."""
+    name = deployment.host.volume_name
+    device = deployment.ssh(f"readlink -f {deployment.host.volume_guest_path}").strip()
+    assert deployment.ssh(f"findmnt -rn -S {device} -o TARGET").split() == [paths.DATA_MOUNT]
+    fstab = deployment.ssh("cat /etc/fstab")
+    assert f"# disabled by matrix-stack (the volume is mounted at {paths.DATA_MOUNT}): {droplet.fstab_line(name)}" in fstab
+    (volume_step,) = [r for r in deployment.provisioning if r.name == "volume-mount"]
+    assert f"unmounting the volume from {droplet.auto_mount_point(name)}" in volume_step.stderr
+
+
+def test_first_boot_package_activity_overlapped_the_first_apt_step(deployment: Deployment) -> None:
+    """The model's first-boot apt held dpkg's lock while base-packages wanted it: apt waited, nothing failed."""
+    (base,) = [r for r in deployment.provisioning if r.name == "base-packages"]
+    assert "Waiting for cache lock" in base.stderr + base.stdout, base.stderr[-3000:]
+    assert deployment.ssh("test -e /var/lib/e2e-first-boot-apt.done && echo done").strip() == "done"
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,16 @@ two more hosts of their own, one after the other, on one volume image (a replace
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import dataclasses
 import gc
 import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -37,12 +42,14 @@ from nio import (
 )
 
 from components import paths
+from components.services.postgres import PG_MAJOR
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import http_get, matrix_client, run, session
 from tests.e2e.deployment import DOMAIN, E2E_INDEX, HOMESERVER, Deployment, deployed_host
 from tests.e2e.observe import SERVICE_UNITS, Snapshot, derived_files, derived_links, differences, managed_files, snapshot
-from tests.e2e.runner import StepFailed, StepResult, run_all, run_step, ssh_command
+from tests.e2e.runner import StepFailed, StepResult, connect, run_all, run_delete, run_step, ssh_command
+from tests.e2e.testhost import volume
 from tests.harness import Recording, parse_bundle
 
 pytestmark = pytest.mark.e2e
@@ -202,6 +209,71 @@ def test_a_changed_setting_reruns_only_its_steps_and_restarts_only_its_service(
     assert status == 200
 
 
+# -- 2b. a resized volume ------------------------------------------------------------------------------
+def volume_mounts(deployment: Deployment) -> list[str]:
+    """Every mount point of the data volume's filesystem in the guest."""
+    device = deployment.ssh(f"readlink -f {deployment.host.volume_guest_path}").strip()
+    return deployment.ssh(f"findmnt -rn -S {device} -o TARGET").split()
+
+
+def filesystem_mib(deployment: Deployment) -> int:
+    return int(deployment.ssh(f"df --output=size -BM {paths.DATA_MOUNT} | tail -n 1").strip().rstrip("M"))
+
+
+def test_a_raised_volume_size_grows_the_filesystem(deployment: Deployment) -> None:
+    """volumeSizeGb raised: DigitalOcean grows the device in place (here: the image and its loop device);
+    the next `up` re-runs only the volume step, which grows the XFS online; nothing restarts."""
+    host = deployment.host
+    before, units_before = filesystem_mib(deployment), snapshot(deployment.ssh, [])
+    grown = host.volume_image.stat().st_size + 512 * MB
+    volume.grow(host.volume_image, grown)
+    assert int(deployment.ssh(f"blockdev --getsize64 {host.volume_guest_path}").strip()) == grown
+    assert filesystem_mib(deployment) == before  # the device alone is not enough
+    try:
+        steps, results = deployment.apply_changes(volumeSizeGb=DEFAULTS["volumeSizeGb"] + 1)
+        print_steps(f"volumeSizeGb raised, steps {sorted(steps)}", results)
+        assert steps == {"volume-mount", "selfcheck-verify"}
+        (step,) = [r for r in results if r.name == "volume-mount"]
+        assert "growing the filesystem" in step.stderr
+        after = filesystem_mib(deployment)
+        print(f"filesystem: {before} MiB -> {after} MiB")
+        assert after >= before + 500
+        for unit in ("matrix-synapse.service", "postgresql@15-main.service", paths.MOUNT_UNIT):
+            assert snapshot(deployment.ssh, []).unit(unit)["InvocationID"] == units_before.unit(unit)["InvocationID"]
+    finally:
+        deployment.apply_changes(volumeSizeGb=None)
+    assert filesystem_mib(deployment) >= before + 500  # going back in the config shrinks nothing
+
+
+# -- 2c. a config the real tool rejects ------------------------------------------------------------------
+def with_file_edited(command: Any, path: str, edit: Any) -> Any:
+    """The recorded step with one of its bundle's files changed by `edit(text) -> text`."""
+    stdin = command.inputs["stdin"]
+    pattern = re.compile(rf"(ms_put_file {re.escape(path)} \S+ \S+ \S+ <<'MS_END_OF_FILE'\n)(.*?)(MS_END_OF_FILE)", re.S)
+    match = pattern.search(stdin)
+    assert match, f"{path} is not in {command.name}'s bundle"
+    text = edit(base64.b64decode(match.group(2)).decode())
+    edited = stdin[: match.start(2)] + base64.encodebytes(text.encode()).decode() + stdin[match.end(2):]
+    return dataclasses.replace(command, raw_inputs={**command.raw_inputs, "stdin": edited})
+
+
+def test_a_config_synapse_rejects_never_replaces_the_working_one(deployment: Deployment) -> None:
+    """A homeserver.yaml Synapse refuses (here an upload size it cannot parse) fails the step, and the
+    file on disk is still the working one: Synapse restarted from disk comes back healthy."""
+    assert deployment.recording is not None
+    working = deployment.ssh(f"cat {paths.SYNAPSE_CONFIG}")
+    step = with_file_edited(deployment.recording.named("synapse-config"), paths.SYNAPSE_CONFIG,
+                            lambda text: re.sub(r"(?m)^max_upload_size: .*$", 'max_upload_size: "fifty megabytes"', text))
+    result = run_step(step, deployment.key_file)
+    print(f"\nrejected synapse-config: rc {result.returncode}")
+    assert result.returncode != 0
+    assert "Synapse rejects" in result.stderr and f"restored the previous {paths.SYNAPSE_CONFIG}" in result.stderr
+    assert deployment.ssh(f"cat {paths.SYNAPSE_CONFIG}") == working
+    assert deployment.ssh(f"ls {paths.SYNAPSE_CONFIG_DIR}").split().count("homeserver.yaml.ms-previous") == 0
+    deployment.ssh("systemctl restart matrix-synapse")
+    wait_on_guest(deployment, synapse_healthy(), "Synapse healthy from the config on disk", timeout=180)
+
+
 # -- 4. recovery -----------------------------------------------------------------------------------
 def test_synapse_killed_is_brought_back_by_systemd(deployment: Deployment) -> None:
     before = snapshot(deployment.ssh, [], units=["matrix-synapse.service"]).unit("matrix-synapse.service")
@@ -237,6 +309,7 @@ def test_every_service_comes_back_after_a_reboot(deployment: Deployment) -> None
         assert after.unit(unit)["ActiveState"] == "active", unit
         assert after.unit(unit)["InvocationID"] != before.unit(unit)["InvocationID"], f"{unit} did not restart?"
     deployment.ssh(f"mountpoint -q {paths.DATA_MOUNT} && test -f {paths.SYNAPSE_SIGNING_KEY}")
+    assert volume_mounts(deployment) == [paths.DATA_MOUNT]  # DigitalOcean's fstab line did not come back
     results = run_all(deployment.recording, only={"selfcheck-verify"})
     print_steps("self-check after the reboot", results)
 
@@ -267,9 +340,21 @@ class Interruption:
 
 
 @dataclass
+class Release:
+    """The old droplet's side of a replacement: writes in flight, the guard's delete, the detach."""
+
+    acknowledged: list[str]  # messages the server confirmed while the release ran
+    result: StepResult  # the release-volume step's delete command, as the provider runs it
+    mounts_after: list[str]  # mounts of the volume left on the old droplet
+    writers_after: dict[str, str]  # ActiveState of every unit that writes to the volume
+    cluster_state: str  # pg_controldata of the volume as detached
+
+
+@dataclass
 class SecondGeneration:
     first: FirstGeneration
     deployment: Deployment
+    release: Release | None = None
     interruptions: list[Interruption] = field(default_factory=list)
     passes: list[list[StepResult]] = field(default_factory=list)
     failure: BaseException | None = None
@@ -314,6 +399,75 @@ def populate(deployment: Deployment) -> FirstGeneration:
         backup=deployment.ssh(f"{paths.BACKUP_COMMAND} first-host").strip().splitlines()[-1])
 
 
+def write_in_flight(deployment: Deployment, first: FirstGeneration, stop: threading.Event,
+                    flowing: threading.Event, acknowledged: list[str]) -> None:
+    """Bob sends messages as fast as the server takes them until it stops answering (or `stop`)."""
+    async def go() -> None:
+        bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        try:
+            assert isinstance(await bob.login(first.bob_password), LoginResponse)
+            for number in range(2000):
+                if stop.is_set():
+                    return
+                body = f"in flight {number} {secrets.token_hex(3)}"
+                try:
+                    sent = await asyncio.wait_for(bob.room_send(
+                        first.room_id, "m.room.message", {"msgtype": "m.text", "body": body}), 15)
+                except (TimeoutError, OSError):
+                    return
+                if not isinstance(sent, RoomSendResponse):
+                    return
+                acknowledged.append(body)
+                if len(acknowledged) >= 5:
+                    flowing.set()
+        finally:
+            flowing.set()
+            await bob.close()
+
+    run(go)
+
+
+def cluster_state_of(image: Path) -> str:
+    """pg_controldata's cluster state of the volume image, read on this machine, mounted read-only."""
+    mount_point = Path(tempfile.mkdtemp(prefix="matrix-stack-detached-"))
+    loop = volume.attach(image)
+    try:
+        subprocess.run(["mount", "-o", "ro,norecovery", loop, str(mount_point)], check=True, timeout=60)
+        try:
+            out = subprocess.run([f"/usr/lib/postgresql/{PG_MAJOR}/bin/pg_controldata", str(mount_point / PG_MAJOR / "main")],
+                                 capture_output=True, text=True, timeout=60, check=True).stdout
+        finally:
+            subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
+    finally:
+        volume.detach_device(loop)
+        mount_point.rmdir()
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Database cluster state"))
+
+
+def release_like_the_engine(first_host: Deployment, first: FirstGeneration) -> Release:
+    """The engine replacing a droplet, after the new one is up: delete the old droplet's guard (its delete
+    command stops the writers and unmounts the volume) while clients write, then detach."""
+    assert first_host.recording is not None
+    stop, flowing = threading.Event(), threading.Event()
+    acknowledged: list[str] = []
+    writer = threading.Thread(target=write_in_flight, args=(first_host, first, stop, flowing, acknowledged),
+                              daemon=True)
+    writer.start()
+    assert flowing.wait(120) and len(acknowledged) >= 5, "the writes never got going"
+    during = len(acknowledged)
+    result = run_delete(first_host.recording.named("release-volume"), first_host.key_file)
+    stop.set()
+    writer.join(timeout=120)
+    print(f"release-volume delete: {result.seconds:.1f} s, rc {result.returncode}; messages acknowledged: "
+          f"{during} before it, {len(acknowledged)} in all")
+    writers = ("matrix-synapse.service", "postgresql@15-main.service", "matrix-stack-backup.timer")
+    states = snapshot(first_host.ssh, [], units=writers)
+    mounts = volume_mounts(first_host)
+    first_host.host.shutdown()  # the droplet is deleted after the new one took over; the volume is detached
+    return Release(list(acknowledged), result, mounts, {u: states.unit(u)["ActiveState"] for u in writers},
+                   cluster_state_of(first_host.host.volume_image))
+
+
 def run_interrupted(deployment: Deployment, command: Any, started: str, grace: float) -> Interruption:
     """Run one step as the provider would, and SIGKILL the ssh client once `started` holds in the guest.
 
@@ -321,7 +475,7 @@ def run_interrupted(deployment: Deployment, command: Any, started: str, grace: f
     holds, so the step is really midway. Whatever the remote side does next is up to sshd and the step.
     """
     inputs = command.inputs
-    proc = subprocess.Popen([*ssh_command(inputs["connection"]["host"], deployment.key_file), inputs["create"]],
+    proc = subprocess.Popen([*connect(command, deployment.key_file), inputs["create"]],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     output: dict[str, bytes] = {}
 
@@ -405,14 +559,18 @@ def second_generation() -> Iterator[SecondGeneration]:
     image = directory / "volume.img"
     try:
         started = time.monotonic()
-        with deployed_host(FIRST_INDEX, image, outsider=False) as first_host:
+        with contextlib.ExitStack() as old_droplet, contextlib.ExitStack() as new_droplet:
+            first_host = old_droplet.enter_context(deployed_host(FIRST_INDEX, image, outsider=False))
             print_steps("first host: provisioning", first_host.apply())
             first = populate(first_host)
-        print(f"first host deployed, used and destroyed in {time.monotonic() - started:.0f} s")
-
-        started = time.monotonic()
-        with deployed_host(SECOND_INDEX, image, outsider=False) as second_host:
-            second = SecondGeneration(first, second_host)
+            print(f"first host deployed and used in {time.monotonic() - started:.0f} s")
+            # The engine's order: the new droplet is created (booted, nothing attached yet), the old
+            # droplet's guard is deleted (its delete releases the volume), the attachment is replaced.
+            second_host = new_droplet.enter_context(deployed_host(SECOND_INDEX, image, outsider=False))
+            release = release_like_the_engine(first_host, first)
+            old_droplet.close()
+            second = SecondGeneration(first, second_host, release)
+            started = time.monotonic()
             print("\nsecond host (fresh rootfs, same volume):")
             try:
                 provision_with_interruptions(second_host, second, {
@@ -473,6 +631,18 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
         pytest.fail(f"the replacement host could not be provisioned: {second.failure}")
     deployment = second.deployment
 
+    release = second.release
+    assert release is not None
+    # The old droplet let go of the volume cleanly while clients were writing.
+    assert release.result.returncode == 0, release.result.stderr
+    assert "the data volume is released" in release.result.stderr
+    assert release.mounts_after == [] and set(release.writers_after.values()) == {"inactive"}, release
+    assert release.cluster_state == "shut down", release.cluster_state  # a clean shutdown: no crash recovery
+    server_log = deployment.ssh(f"cat /var/log/postgresql/postgresql-{PG_MAJOR}-main.log")
+    assert "database system was shut down at" in server_log, server_log[-2000:]
+    assert "automatic recovery in progress" not in server_log and "not properly shut down" not in server_log
+    assert volume_mounts(deployment) == [paths.DATA_MOUNT]  # a replaced droplet: no /mnt mount
+
     postgres_log = step_log(second, "postgres-install")
     assert "adopting the existing PostgreSQL 15 cluster" in postgres_log, postgres_log[-2000:]
     assert "creating the PostgreSQL 15 cluster" not in postgres_log
@@ -488,9 +658,15 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
         bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
         try:
             assert isinstance(await bob.login(first.bob_password), LoginResponse)
-            history = await bob.room_messages(first.room_id, start="", limit=50)
-            assert isinstance(history, RoomMessagesResponse), history
-            bodies = [str(getattr(e, "body", "")) for e in history.chunk]
+            bodies: list[str] = []
+            token = ""
+            for _ in range(40):  # newest first, 100 at a time, until the room's beginning
+                history = await bob.room_messages(first.room_id, start=token, limit=100)
+                assert isinstance(history, RoomMessagesResponse), history
+                bodies += [str(getattr(e, "body", "")) for e in history.chunk]
+                if not history.chunk or not history.end:
+                    break
+                token = history.end
             server_name, media_id = first.media_uri.removeprefix("mxc://").split("/", 1)
             async with session(deployment.host.address, deployment.ca_file,
                                {"Authorization": f"Bearer {bob.access_token}"}) as s:
@@ -504,6 +680,8 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     bodies, blob = run(go)
     for message in first.messages:
         assert message in bodies
+    lost = [m for m in release.acknowledged if m not in bodies]
+    assert not lost, f"{len(lost)} of {len(release.acknowledged)} acknowledged messages were lost: {lost[:5]}"
     assert "keep.bin" in bodies
     assert hashlib.sha256(blob).hexdigest() == first.media_sha256
 

@@ -40,8 +40,9 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def host(keypair: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHost]:
     image = tmp_path_factory.mktemp("volume") / "vol.img"
+    # A blank volume (created without a filesystem): this test writes raw sectors to it.
     th = TestHost(INDEX, Path(f"{keypair}.pub").read_text(), "smoke", DOMAIN, image,
-                  identity_file=keypair, outsider=True)
+                  identity_file=keypair, outsider=True, volume_filesystem=None)
     try:
         th.boot()
         yield th

@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 
 # shellcheck source=tests/tools/apt-ensure.sh
 . tests/tools/apt-ensure.sh
-apt_ensure nginx coturn shellcheck postgresql-15 systemd gpg gpg-agent
+apt_ensure nginx coturn shellcheck postgresql-15 systemd gpg gpg-agent xfsprogs
 
 synapse_version=$(.venv/bin/python -c 'from components.settings import DEFAULTS; print(DEFAULTS["synapseVersion"])')
 venv=build/synapse-venv

@@ -10,11 +10,12 @@ import contextlib
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from . import guestconfig, hostconfig, limits, machine, network, rootfs, volume
+from . import droplet, guestconfig, hostconfig, limits, machine, network, rootfs, volume
 from ._proc import run, wait_until
 from .acme import Pebble
 from .cloudflare_standin import CloudflareStandin
@@ -24,7 +25,7 @@ HOSTS_DIR = Path("/var/lib/matrix-stack-e2e/hosts")
 # Host commands used here besides rootfs.HOST_TOOLS, and the Debian packages that provide them.
 HOST_COMMANDS = {"pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl": "openssl",
                  "ssh": "openssh-client", "ssh-keygen": "openssh-client", "losetup": "mount",
-                 "ip": "iproute2"}
+                 "ip": "iproute2", "mkfs.xfs": "xfsprogs"}
 PROXY_PORT = 3128
 CLOUDFLARE_PORT = 8080
 
@@ -48,6 +49,8 @@ class TestHost:
         boot_timeout: float = 180,
         cpu_quota: float | None = None,
         memory_max: int | None = None,
+        user_data: str | None = None,
+        volume_filesystem: str | None = "xfs",
     ) -> None:
         self.addr = network.Addresses(index)
         self.index = index
@@ -70,6 +73,11 @@ class TestHost:
         self.cloudflare: CloudflareStandin | None = None
         self.machine: machine.Machine | None = None
         self.loop_device: str | None = None
+        # As a droplet: the user data it was created with, a new instance id, and a volume that
+        # DigitalOcean formats (initial_filesystem_type) and auto-mounts when it is new.
+        self.user_data = user_data
+        self.instance_id = f"e2e-{index}-{uuid.uuid4().hex[:12]}"
+        self.volume_filesystem = volume_filesystem
 
     # -- addresses and files --------------------------------------------------------------------
     @property
@@ -167,7 +175,10 @@ class TestHost:
             authorized_keys=tuple(k for k in keys if k.strip()),
             pebble_tls_ca=self.pebble_tls_ca_file.read_bytes(),
             pebble_root=self.client_ca_file.read_bytes()))
-        volume.ensure_image(self.volume_image, self.volume_size)
+        created = volume.ensure_image(self.volume_image, self.volume_size, self.volume_filesystem)
+        droplet.write(self.root, droplet.DropletModel(
+            user_data=self.user_data, instance_id=self.instance_id, hostname=self.addr.netns,
+            volume_name=self.volume_name, volume_created_with_droplet=created and self.volume_filesystem is not None))
         (self.state / "volume-image").write_text(str(self.volume_image.resolve()))
         self.loop_device = volume.attach(self.volume_image)
         if self.limits is not None:
@@ -231,8 +242,10 @@ class TestHost:
             if service is not None:
                 service.stop()
         self.cloudflare = self.pebble = self.proxy = None
-        volume.detach(self.volume_image)
+        if self.loop_device is not None:
+            volume.detach_device(self.loop_device)  # only this host's device: another may share the image
         self.loop_device = None
+        (self.state / "volume-image").unlink(missing_ok=True)
         TestHost.cleanup(self.index)
         if not keep_volume:
             self.volume_image.unlink(missing_ok=True)

@@ -21,6 +21,10 @@ PACKAGES = (
     "systemd", "systemd-sysv", "openssh-server", "dbus", "iproute2", "python3",
     "python3-venv", "ca-certificates", "curl", "sudo",
 )
+# As on DigitalOcean's Debian images: cloud-init (reads the droplet's user data at first boot) and
+# unattended-upgrades. Installed with apt after debootstrap, whose resolver cannot follow their
+# dependencies.
+IMAGE_PACKAGES = ("cloud-init", "unattended-upgrades", "locales")
 HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "zstd": "zstd"}
 CACHE_DIR = Path("/var/cache/matrix-stack-e2e")
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
@@ -46,7 +50,8 @@ def _host_cas() -> list[Path]:
 def cache_key() -> str:
     """A short hash of what the image is made of: release, packages, sources, the host's CAs."""
     digest = hashlib.sha256()
-    digest.update(repr((RELEASE, PACKAGES, hostconfig.debian_sources(RELEASE))).encode())
+    digest.update(repr((RELEASE, PACKAGES, IMAGE_PACKAGES, "locale-gen en_US.UTF-8",
+                        hostconfig.debian_sources(RELEASE))).encode())
     for ca in _host_cas():
         digest.update(ca.name.encode() + ca.read_bytes())
     return digest.hexdigest()[:12]
@@ -63,10 +68,30 @@ def _guest_sources() -> str:
     return "\n".join(stanzas)
 
 
+def _install_image_packages(root: Path) -> None:
+    """apt inside the new root (services are not started: policy-rc.d), then its lists are dropped."""
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        run(["chroot", str(root), "apt-get", "-q", "update"], timeout=600, env=env)
+        run(["chroot", str(root), "apt-get", "install", "-y", "-q", "--no-install-recommends", *IMAGE_PACKAGES],
+            timeout=1200, env=env)
+    finally:
+        policy.unlink(missing_ok=True)
+    # A droplet's image has the en_US.UTF-8 locale that cloud-init's locale module sets.
+    (root / "etc/locale.gen").write_text("en_US.UTF-8 UTF-8\n")
+    run(["chroot", str(root), "locale-gen"], timeout=300, env=env)
+    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
+    (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+
+
 def _configure_generic(root: Path) -> None:
     """What every guest shares: the host's apt sources and extra CAs, no machine id, no DNS."""
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     (root / "etc/apt/sources.list.d/debian.sources").write_text(_guest_sources())
+    _install_image_packages(root)
     dest = root / "usr/local/share/ca-certificates"
     dest.mkdir(parents=True, exist_ok=True)
     for ca in _host_cas():

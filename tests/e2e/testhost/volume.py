@@ -19,13 +19,28 @@ def guest_path(volume_name: str) -> str:
     return f"/dev/disk/by-id/scsi-0DO_Volume_{volume_name}"
 
 
-def ensure_image(path: Path, size: int = DEFAULT_SIZE) -> None:
-    """Create a sparse image of `size` bytes unless one exists (existing data is kept)."""
+def ensure_image(path: Path, size: int = DEFAULT_SIZE, filesystem: str | None = None) -> bool:
+    """Create a sparse image of `size` bytes unless one exists (existing data is kept); True if new.
+
+    `filesystem` formats a new image, as DigitalOcean formats a volume created with
+    initial_filesystem_type (the program asks for xfs); None leaves it blank.
+    """
     if path.exists():
-        return
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as image:
         image.truncate(size)
+    if filesystem is not None:
+        run([f"mkfs.{filesystem}", "-q", str(path)], timeout=120)
+    return True
+
+
+def grow(path: Path, size: int) -> None:
+    """Grow the image (a volume resized in the account) and tell its loop devices the new size."""
+    with open(path, "r+b") as image:
+        image.truncate(size)
+    for dev in devices_for(path):
+        run(["losetup", "-c", dev], timeout=30)
 
 
 def devices_for(path: Path) -> list[str]:
@@ -35,11 +50,16 @@ def devices_for(path: Path) -> list[str]:
 
 
 def attach(path: Path) -> str:
-    """Attach `path` to a free loop device (reusing one already attached) and return its node."""
-    existing = devices_for(path)
-    if existing:
-        return existing[0]
+    """Attach `path` to a new loop device of its own and return its node.
+
+    Each host gets its own device, so one host can go (its device detached) while another, booted on
+    the same image, stays: a droplet replacement. Only one of them ever mounts it at a time.
+    """
     return run(["losetup", "-f", "--show", str(path.resolve())], timeout=30).stdout.decode().strip()
+
+
+def detach_device(device: str) -> None:
+    run(["losetup", "-d", device], timeout=30, check=False)
 
 
 def detach(path: Path) -> None:
