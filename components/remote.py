@@ -76,8 +76,16 @@ def trigger_list(spec: StepSpec, contents: Sequence[str]) -> list[str]:
     return parts
 
 
-def bundle_text(spec: StepSpec, contents: Sequence[str]) -> str:
-    """The complete bash program a step runs; deterministic for the same inputs."""
+# Where a secret-carrying step keeps its commands' output (root only, on the server).
+PRIVATE_LOG_DIR = "/var/log/matrix-stack"
+
+
+def bundle_text(spec: StepSpec, contents: Sequence[str], private_output: bool = False) -> str:
+    """The complete bash program a step runs; deterministic for the same inputs.
+
+    `private_output` (a step whose files carry secrets) sends what its commands print to a root-only
+    log on the server; only the step's own ms_log lines reach the `pulumi up` output.
+    """
     step_hash = _digest("\n".join(trigger_list(spec, contents)))
     marker = HEREDOC_MARKER
     lines = [
@@ -87,6 +95,7 @@ def bundle_text(spec: StepSpec, contents: Sequence[str]) -> str:
         "umask 022",
         f"MS_STEP={spec.name}",
         f"MS_STEP_HASH={step_hash}",
+        f"MS_PRIVATE_LOG={PRIVATE_LOG_DIR}/{spec.name}.log" if private_output else "MS_PRIVATE_LOG=",
         read("remote/prelude.sh"),
     ]
     for file, content in zip(spec.files, contents):
@@ -118,8 +127,9 @@ def remote_step(
     """
     if not _STEP_NAME.match(spec.name):
         raise ValueError(f"bad step name {spec.name!r}")
+    carries_secret = any(isinstance(f.content, pulumi.Output) for f in spec.files)
     contents = pulumi.Output.all(*[f.content for f in spec.files])
-    bundle = contents.apply(lambda cs: bundle_text(spec, [str(c) for c in cs]))
+    bundle = contents.apply(lambda cs: bundle_text(spec, [str(c) for c in cs], private_output=carries_secret))
     triggers = contents.apply(lambda cs: trigger_list(spec, [str(c) for c in cs]))
     if watch:
         watched = pulumi.Output.all(*watch).apply(lambda ts: f"watched={_digest(repr(ts))[:16]}")
@@ -130,7 +140,6 @@ def remote_step(
     # script that changed even in a step whose files carry secrets. A 64-bit prefix of the sha256 of a
     # file that holds a 24-64 character random secret reveals nothing of it.
     triggers = pulumi.Output.unsecret(triggers)
-    carries_secret = any(isinstance(f.content, pulumi.Output) for f in spec.files)
     return remote.Command(
         spec.name,
         connection=connection,
@@ -138,7 +147,10 @@ def remote_step(
         delete=spec.on_delete or None,
         stdin=bundle,
         triggers=triggers,
-        logging=remote.Logging.STDOUT_AND_STDERR,
+        # pulumi-command streams a step's output into the `pulumi up` log as it runs, whatever
+        # additional_secret_outputs says (pulumi-command #401, hence its `logging` setting). A
+        # secret-carrying step prints only its own ms_log lines, on stderr (bundle_text).
+        logging=remote.Logging.STDERR if carries_secret else remote.Logging.STDOUT_AND_STDERR,
         opts=pulumi.ResourceOptions(
             parent=parent,
             depends_on=list(depends_on),

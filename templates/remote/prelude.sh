@@ -7,8 +7,32 @@ MS_STATE_DIR=/var/lib/matrix-stack/steps
 MS_CHANGED_FILES=()
 MS_PREVIOUS_SUFFIX=.ms-previous
 
+# A step whose files carry secrets (MS_PRIVATE_LOG set) keeps what its commands print in a root-only
+# log on the server: a tool that echoes a statement or a config line can never put a secret into the
+# `pulumi up` output. Only ms_log lines (which name paths and states, never values) reach it.
+if [ -n "${MS_PRIVATE_LOG:-}" ]; then
+  install -d -m 0700 "$(dirname "$MS_PRIVATE_LOG")"
+  touch "$MS_PRIVATE_LOG"
+  chmod 0600 "$MS_PRIVATE_LOG"
+  exec 3>&2 >>"$MS_PRIVATE_LOG" 2>&1
+  printf '\n=== %s %s ===\n' "$(date -u +%FT%TZ)" "$MS_STEP_HASH"
+  ms_report_failure() {
+    local rc=$?
+    if [ "$rc" -ne 0 ]; then
+      printf '[matrix-stack:%s] FAILED (exit %s); what its commands printed is in %s on the server (root only)\n' \
+        "$MS_STEP" "$rc" "$MS_PRIVATE_LOG" >&3
+    fi
+  }
+  trap ms_report_failure EXIT
+else
+  exec 3>&2
+fi
+
 ms_log() {
-  printf '[matrix-stack:%s] %s\n' "$MS_STEP" "$*" >&2
+  printf '[matrix-stack:%s] %s\n' "$MS_STEP" "$*" >&3
+  if [ -n "${MS_PRIVATE_LOG:-}" ]; then
+    printf '[matrix-stack:%s] %s\n' "$MS_STEP" "$*"
+  fi
 }
 
 # ms_put_file PATH MODE OWNER GROUP  (base64 content on stdin)

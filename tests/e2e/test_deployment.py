@@ -43,6 +43,21 @@ def test_every_provisioning_step_passed_including_the_self_check(deployment: Dep
     assert "self-check passed" in deployment.provisioning[-1].stderr
 
 
+def test_secret_carrying_steps_print_only_their_own_lines(deployment: Deployment) -> None:
+    """pulumi-command streams a step's output into the `pulumi up` log; a step whose files carry secrets
+    prints only its ms_log lines, and what its commands printed stays in a root-only log on the server."""
+    assert deployment.recording is not None
+    private = [c.name for c in deployment.recording.commands() if c.is_secret("stdin")]
+    assert "synapse-config" in private and "postgres-config" in private
+    for result in deployment.provisioning:
+        if result.name in private:
+            assert result.stdout == "", result.name
+            assert all(line.startswith(f"[matrix-stack:{result.name}] ") for line in result.stderr.splitlines()), (
+                result.name, result.stderr[-1000:])
+            mode = deployment.ssh(f"stat -c '%a %U' /var/log/matrix-stack/{result.name}.log").split()
+            assert mode == ["600", "root"], result.name
+
+
 # -- the droplet as DigitalOcean makes it (tests/e2e/testhost/droplet.py) ---------------------------
 def test_the_droplet_serves_the_host_key_its_user_data_installed(deployment: Deployment) -> None:
     assert deployment.recording is not None

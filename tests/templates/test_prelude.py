@@ -50,3 +50,31 @@ def test_a_rejected_config_is_replaced_by_the_previous_one_and_a_new_file_remove
     assert read["ls"][1].split() == ["app.conf"]  # no backup copy left behind
     assert read["rc"][2].strip() == "0" and read["conf"][2] == "good 3\n"
     assert read["ls"][2].split() == ["app.conf"]
+
+
+PRIVATE_DRIVER = r"""
+set -uo pipefail
+work=$1
+bash "$2" > "$work/stdout" 2> "$work/stderr"
+echo $? > "$work/rc"
+stat -c '%a %U' /var/log/matrix-stack/test-private.log > "$work/mode"
+cp /var/log/matrix-stack/test-private.log "$work/log"
+"""
+
+
+def test_a_secret_carrying_step_prints_only_its_own_lines_and_keeps_tool_output_private(tmp_path: Path) -> None:
+    script = ('echo "password=TOOLECHOEDSECRET" >&2\necho "stdout TOOLECHOEDSECRET"\n'
+              'ms_log "configured the thing"\nfalse\n')
+    spec = StepSpec(name="test-private", script=script, files=[RemoteFile("/etc/ms-test/secret.conf", "x", mode="0600")])
+    (tmp_path / "b.sh").write_text(bundle_text(spec, ["x"], private_output=True))
+    proc = run_in_sandbox(tmp_path, PRIVATE_DRIVER, [str(tmp_path), str(tmp_path / "b.sh")], tmpfs=["/var/log"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "1"
+    assert "TOOLECHOEDSECRET" not in out + err
+    assert "[matrix-stack:test-private] configured the thing" in err
+    assert "[matrix-stack:test-private] FAILED (exit 1); what its commands printed is in " \
+           "/var/log/matrix-stack/test-private.log on the server (root only)" in err
+    log = (tmp_path / "log").read_text()
+    assert "password=TOOLECHOEDSECRET" in log and "stdout TOOLECHOEDSECRET" in log and "configured the thing" in log
+    assert (tmp_path / "mode").read_text().split() == ["600", "root"]
