@@ -89,7 +89,8 @@ def test_outsider_reaches_guest(host: TestHost) -> None:
 
 
 def test_certbot_dns_cloudflare(host: TestHost, tmp_path: Path) -> None:
-    _ok(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+    # -o DPkg::Lock::Timeout: as on a fresh droplet, first-boot apt activity may still hold the lock.
+    _ok(host, "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q "
               "certbot python3-certbot-dns-cloudflare", timeout=600)
     _ok(host, "install -m 600 /dev/null /root/cloudflare.ini && "
               "echo 'dns_cloudflare_api_token = dummy-token' > /root/cloudflare.ini")
