@@ -24,9 +24,10 @@ Each piece says where the behaviour is stated (DigitalOcean's documentation) and
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .guestconfig import write_file
 
 FIRST_BOOT_APT_SECONDS = 25
 FSTAB_MOUNT_UNIT = "e2e-droplet-fstab-volumes.service"
@@ -54,13 +55,6 @@ class DropletModel:
     volume_created_with_droplet: bool  # a new volume: DigitalOcean formats and mounts it
 
 
-def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    os.chmod(target, mode)
-
-
 def _enable(root: Path, unit: str, target: str) -> None:
     wants = root / "etc/systemd/system" / f"{target}.wants"
     wants.mkdir(parents=True, exist_ok=True)
@@ -72,9 +66,9 @@ def _enable(root: Path, unit: str, target: str) -> None:
 def write(root: Path, model: DropletModel) -> None:
     """Write the droplet's platform pieces into an unpacked root filesystem, before its first boot."""
     seed = "/var/lib/cloud/seed/nocloud"
-    _write(root, f"{seed}/meta-data", f"instance-id: {model.instance_id}\nlocal-hostname: {model.hostname}\n")
-    _write(root, f"{seed}/user-data", model.user_data or "", 0o600)
-    _write(root, "/etc/cloud/cloud.cfg.d/90-e2e-droplet.cfg",
+    write_file(root, f"{seed}/meta-data", f"instance-id: {model.instance_id}\nlocal-hostname: {model.hostname}\n")
+    write_file(root, f"{seed}/user-data", model.user_data or "", 0o600)
+    write_file(root, "/etc/cloud/cloud.cfg.d/90-e2e-droplet.cfg",
            "# The e2e test host as a DigitalOcean droplet: user data from the NoCloud seed, root logins\n"
            "# as on DigitalOcean's images, network and apt sources left to the platform.\n"
            "datasource_list: [NoCloud]\n"
@@ -86,8 +80,8 @@ def write(root: Path, model: DropletModel) -> None:
     if model.volume_created_with_droplet:
         fstab = root / "etc/fstab"
         existing = fstab.read_text() if fstab.exists() else ""
-        _write(root, "/etc/fstab", existing + fstab_line(model.volume_name))
-    _write(root, f"/etc/systemd/system/{FSTAB_MOUNT_UNIT}",
+        write_file(root, "/etc/fstab", existing + fstab_line(model.volume_name))
+    write_file(root, f"/etc/systemd/system/{FSTAB_MOUNT_UNIT}",
            "[Unit]\n"
            "Description=e2e: mount the DigitalOcean volume lines of /etc/fstab (as on a droplet)\n"
            "DefaultDependencies=no\n"
@@ -102,7 +96,7 @@ def write(root: Path, model: DropletModel) -> None:
            "WantedBy=local-fs.target\n")
     _enable(root, FSTAB_MOUNT_UNIT, "local-fs.target")
 
-    _write(root, "/usr/local/sbin/e2e-first-boot-apt",
+    write_file(root, "/usr/local/sbin/e2e-first-boot-apt",
            "#!/usr/bin/python3\n"
            "# e2e: first-boot package activity (unattended-upgrades / cloud-init on a fresh droplet).\n"
            "import fcntl, subprocess, time\n"
@@ -112,7 +106,7 @@ def write(root: Path, model: DropletModel) -> None:
            "    fcntl.lockf(lock, fcntl.LOCK_EX)\n"
            "    open('/run/e2e-first-boot-apt.locked', 'w').close()\n"
            f"    time.sleep({FIRST_BOOT_APT_SECONDS})\n", 0o755)
-    _write(root, f"/etc/systemd/system/{FIRST_BOOT_APT_UNIT}",
+    write_file(root, f"/etc/systemd/system/{FIRST_BOOT_APT_UNIT}",
            "[Unit]\n"
            "Description=e2e: apt activity right after a droplet's first boot\n"
            "After=network-online.target\n"

@@ -35,7 +35,8 @@ class GuestSettings:
     pebble_root: bytes
 
 
-def _write(root: Path, path: str, text: str | bytes, mode: int = 0o644) -> None:
+def write_file(root: Path, path: str, text: str | bytes, mode: int = 0o644) -> None:
+    """Write `path` (absolute, inside the guest) under the unpacked root filesystem `root`."""
     target = root / path.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(text, str):
@@ -55,16 +56,16 @@ def write(root: Path, s: GuestSettings) -> None:
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(ssh_dir, 0o700)
-    _write(root, "/root/.ssh/authorized_keys",
+    write_file(root, "/root/.ssh/authorized_keys",
            "".join(k.strip() + "\n" for k in s.authorized_keys), 0o600)
 
-    _write(root, "/etc/hostname", s.hostname + "\n")
+    write_file(root, "/etc/hostname", s.hostname + "\n")
     # A debootstrap'd rootfs has no /etc/hosts; a Debian droplet's has localhost in it.
     default_hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     hosts = (root / "etc/hosts").read_text() if (root / "etc/hosts").exists() else default_hosts
-    _write(root, "/etc/hosts", hosts + f"127.0.1.1\t{s.hostname}\n")
+    write_file(root, "/etc/hosts", hosts + f"127.0.1.1\t{s.hostname}\n")
 
-    _write(root, "/etc/apt/apt.conf.d/90e2e-proxy",
+    write_file(root, "/etc/apt/apt.conf.d/90e2e-proxy",
            f'Acquire::http::Proxy "{s.proxy_url}";\nAcquire::https::Proxy "{s.proxy_url}";\n'
            'Acquire::http::Pipeline-Depth "0";\n')
     pip = f"[global]\nproxy = {s.proxy_url}\ncert = /etc/ssl/certs/ca-certificates.crt\n"
@@ -72,12 +73,12 @@ def write(root: Path, s: GuestSettings) -> None:
     extra = hostconfig.pip_extra_urls()
     if extra:
         pip += "extra-index-url = " + " ".join(extra) + "\n"
-    _write(root, "/etc/pip.conf", pip)
+    write_file(root, "/etc/pip.conf", pip)
 
-    _write(root, "/etc/e2e/pebble-tls-ca.pem", s.pebble_tls_ca)
-    _write(root, "/etc/e2e/pebble-root.pem", s.pebble_root)
+    write_file(root, "/etc/e2e/pebble-tls-ca.pem", s.pebble_tls_ca)
+    write_file(root, "/etc/e2e/pebble-root.pem", s.pebble_root)
     system_cas = (root / "etc/ssl/certs/ca-certificates.crt").read_bytes()
-    _write(root, BUNDLE, system_cas + b"\n" + s.pebble_tls_ca)
+    write_file(root, BUNDLE, system_cas + b"\n" + s.pebble_tls_ca)
 
     env = {
         "http_proxy": s.proxy_url, "https_proxy": s.proxy_url,
@@ -85,8 +86,8 @@ def write(root: Path, s: GuestSettings) -> None:
         "no_proxy": no_proxy(s), "NO_PROXY": no_proxy(s),
         "CLOUDFLARE_API_URL": s.cloudflare_api_url, "REQUESTS_CA_BUNDLE": BUNDLE,
     }
-    _write(root, "/etc/environment", "".join(f"{k}={v}\n" for k, v in env.items()))
-    _write(root, "/etc/systemd/system/certbot.service.d/e2e.conf",
+    write_file(root, "/etc/environment", "".join(f"{k}={v}\n" for k, v in env.items()))
+    write_file(root, "/etc/systemd/system/certbot.service.d/e2e.conf",
            "[Service]\n"
            f"Environment=CLOUDFLARE_API_URL={s.cloudflare_api_url}\n"
            f"Environment=REQUESTS_CA_BUNDLE={BUNDLE}\n")
