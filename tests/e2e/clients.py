@@ -7,9 +7,12 @@ pebble's issuing root, so TLS is verified exactly as it would be against Let's E
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,3 +65,31 @@ async def http_get(
 def run(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one client conversation to the end (a fresh event loop each time)."""
     return asyncio.run(coroutine_factory())
+
+
+@dataclass
+class Relay:
+    """What coturn's own test client saw relaying through the server."""
+
+    returncode: int
+    sent: int
+    received: int
+    lost: int | None
+    send_dropped: int
+    output: str
+
+
+def turn_relay(address: str, username: str, password: str) -> Relay:
+    """Allocate a relay with TURN credentials (Synapse's /voip/turnServer answer) and send through it:
+    coturn's turnutils_uclient, 10 messages, 120 bytes each."""
+    result = subprocess.run(
+        ["turnutils_uclient", "-X", "-c", "-n", "10", "-l", "120", "-u", username, "-w", password, "-y", address],
+        capture_output=True, text=True, timeout=120,
+    )
+    output = result.stdout + result.stderr
+    lost = re.search(r"Total lost packets (\d+)", output)
+    dropped = re.search(r"Total send dropped (\d+)", output)
+    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)  # the summary line
+    sent, received = map(int, totals[-1]) if totals else (0, 0)
+    return Relay(result.returncode, sent, received, int(lost.group(1)) if lost else None,
+                 int(dropped.group(1)) if dropped else 0, output)

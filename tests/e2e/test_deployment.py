@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import secrets
 import subprocess
 from typing import Any
@@ -25,9 +24,10 @@ from nio import (
 )
 
 from components import paths
+from components.services import nginx
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
-from tests.e2e.clients import http_get, matrix_client, run, session
+from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay
 from tests.e2e.deployment import DOMAIN, ELEMENT_TAMPERED, HOMESERVER, Deployment
 from tests.e2e.runner import StepFailed, run_all, run_step
 from tests.e2e.testhost import droplet
@@ -245,6 +245,12 @@ def test_a_tampered_element_upgrade_is_refused_and_the_running_release_keeps_ser
     assert _served_element(deployment) == before
 
 
+def test_nginx_serves_exactly_our_sites(deployment: Deployment) -> None:
+    """Debian's default site (which would answer any Host) is gone; only the three sites are enabled."""
+    enabled = deployment.ssh("ls -1 /etc/nginx/sites-enabled").split()
+    assert sorted(enabled) == sorted(nginx.SITE_NAMES)
+
+
 def test_http_redirects_to_https(deployment: Deployment) -> None:
     status, headers, _ = run(lambda: _plain_http_get(deployment, f"chat.{DOMAIN}", "/"))
     assert status == 301 and headers["Location"].startswith(f"https://chat.{DOMAIN}")
@@ -279,36 +285,10 @@ def test_turn_credentials_allocate_a_relay(deployment: Deployment, users: dict[s
     creds = turn_credentials(deployment, users)
     assert any(f"turn.{DOMAIN}" in uri for uri in creds["uris"])
     assert creds["username"] and creds["password"]
-    result = subprocess.run(
-        [
-            "turnutils_uclient",
-            "-X",
-            "-c",
-            "-n",
-            "10",
-            "-l",
-            "120",
-            "-u",
-            creds["username"],
-            "-w",
-            creds["password"],
-            "-y",
-            deployment.host.address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = result.stdout + result.stderr
-    lost = re.search(r"Total lost packets (\d+)", output)
-    sent = re.search(r"Total send dropped (\d+)", output)
-    assert result.returncode == 0, output[-2000:]
-    assert lost and int(lost.group(1)) == 0, output[-2000:]
-    assert sent is None or int(sent.group(1)) == 0
-    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)  # the summary line
-    assert totals, output[-2000:]
-    sent_count, received_count = map(int, totals[-1])
-    assert sent_count > 0 and received_count == sent_count, output[-2000:]
+    relay = turn_relay(deployment.host.address, creds["username"], creds["password"])
+    assert relay.returncode == 0, relay.output[-2000:]
+    assert relay.lost == 0 and relay.send_dropped == 0, relay.output[-2000:]
+    assert relay.sent > 0 and relay.received == relay.sent, relay.output[-2000:]
 
 
 def test_self_check_fails_naming_synapse_when_it_is_down(deployment: Deployment) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from components import paths
 from components.remote import bundle_text
-from components.services import ServiceContext, selfcheck
+from components.services import ServiceContext, admin, selfcheck
 from tests.templates.conftest import FAKE_SECRETS, make_context
 
 CONFIGS = [{}, {"domain": "chat.example.net", "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "t"}]
@@ -183,7 +183,8 @@ SERVER = textwrap.dedent(
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{{}}")
             if self.headers["Host"] == M and self.path == "/_matrix/client/v3/login":
-                ok = body.get("password") == PASSWORD and body["identifier"]["user"] == "@admin:" + D
+                # Synapse takes the localpart or the full user id
+                ok = body.get("password") == PASSWORD and body["identifier"]["user"] in ("admin", "@admin:" + D)
                 if ok and BREAK != "login":
                     return self.send(200, {{"access_token": TOKEN, "user_id": "@admin:" + D}})
                 return self.send(403, {{"errcode": "M_FORBIDDEN"}})
@@ -236,8 +237,10 @@ def stand_in(ctx: ServiceContext, tmp: Path, brk: str) -> tuple[str, str]:
     if brk == "backup-timer":
         (tmp / "timer-inactive").touch()
     password = FAKE_SECRETS["admin_password"]
+    # The credentials file exactly as the admin step writes it on the server.
+    (admin_step,) = admin.steps(ctx)
     creds = tmp / "admin.env"
-    creds.write_text(f"ADMIN_USER={s.admin_user_id}\nADMIN_PASSWORD={password}\n")
+    creds.write_text(next(str(f.content) for f in admin_step.files if f.path == paths.ADMIN_CREDENTIALS))
     creds.chmod(0o600)
     script = script_of(ctx).replace(
         f"admin_credentials={paths.ADMIN_CREDENTIALS}\n", f"admin_credentials={creds}\n"
