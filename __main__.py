@@ -2,11 +2,13 @@
 
 import pulumi
 
+from components.cloud.adoption import volume_plan
 from components.settings import from_pulumi_config
 from components.stack import MatrixStack
 
 settings, certbot_token = from_pulumi_config()
-stack = MatrixStack("matrix", settings, pulumi.Output.secret(certbot_token))
+# Before any resource: a kept volume named by adoptVolume is looked up and checked (one-line errors).
+stack = MatrixStack("matrix", settings, volume_plan(settings), pulumi.Output.secret(certbot_token))
 droplet = stack.host.droplet
 
 pulumi.export("homeserverUrl", settings.homeserver_url)

@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "enableUrlPreviews": False,
     "enableJemalloc": True,
     "backupKeepDays": 7,
+    # Empty: the stack creates its own data volume. A name: adopt that kept volume (README
+    # "Adopting a kept volume"); components/cloud/adoption.py looks it up and checks it.
+    "adoptVolume": "",
 }
 
 REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareToken")
@@ -82,6 +85,8 @@ _SSH_KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
     r"[A-Za-z0-9+/]+={0,3}( .*)?$"
 )
+# DigitalOcean volume names: lower-case letters, digits and dashes, a letter first, at most 64.
+_VOLUME_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 _MEMORY_RE = re.compile(r"-(\d+)(gb|mb)(?:-|$)")
 
 
@@ -89,7 +94,8 @@ class SettingsError(ValueError):
     """A config value is invalid; the message is the one line the user sees."""
 
 
-def _fail(key: str, value: Any, allowed: str) -> SettingsError:
+def invalid(key: str, value: Any, allowed: str) -> SettingsError:
+    """The one-line error for a bad value of `key`: what is allowed and how to fix it."""
     shown = value if isinstance(value, (int, bool)) else repr(value)
     return SettingsError(
         f"config {PROJECT}:{key}={shown} is invalid: {allowed} "
@@ -131,7 +137,7 @@ def memory_mb_of(size_slug: str) -> int:
     """Memory of a DigitalOcean size slug such as `s-1vcpu-1gb` or `s-1vcpu-512mb-10gb`."""
     match = _MEMORY_RE.search(size_slug)
     if not match:
-        raise _fail("dropletSize", size_slug, "a DigitalOcean size slug naming its memory, e.g. s-1vcpu-1gb")
+        raise invalid("dropletSize", size_slug, "a DigitalOcean size slug naming its memory, e.g. s-1vcpu-1gb")
     amount, unit = int(match.group(1)), match.group(2)
     return amount * 1024 if unit == "gb" else amount
 
@@ -168,6 +174,7 @@ class Settings:
     enable_url_previews: bool
     enable_jemalloc: bool
     backup_keep_days: int
+    adopt_volume: str  # "" = the stack creates its own volume
     tuning: Tuning
 
     @property
@@ -206,8 +213,9 @@ class Settings:
 
     @property
     def volume_name(self) -> str:
-        """DigitalOcean volume name; the device appears as /dev/disk/by-id/scsi-0DO_Volume_<name>."""
-        return f"{self.resource_prefix}-data"[:64]
+        """DigitalOcean volume name (the adopted one's, if any); the device appears as
+        /dev/disk/by-id/scsi-0DO_Volume_<name>."""
+        return self.adopt_volume or f"{self.resource_prefix}-data"[:64]
 
     @property
     def volume_device(self) -> str:
@@ -233,38 +241,45 @@ class Settings:
 
 def _domain(key: str, value: Any) -> str:
     if not isinstance(value, str) or len(value) > 200 or not _DOMAIN_RE.match(value):
-        raise _fail(key, value, "a lower-case DNS name such as example.com (no scheme, no trailing dot)")
+        raise invalid(key, value, "a lower-case DNS name such as example.com (no scheme, no trailing dot)")
     return value
 
 
 def _subdomain(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _SUBDOMAIN_RE.match(value):
-        raise _fail(key, value, "one lower-case DNS label such as matrix (letters, digits, inner dashes)")
+        raise invalid(key, value, "one lower-case DNS label such as matrix (letters, digits, inner dashes)")
     return value
 
 
 def _email(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _EMAIL_RE.match(value):
-        raise _fail(key, value, "an e-mail address such as ops@example.com")
+        raise invalid(key, value, "an e-mail address such as ops@example.com")
     return value
 
 
 def _slug(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _SLUG_RE.match(value):
-        raise _fail(key, value, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
+        raise invalid(key, value, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
     return value
 
 
 def _debian12_image(key: str, value: Any) -> str:
     slug = _slug(key, value)
     if not slug.startswith("debian-12"):
-        raise _fail(key, slug, "a Debian 12 image slug such as debian-12-x64 (the server layer targets bookworm)")
+        raise invalid(key, slug, "a Debian 12 image slug such as debian-12-x64 (the server layer targets bookworm)")
     return slug
+
+
+def _optional_volume_name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not (value == "" or _VOLUME_NAME_RE.match(value)):
+        raise invalid(key, value, "a DigitalOcean volume name (lower-case letters, digits, dashes, a letter "
+                      "first, at most 64), e.g. the dataVolume output of the destroyed stack, or empty")
+    return value
 
 
 def _version(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _VERSION_RE.match(value):
-        raise _fail(key, value, "a release version such as 1.2.3 (digits and dots, no leading v)")
+        raise invalid(key, value, "a release version such as 1.2.3 (digits and dots, no leading v)")
     return value
 
 
@@ -272,14 +287,14 @@ def _element_version(key: str, value: Any) -> str:
     version = _version(key, value)
     if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < ELEMENT_MIN_VERSION:
         oldest = ".".join(map(str, ELEMENT_MIN_VERSION))
-        raise _fail(key, version, f"Element Web {oldest} or newer (older releases cannot show this Synapse's "
+        raise invalid(key, version, f"Element Web {oldest} or newer (older releases cannot show this Synapse's "
                     "authenticated media or join room version 12 rooms)")
     return version
 
 
 def _optional_sha256(key: str, value: Any) -> str:
     if not isinstance(value, str) or not (value == "" or _SHA256_RE.match(value)):
-        raise _fail(key, value, "64 lower-case hex characters (sha256sum of the release tarball), or empty")
+        raise invalid(key, value, "64 lower-case hex characters (sha256sum of the release tarball), or empty")
     return value
 
 
@@ -287,39 +302,39 @@ def _optional_fingerprint(key: str, value: Any) -> str:
     """An OpenPGP v4 fingerprint as gpg prints it, spaces allowed; normalised to 40 upper-case hex."""
     normalised = value.replace(" ", "").upper() if isinstance(value, str) else None
     if normalised is None or not (normalised == "" or _FINGERPRINT_RE.match(normalised)):
-        raise _fail(key, value, "the signing key's 40-hex-digit fingerprint as gpg --fingerprint prints it, or empty")
+        raise invalid(key, value, "the signing key's 40-hex-digit fingerprint as gpg --fingerprint prints it, or empty")
     return normalised
 
 
 def _optional_public_key(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise _fail(key, value, "an ASCII-armored OpenPGP public key block, or empty")
+        raise invalid(key, value, "an ASCII-armored OpenPGP public key block, or empty")
     text = value.strip()
     begin, end = _PUBLIC_KEY_BLOCK
     if text and not (text.startswith(begin) and text.endswith(end) and "PRIVATE KEY" not in text):
         shown = text if len(text) <= 40 else text[:37] + "..."
-        raise _fail(key, shown, f"an ASCII-armored public key block from {begin} to {end}, or empty "
+        raise invalid(key, shown, f"an ASCII-armored public key block from {begin} to {end}, or empty "
                     "(pulumi config set elementSigningKey -- \"$(cat key.asc)\")")
     return text + "\n" if text else ""
 
 
 def _https_url(key: str, value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^\s'\"\\]+$", value):
-        raise _fail(key, value, "an http(s) URL without spaces or quotes")
+        raise invalid(key, value, "an http(s) URL without spaces or quotes")
     return value
 
 
 def _download_url(key: str, value: Any) -> str:
     url = _https_url(key, value)
     if "{version}" not in url:
-        raise _fail(key, url, "an http(s) URL containing the placeholder {version}")
+        raise invalid(key, url, "an http(s) URL containing the placeholder {version}")
     return url
 
 
 def _int_range(low: int, high: int, why: str = "") -> Callable[[str, Any], int]:
     def check(key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _fail(key, value, f"a whole number from {low} to {high}{why}")
+            raise invalid(key, value, f"a whole number from {low} to {high}{why}")
         return value
 
     return check
@@ -327,20 +342,20 @@ def _int_range(low: int, high: int, why: str = "") -> Callable[[str, Any], int]:
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(key, value, "true or false")
+        raise invalid(key, value, "true or false")
     return value
 
 
 def _federation(key: str, value: Any) -> str:
     if value not in ("open", "allowlist", "off"):
-        raise _fail(key, value, "one of open, allowlist, off")
+        raise invalid(key, value, "one of open, allowlist, off")
     return str(value)
 
 
 def _string_list(item: Callable[[str, Any], str]) -> Callable[[str, Any], tuple[str, ...]]:
     def check(key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list):
-            raise _fail(key, value, "a list, e.g. pulumi config set --path 'key[0]' <value>")
+            raise invalid(key, value, "a list, e.g. pulumi config set --path 'key[0]' <value>")
         return tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
 
     return check
@@ -352,19 +367,19 @@ def _cidr(key: str, value: Any) -> str:
     except ValueError:
         net = None
     if net is None or "/" not in str(value):
-        raise _fail(key, value, "a CIDR such as 203.0.113.7/32 or 2001:db8::/48 (host bits zero)")
+        raise invalid(key, value, "a CIDR such as 203.0.113.7/32 or 2001:db8::/48 (host bits zero)")
     return str(net)
 
 
 def _ssh_key(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _SSH_KEY_RE.match(value.strip()):
-        raise _fail(key, value, "an OpenSSH public key line such as 'ssh-ed25519 AAAA... me@laptop'")
+        raise invalid(key, value, "an OpenSSH public key line such as 'ssh-ed25519 AAAA... me@laptop'")
     return value.strip()
 
 
 def _localpart(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _LOCALPART_RE.match(value):
-        raise _fail(key, value, "a Matrix user name: lower-case letters, digits and ._=-/ only")
+        raise invalid(key, value, "a Matrix user name: lower-case letters, digits and ._=-/ only")
     return value
 
 
@@ -372,7 +387,7 @@ def _relay_ports(key: str, value: Any) -> tuple[int, int]:
     match = re.match(r"^(\d{5})-(\d{5})$", value) if isinstance(value, str) else None
     low, high = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
     if not (match and RELAY_PORT_MIN <= low < high <= RELAY_PORT_MAX and high - low < RELAY_RANGE_MAX_WIDTH):
-        raise _fail(
+        raise invalid(
             key,
             value,
             f"a port range LOW-HIGH inside {RELAY_PORT_MIN}-{RELAY_PORT_MAX}, "
@@ -383,7 +398,7 @@ def _relay_ports(key: str, value: Any) -> tuple[int, int]:
 
 def _required_secret(key: str, value: Any) -> str:
     if not isinstance(value, str) or len(value.strip()) < 20 or any(c.isspace() for c in value):
-        raise _fail(key, "[secret]", "a Cloudflare API token with Zone:DNS:Edit (set it with --secret)")
+        raise invalid(key, "[secret]", "a Cloudflare API token with Zone:DNS:Edit (set it with --secret)")
     return value
 
 
@@ -416,6 +431,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "enableUrlPreviews": _bool,
     "enableJemalloc": _bool,
     "backupKeepDays": _int_range(1, 365),
+    "adoptVolume": _optional_volume_name,
 }
 
 # Types as Pulumi config stores them; lists and booleans arrive as JSON text.
@@ -428,7 +444,7 @@ def _decode(key: str, raw: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        raise _fail(key, raw, "valid JSON (a list, number or true/false)") from None
+        raise invalid(key, raw, "valid JSON (a list, number or true/false)") from None
 
 
 def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, str]:
@@ -457,28 +473,28 @@ def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, s
 
 def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
     if not v["sshAllowedCidrs"]:
-        raise _fail("sshAllowedCidrs", [], "at least one CIDR (the address `pulumi up` runs from)")
+        raise invalid("sshAllowedCidrs", [], "at least one CIDR (the address `pulumi up` runs from)")
     subs = [v["matrixSubdomain"], v["chatSubdomain"], v["turnSubdomain"]]
     if len(set(subs)) != 3:
-        raise _fail("turnSubdomain", v["turnSubdomain"], "matrixSubdomain, chatSubdomain and turnSubdomain must differ")
+        raise invalid("turnSubdomain", v["turnSubdomain"], "matrixSubdomain, chatSubdomain and turnSubdomain must differ")
     if v["federation"] == "allowlist" and not v["federationAllowlist"]:
-        raise _fail("federationAllowlist", [], "at least one server name when federation=allowlist")
+        raise invalid("federationAllowlist", [], "at least one server name when federation=allowlist")
     if v["federation"] != "allowlist" and v["federationAllowlist"]:
-        raise _fail(
+        raise invalid(
             "federationAllowlist",
             list(v["federationAllowlist"]),
             "empty unless federation=allowlist (set federation to allowlist, or remove the list)",
         )
     if bool(v["elementSigningKey"]) != bool(v["elementSigningFingerprint"]):
         missing = "elementSigningFingerprint" if v["elementSigningKey"] else "elementSigningKey"
-        raise _fail(
+        raise invalid(
             missing,
             "",
             "elementSigningKey and elementSigningFingerprint go together: set both (a mirror's own key "
             "and its fingerprint) or neither (Element's pinned release key)",
         )
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
-        raise _fail("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
+        raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(
         stack=stack,
         domain=v["domain"],
@@ -508,6 +524,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         enable_url_previews=v["enableUrlPreviews"],
         enable_jemalloc=v["enableJemalloc"],
         backup_keep_days=v["backupKeepDays"],
+        adopt_volume=v["adoptVolume"],
         tuning=tuning_for(memory_mb_of(v["dropletSize"])),
     )
 

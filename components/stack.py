@@ -7,6 +7,7 @@ from types import ModuleType
 import pulumi
 import pulumi_cloudflare as cloudflare
 
+from components.cloud.adoption import VolumePlan
 from components.cloud.edge import Edge
 from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
@@ -57,13 +58,14 @@ class MatrixStack(pulumi.ComponentResource):
         self,
         name: str,
         settings: Settings,
+        volume_plan: VolumePlan,
         certbot_token: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("matrix-stack:index:MatrixStack", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.secrets = Secrets("secrets", opts=child)
-        self.host = Host("host", settings, opts=child)
+        self.host = Host("host", settings, volume_plan, opts=child)
         ranges = cloudflare.get_ip_ranges_output(opts=pulumi.InvokeOptions(parent=self))
         cloudflare_cidrs = pulumi.Output.all(ranges.ipv4_cidrs, ranges.ipv6_cidrs).apply(
             lambda v: [*v[0], *v[1]]

@@ -75,6 +75,7 @@ class Registration:
     delete_before_replace: bool
     retain_on_delete: bool
     import_id: str
+    custom_timeouts: dict[str, str]
     raw_outputs: dict[str, Any]
 
     @property
@@ -130,6 +131,12 @@ class Recording:
         return {c.name: unwrap(c.raw_inputs["triggers"]) for c in self.commands()}
 
 
+def registered_resources(recording: Recording) -> list[Registration]:
+    """What the program itself registered: the root stack is the engine's (registered once per
+    process by pulumi's test runtime, so it shows up in whichever recording comes first)."""
+    return [r for r in recording.registrations if r.type != "pulumi:pulumi:Stack"]
+
+
 def changed_steps(before: Recording, after: Recording) -> set[str]:
     """The steps `pulumi up` would run going from `before` to `after`: new or gone, triggers differ
     (a replacement), or stdin differs (an update, which re-runs `create`; pulumi-command)."""
@@ -167,6 +174,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 delete_before_replace=request.deleteBeforeReplace,
                 retain_on_delete=request.retainOnDelete,
                 import_id=request.importId,
+                custom_timeouts={k: getattr(request.customTimeouts, k) for k in ("create", "update", "delete")
+                                 if getattr(request.customTimeouts, k)},
                 raw_outputs=rpc.deserialize_properties(response.object, keep_unknowns=True),
             )
         )
@@ -202,6 +211,8 @@ class CloudMocks(pulumi_mocks.Mocks):
         deploy_key: tuple[str, str] | None = None,
         secret_seed: str = "",
         host_key: tuple[str, str] | None = None,
+        volumes: Mapping[str, Mapping[str, Any]] | None = None,
+        droplet_names: Mapping[int, str] | None = None,
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
@@ -213,6 +224,10 @@ class CloudMocks(pulumi_mocks.Mocks):
         self.host_key = host_key or ("-----FAKE HOST PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeHostKey\n")
         # Another seed is another stack life: every generated secret differs (a stack re-created on a kept volume).
         self.secret_seed = secret_seed
+        # Volumes already in the account, by name ({"id", "size", "filesystemType", "dropletIds", "region"}),
+        # as getVolume answers for them, and the names of droplets by id (getDroplet).
+        self.volumes = dict(volumes or {})
+        self.droplet_names = dict(droplet_names or {})
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -229,8 +244,10 @@ class CloudMocks(pulumi_mocks.Mocks):
             )
             return droplet_id, outputs
         if typ == "digitalocean:index/volume:Volume":
-            outputs.update(volumeUrn=f"do:volume:{name}", filesystemType="xfs")
-            return f"vol-{_stable(name, 8)}", outputs
+            # An imported volume keeps its id (the `import` option's); a new one gets one of its own.
+            volume_id = args.resource_id or f"vol-{_stable(name, 8)}"
+            outputs.update(volumeUrn=f"do:volume:{volume_id}", filesystemType="xfs")
+            return volume_id, outputs
         if typ == "digitalocean:index/volumeAttachment:VolumeAttachment":
             return f"{args.inputs['dropletId']}-{args.inputs['volumeId']}", outputs
         if typ == "digitalocean:index/sshKey:SshKey":
@@ -260,6 +277,14 @@ class CloudMocks(pulumi_mocks.Mocks):
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         if args.token == "cloudflare:index/getZone:getZone":
             return {"id": "zone-0123456789", "zoneId": "zone-0123456789", "name": args.args["filter"]["name"]}
+        if args.token == "digitalocean:index/getVolume:getVolume":
+            found = self.volumes.get(args.args.get("name", ""))
+            if found is None or found.get("region", args.args.get("region")) != args.args.get("region"):
+                return {}, [("name", f"no volumes found with name {args.args.get('name')}")]  # type: ignore[return-value]
+            return {"name": args.args["name"], "region": args.args.get("region"), "filesystemLabel": "",
+                    "tags": [], "urn": f"do:volume:{found['id']}", **found}
+        if args.token == "digitalocean:index/getDroplet:getDroplet":
+            return {"id": args.args["id"], "name": self.droplet_names[int(args.args["id"])]}
         if args.token == "cloudflare:index/getIpRanges:getIpRanges":
             return {"ipv4Cidrs": self.cloudflare_ipv4, "ipv6Cidrs": self.cloudflare_ipv6, "etag": "e", "jdcloudCidrs": []}
         return {}

@@ -7,6 +7,7 @@ import pulumi_digitalocean as do
 import pulumi_tls as tls
 from pulumi_command import remote
 
+from components.cloud.adoption import VolumePlan, volume_description
 from components.render import render
 from components.settings import Settings
 
@@ -25,7 +26,8 @@ class Host(pulumi.ComponentResource):
     host_key: tls.PrivateKey
     connection: remote.ConnectionArgs
 
-    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, settings: Settings, volume_plan: VolumePlan,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("matrix-stack:cloud:Host", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         prefix = settings.resource_prefix
@@ -57,14 +59,16 @@ class Host(pulumi.ComponentResource):
         # - ignore_changes on every input the provider can only apply by replacing the volume
         #   (name, region, description, filesystem and snapshot inputs), so no setting change ever
         #   swaps the data for an empty volume; only `size` (grow only) is applied in place.
+        # - import_: a kept volume named by `adoptVolume` is adopted, not created (adoption.py).
         self.volume = do.Volume(
             f"{name}-data",
-            name=settings.volume_name,
+            name=volume_plan.name,
             region=settings.region,
-            size=settings.volume_size_gb,
+            size=volume_plan.size_gb,
             initial_filesystem_type="xfs",
-            description=f"Matrix data for {settings.domain} (PostgreSQL, media store, signing key)",
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, ignore_changes=VOLUME_REPLACING_INPUTS),
+            description=volume_description(settings.domain),
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, ignore_changes=VOLUME_REPLACING_INPUTS,
+                                        import_=volume_plan.import_id),
         )
 
         # ssh_keys only seed root's authorized_keys at creation; changing them would replace the
@@ -94,6 +98,9 @@ class Host(pulumi.ComponentResource):
             volume_id=self.volume.id,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
+        # On destroy the provider first moves the project's members to the default project (the
+        # retained volume among them) and retries the delete until DigitalOcean has done so; that
+        # can take longer than the 3-minute default (terraform-provider-digitalocean #943, #1608).
         do.Project(
             f"{name}-project",
             name=prefix,
@@ -101,7 +108,7 @@ class Host(pulumi.ComponentResource):
             purpose="Service or API",
             environment="Production" if settings.stack.startswith("prod") else "Development",
             resources=[self.droplet.droplet_urn, self.volume.volume_urn],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(delete="15m")),
         )
         self.connection = remote.ConnectionArgs(
             host=self.droplet.ipv4_address,

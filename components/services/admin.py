@@ -12,7 +12,9 @@ from components.remote import RemoteFile, StepSpec
 from components.services import ServiceContext, rendered
 
 ADMIN_PASSWORD_FILE = "/root/.matrix-stack/admin-password"
-VERIFIED_MARKER = "/var/lib/matrix-stack/admin-verified"  # hash of user id + password known to work
+# On the volume: a hash of the user id and the password this stack gave the admin (it outlives the
+# droplet, so a new stack life on the same volume is recognised; see admin/user.sh.j2).
+VERIFIED_MARKER = f"{paths.DATA_MOUNT}/matrix-stack/admin-password.sha256"
 HEALTH_TIMEOUT_S = 90
 
 

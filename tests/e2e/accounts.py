@@ -10,7 +10,7 @@ import json
 import shlex
 from typing import Any
 
-from nio import LoginResponse
+from nio import LoginError, LoginResponse
 
 from tests.e2e.clients import matrix_client, run
 from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
@@ -52,6 +52,25 @@ def login(deployment: Deployment, user: str, password: str) -> tuple[str, str]:
             response = await client.login(password, device_name="matrix-stack e2e")
             assert isinstance(response, LoginResponse), response
             return str(response.user_id), str(response.access_token)
+        finally:
+            await client.close()
+
+    return run(go)
+
+
+def password_works(deployment: Deployment, user: str, password: str) -> bool:
+    """Whether a password login through nginx succeeds (False only when Synapse refuses it)."""
+
+    async def go() -> bool:
+        client = matrix_client(HOMESERVER, user, deployment.host.address, deployment.ca_file)
+        try:
+            response = await client.login(password, device_name="matrix-stack e2e")
+            assert isinstance(response, (LoginResponse, LoginError)), response
+            if isinstance(response, LoginError):
+                assert response.status_code == "M_FORBIDDEN", response
+                return False
+            await client.logout()
+            return True
         finally:
             await client.close()
 

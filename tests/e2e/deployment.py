@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.cloud.adoption import volume_description
 from components.settings import DEFAULTS, load
 from tests.e2e.runner import StepResult, run_all
 from tests.e2e.standins import ElementRelease, build_releases, release_server
@@ -52,6 +53,9 @@ class Deployment:
     recording: Recording | None = None
     results: list[StepResult] = field(default_factory=list)
     provisioning: list[StepResult] = field(default_factory=list)  # the first full run, as a fresh droplet saw it
+    stack: str = "test"
+    secret_seed: str = ""  # another seed is another stack life: every generated secret differs
+    kept_volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # what getVolume finds in the account
 
     @property
     def mocks(self) -> CloudMocks:
@@ -62,6 +66,8 @@ class Deployment:
             cloudflare_ipv6=[],
             deploy_key=(self.key_file.read_text(), self.public_key),
             host_key=(self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text()),
+            secret_seed=self.secret_seed,
+            volumes=self.kept_volumes,
         )
 
     def record(self, **changes: Any) -> Recording:
@@ -76,7 +82,7 @@ class Deployment:
         _close_idle_event_loops()
         asyncio.set_event_loop(asyncio.new_event_loop())
         try:
-            self.recording = record(self.config, mocks=self.mocks)
+            self.recording = record(self.config, mocks=self.mocks, stack=self.stack)
         finally:
             asyncio.set_event_loop(None)
             _close_idle_event_loops()
@@ -162,13 +168,16 @@ def _keypair(path: Path, comment: str) -> str:
 
 
 @contextlib.contextmanager
-def deployed_host(index: int, volume_image: Path, outsider: bool = True, **host_options: Any) -> Iterator[Deployment]:
+def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: str = "test",
+                  secret_seed: str = "", adopt: bool = False, **host_options: Any) -> Iterator[Deployment]:
     """Create a test "droplet" as the engine would: the program is recorded first, then the host boots
     with the user data it declares (cloud-init installs the pinned host key), on the given volume
     image, with its stand-ins; all of it is torn down afterwards.
 
-    The volume image is kept (a later host can boot on the same "volume"); the caller removes it.
-    Nothing is provisioned yet: call `apply()`.
+    `stack` and `secret_seed` make it another stack and another stack life (other generated secrets);
+    `adopt` has it adopt the volume a destroyed stack kept (`adoptVolume`), which DigitalOcean then
+    lists as detached. The volume image is kept (a later host can boot on the same "volume"); the
+    caller removes it. Nothing is provisioned yet: call `apply()`.
     """
     TestHost.cleanup(index)
     workdir = Path(tempfile.mkdtemp(prefix="matrix-stack-e2e-"))
@@ -177,13 +186,21 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, **host_
     _keypair(host_key_file, "")
     placeholder = {"domain": DOMAIN, "sshAllowedCidrs": ["198.18.0.1/32"], "letsencryptEmail": f"ops@{DOMAIN}",
                    "certbotCloudflareToken": "e2e-cloudflare-token-0123456789"}
-    host = TestHost(index, public_key, volume_name_for(placeholder), DOMAIN, volume_image,
+    volume_name = volume_name_for(placeholder)  # the stack "test" created it: the name stays the volume's
+    host = TestHost(index, public_key, volume_name, DOMAIN, volume_image,
                     identity_file=key_file, outsider=outsider, **host_options)
     try:
         releases = build_releases(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS,
                                   tampered=(ELEMENT_TAMPERED,))
-        deployment = Deployment(host, base_config(host, releases[ELEMENT_VERSIONS[0]]), key_file, public_key,
-                                releases, host_key_file)
+        config = base_config(host, releases[ELEMENT_VERSIONS[0]])
+        kept: dict[str, dict[str, Any]] = {}
+        if adopt:
+            config["adoptVolume"] = volume_name
+            kept[volume_name] = {"id": f"kept-{volume_name}", "size": DEFAULTS["volumeSizeGb"], "filesystemType": "xfs",
+                                 "description": volume_description(DOMAIN),
+                                 "dropletIds": [], "region": DEFAULTS["region"]}
+        deployment = Deployment(host, config, key_file, public_key, releases, host_key_file, stack=stack,
+                                secret_seed=secret_seed, kept_volumes=kept)
         deployment.record()
         host.user_data = deployment.user_data
         host.boot()

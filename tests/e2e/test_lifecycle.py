@@ -44,8 +44,8 @@ from nio import (
 from components import paths
 from components.services.postgres import PG_MAJOR
 from components.settings import DEFAULTS
-from tests.e2e.accounts import create_user, login
-from tests.e2e.clients import http_get, matrix_client, run, session
+from tests.e2e.accounts import create_user, guest_api, login, password_works
+from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay
 from tests.e2e.deployment import DOMAIN, E2E_INDEX, HOMESERVER, Deployment, deployed_host
 from tests.e2e.observe import SERVICE_UNITS, Snapshot, derived_files, derived_links, differences, managed_files, snapshot
 from tests.e2e.runner import StepFailed, StepResult, connect, run_all, run_delete, run_step, ssh_command
@@ -243,6 +243,56 @@ def test_a_raised_volume_size_grows_the_filesystem(deployment: Deployment) -> No
     finally:
         deployment.apply_changes(volumeSizeGb=None)
     assert filesystem_mib(deployment) >= before + 500  # going back in the config shrinks nothing
+
+
+# -- 2b'. a TURN setting: coturn restarts, nothing else ------------------------------------------------
+def test_a_turn_setting_change_restarts_coturn_and_no_other_service(deployment: Deployment) -> None:
+    """turnRelayPorts narrowed: coturn-config (and the firewall mirror) re-run, coturn restarts with the
+    new range; the web and database services are not touched. Going back restarts it again."""
+    before = snapshot(deployment.ssh, [])
+    try:
+        steps, results = deployment.apply_changes(turnRelayPorts="49160-49199")
+        print_steps(f"turnRelayPorts=49160-49199, steps {sorted(steps)}", results)
+        assert "coturn-config" in steps
+        after = snapshot(deployment.ssh, [])
+        assert after.unit("coturn.service")["InvocationID"] != before.unit("coturn.service")["InvocationID"], (
+            "coturn kept running with its old configuration")
+        assert after.unit("coturn.service")["ActiveState"] == "active"
+        ports = deployment.ssh(f"grep -E '^(min|max)-port=' {paths.COTURN_CONFIG}").split()
+        assert ports == ["min-port=49160", "max-port=49199"]
+        for unit in ("matrix-synapse.service", "nginx.service", "postgresql@15-main.service", paths.MOUNT_UNIT):
+            assert after.unit(unit)["InvocationID"] == before.unit(unit)["InvocationID"], f"{unit} was restarted"
+    finally:
+        steps, results = deployment.apply_changes(turnRelayPorts=None)
+        print_steps(f"back to the default, steps {sorted(steps)}", results)
+    restored = snapshot(deployment.ssh, [])
+    assert restored.unit("coturn.service")["ActiveState"] == "active"
+
+
+# -- 2b''. the volume step and a volume that holds a filesystem --------------------------------------------
+def test_the_volume_step_never_formats_a_volume_that_holds_a_filesystem(deployment: Deployment) -> None:
+    """The volume released (services stopped, unmounted) as before a detach, then the volume step run
+    again, as on a droplet that finds the volume attached: the same XFS (UUID) with everything on it."""
+    assert deployment.recording is not None
+    device = deployment.host.volume_guest_path
+    uuid_before = deployment.ssh(f"blkid -p -o value -s UUID {device}").strip()
+    canary = f"{paths.DATA_MOUNT}/matrix-stack-e2e-canary"
+    deployment.ssh(f"head -c 4096 /dev/urandom > {canary}")
+    canary_sum = deployment.ssh(f"sha256sum < {canary}")
+    released = run_delete(deployment.recording.named("release-volume"), deployment.key_file)
+    assert released.returncode == 0, released.stderr
+    assert volume_mounts(deployment) == []
+    remount = run_step(deployment.recording.named("volume-mount"), deployment.key_file)
+    print(f"\nvolume step on the released volume: rc {remount.returncode}, {remount.seconds:.1f} s")
+    try:
+        assert remount.returncode == 0, remount.stderr
+        assert "formatting" not in remount.stderr
+        assert deployment.ssh(f"blkid -p -o value -s UUID {device}").strip() == uuid_before
+        assert deployment.ssh(f"sha256sum < {canary}") == canary_sum
+        assert volume_mounts(deployment) == [paths.DATA_MOUNT]
+    finally:
+        deployment.ssh(f"rm -f {canary}")
+        print_steps("every step again (the services the release stopped)", run_all(deployment.recording))
 
 
 # -- 2c. a config the real tool rejects ------------------------------------------------------------------
@@ -654,6 +704,18 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
 
     assert login(deployment, "admin", deployment.admin_password)[1]  # the same admin password works
 
+    bodies, blob = read_room(deployment, first)
+    for message in first.messages:
+        assert message in bodies
+    lost = [m for m in release.acknowledged if m not in bodies]
+    assert not lost, f"{len(lost)} of {len(release.acknowledged)} acknowledged messages were lost: {lost[:5]}"
+    assert "keep.bin" in bodies
+    assert hashlib.sha256(blob).hexdigest() == first.media_sha256
+
+
+def read_room(deployment: Deployment, first: FirstGeneration) -> tuple[list[str], bytes]:
+    """Bob logs in with his password and reads the room's whole history and its file."""
+
     async def go() -> tuple[list[str], bytes]:
         bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
         try:
@@ -677,11 +739,95 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
         finally:
             await bob.close()
 
-    bodies, blob = run(go)
-    for message in first.messages:
-        assert message in bodies
-    lost = [m for m in release.acknowledged if m not in bodies]
-    assert not lost, f"{len(lost)} of {len(release.acknowledged)} acknowledged messages were lost: {lost[:5]}"
-    assert "keep.bin" in bodies
-    assert hashlib.sha256(blob).hexdigest() == first.media_sha256
+    return run(go)
 
+
+# -- 6. destroyed, then adopted: a new stack (new secrets) on the volume the destroy kept ----------------
+@dataclass
+class Adoption:
+    second: SecondGeneration
+    deployment: Deployment  # the adopting stack's droplet
+    destroy: StepResult  # release-volume's delete, which `pulumi destroy` runs before the detach
+    bob_token: str  # an access token bob held before the destroy
+    cycle_seconds: float  # from the destroy's first command to the adopting stack's passed self-check
+    failure: BaseException | None = None
+
+
+def whoami(deployment: Deployment, token: str) -> tuple[int, str]:
+    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/v3/account/whoami", deployment.host.address,
+                                           deployment.ca_file, {"Authorization": f"Bearer {token}"}))
+    return status, json.loads(body).get("user_id", "") if status == 200 else body.decode()[:200]
+
+
+@pytest.fixture(scope="module")
+def adoption(second_generation: SecondGeneration) -> Iterator[Adoption]:
+    """`pulumi destroy` of the second stack (its release step, then the droplet goes; the volume stays),
+    then a new stack with its own name and a new stack life (every generated secret new) adopts the
+    volume with `adoptVolume` and provisions a fresh droplet on it."""
+    second = second_generation
+    if second.failure is not None:
+        pytest.fail(f"the replacement host could not be provisioned: {second.failure}")
+    old = second.deployment
+    assert old.recording is not None
+    bob_token = login(old, "bob", second.first.bob_password)[1]
+    started = time.monotonic()
+    destroy = run_delete(old.recording.named("release-volume"), old.key_file)
+    old.host.shutdown()  # the droplet is deleted; the retained volume is detached and kept
+    print(f"\ndestroy: release-volume delete {destroy.seconds:.1f} s, rc {destroy.returncode}")
+    with deployed_host(FIRST_INDEX, old.host.volume_image, outsider=False, stack="reborn",
+                       secret_seed="a new stack life after the destroy", adopt=True) as new:
+        adopted = Adoption(second, new, destroy, bob_token, 0.0)
+        try:
+            results = new.apply()
+            print_steps("adopting stack: provisioning", results)
+        except (StepFailed, AssertionError, subprocess.TimeoutExpired) as error:
+            adopted.failure = error
+            print(f"adopting stack: provisioning failed: {error}")
+        adopted.cycle_seconds = time.monotonic() - started
+        print(f"destroy-then-adopt cycle (release, new droplet booted, every step run): {adopted.cycle_seconds:.0f} s")
+        yield adopted
+
+
+def test_a_new_stack_adopts_the_volume_a_destroyed_stack_kept(adoption: Adoption) -> None:
+    first, old, new = adoption.second.first, adoption.second.deployment, adoption.deployment
+    assert adoption.destroy.returncode == 0, adoption.destroy.stderr
+    assert "the data volume is released" in adoption.destroy.stderr
+    if adoption.failure is not None:
+        raise AssertionError(f"the adopting stack's provisioning failed: {adoption.failure}")
+    assert new.recording is not None
+    (volume,) = new.recording.of_type("digitalocean:index/volume:Volume")
+    assert volume.import_id and volume.inputs["name"] == old.host.volume_name  # adopted, not created
+    assert new.admin_password != old.admin_password  # the old state's secrets died with it
+
+    def log(step: str) -> str:
+        return next(r.stderr for r in new.provisioning if r.name == step)
+
+    assert "adopting the existing PostgreSQL 15 cluster" in log("postgres-install")
+    assert "password an earlier stack gave it" in log("admin-user")
+    assert "placed the generated signing key" not in log("synapse-config")
+    assert volume_mounts(new) == [paths.DATA_MOUNT]
+
+    # Every secret converged: the admin's password is the new stack's, the old one is refused; Synapse
+    # reaches PostgreSQL with the new role password (it serves at all); coturn takes credentials made
+    # with the new TURN secret.
+    assert password_works(new, "admin", new.admin_password)
+    assert not password_works(new, "admin", old.admin_password)
+    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/versions", new.host.address, new.ca_file))
+    assert status == 200, body[:300]
+    admin_token = login(new, "admin", new.admin_password)[1]
+    status, creds = guest_api(new, admin_token, "GET", "/_matrix/client/v3/voip/turnServer")
+    assert status == 200, creds
+    relay = turn_relay(new.host.address, creds["username"], creds["password"])
+    assert relay.returncode == 0 and relay.lost == 0 and relay.sent > 0 and relay.received == relay.sent, \
+        relay.output[-2000:]
+
+    # Nothing was lost: users, their sessions, the room with every acknowledged message, media, identity.
+    assert whoami(new, adoption.bob_token) == (200, f"@bob:{DOMAIN}")  # access tokens live in the database
+    bodies, blob = read_room(new, first)
+    assert set(first.messages) <= set(bodies)
+    assert adoption.second.release is not None
+    assert set(adoption.second.release.acknowledged) <= set(bodies)
+    assert hashlib.sha256(blob).hexdigest() == first.media_sha256
+    assert server_keys(new) == first.keys
+    assert new.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip() == first.signing_key_stat
+    print(f"destroy-then-adopt cycle: {adoption.cycle_seconds:.0f} s")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,31 +148,62 @@ def _run(tmp: Path, config: Path, base_url: str, localpart: str, password: str) 
     return result
 
 
+def _logs_in(base_url: str, localpart: str, password: str) -> bool:
+    body = json.dumps({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
+                       "password": password}).encode()
+    request = urllib.request.Request(f"{base_url}/_matrix/client/v3/login", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError as error:
+        assert error.code == 403, error.code
+        return False
+
+
 def test_admin_user_created_once_and_verified(homeserver: tuple[Path, str], tmp_path: Path) -> None:
     config, base_url = homeserver
     password = "first-Admin-pass-123"
+    marker = tmp_path / "state" / "admin-verified"
     first = _run(tmp_path, config, base_url, "admin", password)
     assert first.returncode == 0, first.stderr
     assert "created the admin user @admin:example.org" in first.stderr
     assert "password works, account is a server admin" in first.stderr
-    assert (tmp_path / "state" / "admin-verified").stat().st_mode & 0o777 == 0o600
+    assert marker.stat().st_mode & 0o777 == 0o600
 
     again = _run(tmp_path, config, base_url, "admin", password)
     assert again.returncode == 0, again.stderr
     assert "verified before" in again.stderr and "created" not in again.stderr
 
-    (tmp_path / "state" / "admin-verified").unlink()  # e.g. a replaced droplet: check by logging in
+    marker.unlink()  # e.g. a volume from before the marker: check by logging in
     checked = _run(tmp_path, config, base_url, "admin", password)
     assert checked.returncode == 0, checked.stderr
     assert "checking that the stack's adminPassword works" in checked.stderr and "password works" in checked.stderr
 
+    marker.unlink()  # nothing remembered and the password does not work: changed by hand, left alone
     wrong = _run(tmp_path, config, base_url, "admin", "another-password-456")
     assert wrong.returncode != 0
     assert "exists but the stack's adminPassword does not log in" in wrong.stderr
+    assert not marker.exists()
+    assert _logs_in(base_url, "admin", password) and not _logs_in(base_url, "admin", "another-password-456")
 
     # The account was left alone: the original password still works.
     ok = _run(tmp_path, config, base_url, "admin", password)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_new_stack_life_sets_its_own_admin_password(homeserver: tuple[Path, str], tmp_path: Path) -> None:
+    """A kept volume adopted by a new stack: the remembered password is another stack's, so the step
+    sets the account's password to this stack's (the old one stops working) and remembers the new one."""
+    config, base_url = homeserver
+    old, new = "old-stack-Admin-pass-1", "new-stack-Admin-pass-2"
+    assert _run(tmp_path, config, base_url, "adopted", old).returncode == 0
+    adopted = _run(tmp_path, config, base_url, "adopted", new)
+    assert adopted.returncode == 0, adopted.stderr
+    assert "password an earlier stack gave it" in adopted.stderr and "password works" in adopted.stderr
+    assert _logs_in(base_url, "adopted", new) and not _logs_in(base_url, "adopted", old)
+    again = _run(tmp_path, config, base_url, "adopted", new)
+    assert again.returncode == 0 and "verified before" in again.stderr, again.stderr
 
 
 def test_existing_non_admin_account_is_refused(homeserver: tuple[Path, str], tmp_path: Path) -> None:

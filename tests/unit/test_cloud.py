@@ -169,7 +169,8 @@ def test_user_ssh_keys_are_registered_next_to_the_deploy_key() -> None:
 def test_project_groups_droplet_and_volume(graph: Recording) -> None:
     (project,) = graph.of_type("digitalocean:index/project:Project")
     (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
-    assert sorted(project.inputs["resources"]) == [f"do:droplet:{droplet.id}", "do:volume:host-data"]
+    (volume,) = graph.of_type("digitalocean:index/volume:Volume")
+    assert sorted(project.inputs["resources"]) == [f"do:droplet:{droplet.id}", f"do:volume:{volume.id}"]
 
 
 def urn_type(urn: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from components.settings import DEFAULTS, REQUIRED, SettingsError, load, memory_mb_of, tuning_for
-from tests.harness import DEFAULT_CONFIG, Recording, config_strings, record
+from tests.harness import DEFAULT_CONFIG, Recording, config_strings, record, registered_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +74,9 @@ INVALID: list[tuple[str, Any]] = [
     ("backupKeepDays", 0),
     ("backupKeepDays", 366),
     ("backupKeepDays", "a week"),
+    ("adoptVolume", "Matrix-Data"),
+    ("adoptVolume", "1-data"),
+    ("adoptVolume", "a" * 65),
 ]
 
 
@@ -207,11 +210,11 @@ def test_program_registers_nothing_when_config_is_invalid(key: str, value: Any) 
     recording = Recording()
     with pytest.raises(SettingsError, match=key):
         record({key: value}, into=recording)
-    assert recording.registrations == []
+    assert registered_resources(recording) == []
 
 
 def test_program_refuses_a_token_stored_in_plain_text() -> None:
     recording = Recording()
     with pytest.raises(SettingsError, match="must be a secret"):
         record(plain_keys=("certbotCloudflareToken",), into=recording)
-    assert recording.registrations == []
+    assert registered_resources(recording) == []
