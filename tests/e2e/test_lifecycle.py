@@ -657,6 +657,10 @@ def test_interrupted_provisioning_is_finished_by_the_next_run(second_generation:
         waited = any("still running on this server" in log for log in rerun)
         print(f"{interruption.step}: killed session's step still running afterwards: "
               f"{interruption.remote_left_running}; next run waited for it: {waited}")
+        # A step the killed session left running holds the step lock: the next run must wait for it,
+        # never run the same step twice at once (dpkg, pip).
+        assert waited or not interruption.remote_left_running, (
+            f"{interruption.step} was still running on the server, and the next run did not wait for it")
     if second.failure is not None:
         raise AssertionError(f"the run after the interruption failed: {second.failure}")
     last = second.passes[-1]
