@@ -27,3 +27,5 @@ ADMIN_CREDENTIALS = "/root/.matrix-stack/admin.env"
 BACKUP_DIR = f"{DATA_MOUNT}/backups"  # on the volume: outlives the droplet (not the volume itself)
 BACKUP_COMMAND = "/usr/local/sbin/matrix-stack-backup"
 RESTORE_COMMAND = "/usr/local/sbin/matrix-stack-restore"
+ORIGIN_PULL_CA = "/etc/nginx/matrix-stack/origin-pull-ca.pem"  # nginx requires Cloudflare's client cert to chain to it
+ORIGIN_PULL_CLIENT = "/etc/matrix-stack/origin-pull-client.pem"  # that client cert + key (0600 root): the self-check's

@@ -8,7 +8,7 @@ OUT_DIR/<step>/script.sh, OUT_DIR/<step>/files/<absolute path> and OUT_DIR/<step
 Generated secrets and host facts that only exist in a deployment (addresses, Cloudflare's ranges)
 are placeholders: `<secret:postgres_password>` and the like, documentation addresses (192.0.2.1,
 2001:db8::1 for the droplet; 198.51.100.0/24, 2001:db8:cf::/48 for Cloudflare), so the output is
-safe to share.
+safe to share. Without Cloudflare access the zone is assumed to have no website on the server name.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
         cloudflare_ipv6=["2001:db8:cf::/48"],
         certbot_token=token,
         signing_key="<secret:signing_key>\n",
+        origin_pull_ca="<origin-pull CA certificate (pulumi-tls)>\n",
+        origin_pull_client="<secret:origin_pull_client certificate and key>\n",
+        website_on_server_name=False,  # what the zone holds is only known with Cloudflare access
         **{name: f"<secret:{name}>" for name in SECRET_FIELDS},
     )
 

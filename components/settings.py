@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # Empty: the stack creates its own data volume. A name: adopt that kept volume (README
     # "Adopting a kept volume"); components/cloud/adoption.py looks it up and checks it.
     "adoptVolume": "",
+    # Empty: the Cloudflare zone is found by looking `domain` up, then each parent name
+    # (components/cloud/zone.py); set it to pin the zone, e.g. example.com for domain chat.example.com.
+    "cloudflareZone": "",
 }
 
 REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareToken")
@@ -175,6 +178,7 @@ class Settings:
     enable_jemalloc: bool
     backup_keep_days: int
     adopt_volume: str  # "" = the stack creates its own volume
+    cloudflare_zone: str  # "" = looked up from domain upwards
     tuning: Tuning
 
     @property
@@ -193,6 +197,14 @@ class Settings:
     def hostnames(self) -> tuple[str, ...]:
         """Every name the certificate covers; the apex first (certbot names the lineage by it)."""
         return (self.domain, self.matrix_host, self.chat_host, self.turn_host)
+
+    @property
+    def zone_candidates(self) -> tuple[str, ...]:
+        """Where the Cloudflare zone may be: the pinned one, or domain and each parent (two labels at least)."""
+        if self.cloudflare_zone:
+            return (self.cloudflare_zone,)
+        labels = self.domain.split(".")
+        return tuple(".".join(labels[i:]) for i in range(len(labels) - 1))
 
     @property
     def homeserver_url(self) -> str:
@@ -318,6 +330,19 @@ def _optional_public_key(key: str, value: Any) -> str:
     return text + "\n" if text else ""
 
 
+def _optional_domain(key: str, value: Any) -> str:
+    return "" if value == "" else _domain(key, value)
+
+
+def _acme_server(key: str, value: Any) -> str:
+    url = _https_url(key, value)
+    if url == LETSENCRYPT_STAGING:
+        raise invalid(key, url, "a CA that Cloudflare trusts: the stack sets Full (strict) SSL for its names, "
+                      "and Cloudflare answers 526 to a staging certificate; use the default (Let's Encrypt "
+                      "production) and put test stacks under a subdomain (cloudflareZone)")
+    return url
+
+
 def _https_url(key: str, value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^\s'\"\\]+$", value):
         raise invalid(key, value, "an http(s) URL without spaces or quotes")
@@ -414,7 +439,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "matrixSubdomain": _subdomain,
     "chatSubdomain": _subdomain,
     "turnSubdomain": _subdomain,
-    "acmeServer": _https_url,
+    "acmeServer": _acme_server,
     "synapseVersion": _version,
     "elementVersion": _element_version,
     "elementSha256": _optional_sha256,
@@ -432,6 +457,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "enableJemalloc": _bool,
     "backupKeepDays": _int_range(1, 365),
     "adoptVolume": _optional_volume_name,
+    "cloudflareZone": _optional_domain,
 }
 
 # Types as Pulumi config stores them; lists and booleans arrive as JSON text.
@@ -493,6 +519,10 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
             "elementSigningKey and elementSigningFingerprint go together: set both (a mirror's own key "
             "and its fingerprint) or neither (Element's pinned release key)",
         )
+    zone = v["cloudflareZone"]
+    if zone and v["domain"] != zone and not v["domain"].endswith("." + zone):
+        raise invalid("cloudflareZone", zone, f"the zone that holds domain {v['domain']}: {v['domain']} itself "
+                      "or a parent of it")
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(
@@ -525,6 +555,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         enable_jemalloc=v["enableJemalloc"],
         backup_keep_days=v["backupKeepDays"],
         adopt_volume=v["adoptVolume"],
+        cloudflare_zone=v["cloudflareZone"],
         tuning=tuning_for(memory_mb_of(v["dropletSize"])),
     )
 

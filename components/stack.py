@@ -12,6 +12,7 @@ from components.cloud.edge import Edge
 from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
 from components.cloud.secrets import Secrets
+from components.cloud.zone import Zone
 from components.services import (
     Service,
     ServiceContext,
@@ -51,6 +52,7 @@ class MatrixStack(pulumi.ComponentResource):
     """Everything one Matrix server needs, from droplet to self-check."""
 
     host: Host
+    edge: Edge
     secrets: Secrets
     services: list[Service]
 
@@ -58,6 +60,7 @@ class MatrixStack(pulumi.ComponentResource):
         self,
         name: str,
         settings: Settings,
+        zone: Zone,
         volume_plan: VolumePlan,
         certbot_token: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
@@ -78,7 +81,7 @@ class MatrixStack(pulumi.ComponentResource):
             rules=inbound_rules(settings, cloudflare_cidrs),
             opts=child,
         )
-        Edge("edge", settings, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address, opts=child)
+        self.edge = Edge("edge", settings, zone, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address, opts=child)
 
         context = ServiceContext(
             settings=settings,
@@ -95,6 +98,9 @@ class MatrixStack(pulumi.ComponentResource):
             turn_shared_secret=self.secrets.turn_shared_secret,
             admin_password=self.secrets.admin_password,
             signing_key=self.secrets.signing_key,
+            origin_pull_ca=self.edge.origin_pull_ca_pem,
+            origin_pull_client=self.edge.origin_pull_client_pem,
+            website_on_server_name=zone.has_website,
         )
         # The volume guard comes first, right after the attachment (and the firewall): every other
         # step depends on it, and it is replaced, its delete command stopping the writers and
@@ -108,7 +114,9 @@ class MatrixStack(pulumi.ComponentResource):
             kind = module.__name__.rsplit(".", 1)[-1]
             # The self-check re-runs whenever any other step changed, so every deployment is verified.
             watch = [c.triggers for s in self.services for c in s.commands] if module is selfcheck else []
-            service = Service(kind, module.steps(context), self.host.connection, after=previous, opts=child, watch=watch)
+            # nginx starts requiring Cloudflare's client certificate only once Cloudflare presents it.
+            after = [*previous, self.edge.origin_pulls] if module is nginx else previous
+            service = Service(kind, module.steps(context), self.host.connection, after=after, opts=child, watch=watch)
             self.services.append(service)
             previous = service.last or previous
         self.register_outputs({})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import runpy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from typing import Any
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
+
+from tests import pki
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "matrix-stack"
@@ -213,6 +215,8 @@ class CloudMocks(pulumi_mocks.Mocks):
         host_key: tuple[str, str] | None = None,
         volumes: Mapping[str, Mapping[str, Any]] | None = None,
         droplet_names: Mapping[int, str] | None = None,
+        zones: Sequence[str] = ("example.org",),
+        dns_records: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
@@ -228,6 +232,9 @@ class CloudMocks(pulumi_mocks.Mocks):
         # as getVolume answers for them, and the names of droplets by id (getDroplet).
         self.volumes = dict(volumes or {})
         self.droplet_names = dict(droplet_names or {})
+        # The Cloudflare account: its zones, and records already in them ({name, type, content, comment}).
+        self.zones = tuple(zones)
+        self.dns_records = [dict(r) for r in dns_records]
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -253,11 +260,9 @@ class CloudMocks(pulumi_mocks.Mocks):
         if typ == "digitalocean:index/sshKey:SshKey":
             outputs.update(fingerprint=":".join(_stable(name, 16, "0123456789abcdef")[i : i + 2] for i in range(0, 16, 2)))
             return "1234", outputs
-        if typ == "tls:index/privateKey:PrivateKey":
-            private, public = self.host_key if name.endswith("-host-key") else self.deploy_key
-            outputs.update(privateKeyOpenssh=rpc.wrap_rpc_secret(private), publicKeyOpenssh=public)
-            return f"{name}-id", outputs
         seed = identity(name, args.inputs, self.secret_seed)
+        if typ.startswith("tls:index/"):
+            return f"{name}-id", {**outputs, **self._tls(typ, name, seed, args.inputs)}
         if typ == "random:index/randomPassword:RandomPassword":
             outputs.update(result=rpc.wrap_rpc_secret(_stable(seed, int(args.inputs["length"]))))
             return f"{name}-id", outputs
@@ -274,9 +279,35 @@ class CloudMocks(pulumi_mocks.Mocks):
             outputs.update(stdout="", stderr="")
         return f"{name}-id", outputs
 
+    def _tls(self, typ: str, name: str, seed: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """What pulumi-tls returns: the SSH keys the test gives (deploy, host), real PKI for the rest."""
+        plain = unwrap(dict(inputs))
+        if typ == "tls:index/privateKey:PrivateKey" and plain.get("algorithm") == "ED25519":
+            private, public = self.host_key if name.endswith("-host-key") else self.deploy_key
+            return {"privateKeyOpenssh": rpc.wrap_rpc_secret(private), "publicKeyOpenssh": public}
+        if typ == "tls:index/privateKey:PrivateKey":
+            private = pki.private_key_pem(seed)
+            return {"privateKeyPem": rpc.wrap_rpc_secret(private), "publicKeyPem": pki.public_key_pem(private)}
+        hours = int(plain.get("validityPeriodHours") or 24)
+        uses = list(plain.get("allowedUses") or [])
+        if typ == "tls:index/selfSignedCert:SelfSignedCert":
+            return {"certPem": pki.self_signed_cert(seed, plain["privateKeyPem"], plain.get("subject"),
+                                                    bool(plain.get("isCaCertificate")), uses, hours)}
+        if typ == "tls:index/certRequest:CertRequest":
+            return {"certRequestPem": pki.cert_request(seed, plain["privateKeyPem"], plain.get("subject"))}
+        if typ == "tls:index/locallySignedCert:LocallySignedCert":
+            return {"certPem": pki.locally_signed_cert(seed, plain["certRequestPem"], plain["caPrivateKeyPem"],
+                                                       plain["caCertPem"], uses, hours)}
+        raise NotImplementedError(typ)
+
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
-        if args.token == "cloudflare:index/getZone:getZone":
-            return {"id": "zone-0123456789", "zoneId": "zone-0123456789", "name": args.args["filter"]["name"]}
+        if args.token == "cloudflare:index/getZones:getZones":
+            name = args.args.get("name")
+            return {"results": [{"id": zone_id(name), "name": name}] if name in self.zones else []}
+        if args.token == "cloudflare:index/getDnsRecords:getDnsRecords":
+            wanted = (args.args.get("name") or {}).get("exact")
+            return {"results": [{"id": f"rec-{i}", "zoneId": args.args.get("zoneId"), **r}
+                                for i, r in enumerate(self.dns_records) if r["name"] == wanted]}
         if args.token == "digitalocean:index/getVolume:getVolume":
             found = self.volumes.get(args.args.get("name", ""))
             if found is None or found.get("region", args.args.get("region")) != args.args.get("region"):
@@ -288,6 +319,11 @@ class CloudMocks(pulumi_mocks.Mocks):
         if args.token == "cloudflare:index/getIpRanges:getIpRanges":
             return {"ipv4Cidrs": self.cloudflare_ipv4, "ipv6Cidrs": self.cloudflare_ipv6, "etag": "e", "jdcloudCidrs": []}
         return {}
+
+
+def zone_id(name: str) -> str:
+    """The id the mocks give a zone (stable per name)."""
+    return "zone-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def config_strings(config: Mapping[str, Any]) -> dict[str, str]:

@@ -1,69 +1,118 @@
-"""Cloudflare: the zone's DNS records and the TLS settings the origin relies on."""
+"""Cloudflare, in a zone shared with the user's other sites: the stack's DNS records, rules scoped to its
+own names, and Authenticated Origin Pulls with its own certificate. Nothing zone-wide but Bot Fight Mode.
+
+- DNS: A/AAAA for the server name (unless the user's website owns it), matrix. and chat., proxied;
+  A for turn., DNS only (Cloudflare does not proxy TURN). Each carries the stack's ownership comment.
+- Rules (edge_rules.py), each a ZoneRule of its own: strict SSL, HTTPS only, TLS 1.2+, Matrix paths
+  never challenged, and .well-known delegation beside a website.
+- Bot Fight Mode off: the Free plan's Bot Fight Mode challenges other homeservers and cannot be skipped
+  by a rule (Cloudflare docs, "Configure a rule with the Skip action"). It is a zone setting; it is
+  kept off when a stack is destroyed (retain_on_delete), so destroying one stack never turns it back
+  on under another stack in the same zone.
+- Authenticated Origin Pulls: the client certificate (origin_pulls.py) uploaded as a per-hostname
+  certificate and enabled for the proxied names only.
+"""
 
 from __future__ import annotations
 
 import pulumi
 import pulumi_cloudflare as cloudflare
 
+from components.cloud.edge_rules import edge_rules
+from components.cloud.origin_pulls import OriginPullCertificates
+from components.cloud.zone import Zone, ownership_comment
+from components.cloud.zone_rules import ZoneRule
 from components.settings import Settings
-
-# Settings the origin depends on: strict TLS to the origin (certbot certificate), HTTPS only.
-ZONE_SETTINGS = {"ssl": "strict", "always_use_https": "on", "min_tls_version": "1.2"}
 
 
 class Edge(pulumi.ComponentResource):
-    """A/AAAA records (proxied for web names, DNS-only for TURN) and zone settings."""
+    """The stack's part of the zone."""
 
-    zone_id: pulumi.Output[str]
+    origin_pull_ca_pem: pulumi.Output[str]
+    origin_pull_client_pem: pulumi.Output[str]  # secret: certificate and key, for the origin's self-check
+    origin_pulls: cloudflare.AuthenticatedOriginPulls
 
     def __init__(
         self,
         name: str,
         settings: Settings,
+        zone: Zone,
         ipv4: pulumi.Input[str],
         ipv6: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("matrix-stack:cloud:Edge", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
-        zone = cloudflare.get_zone_output(
-            filter={"name": settings.domain, "match": "all"}, opts=pulumi.InvokeOptions(parent=self)
-        )
-        self.zone_id = zone.id
-
-        proxied = {settings.domain: "apex", settings.matrix_host: "matrix", settings.chat_host: "chat"}
+        comment = ownership_comment(settings)
+        proxied = {settings.matrix_host: "matrix", settings.chat_host: "chat"}
+        if not zone.has_website:
+            proxied = {settings.domain: "apex", **proxied}
         for fqdn, label in proxied.items():
             for record_type, address in (("A", ipv4), ("AAAA", ipv6)):
                 cloudflare.DnsRecord(
                     f"{name}-{label}-{record_type.lower()}",
-                    zone_id=self.zone_id,
+                    zone_id=zone.id,
                     name=fqdn,
                     type=record_type,
                     content=address,
                     ttl=1,
                     proxied=True,
-                    comment="matrix-stack",
+                    comment=comment,
                     opts=child,
                 )
         # TURN cannot go through Cloudflare's proxy. IPv4 only: Chromium's WebRTC stack has been
         # seen to misbehave with a TURN host that also has an AAAA record.
         cloudflare.DnsRecord(
             f"{name}-turn-a",
-            zone_id=self.zone_id,
+            zone_id=zone.id,
             name=settings.turn_host,
             type="A",
             content=ipv4,
             ttl=300,
             proxied=False,
-            comment="matrix-stack (TURN: DNS only)",
+            comment=comment,
             opts=child,
         )
-        for setting_id, value in ZONE_SETTINGS.items():
-            cloudflare.ZoneSetting(
-                f"{name}-{setting_id.replace('_', '-')}",
-                zone_id=self.zone_id,
-                setting_id=setting_id,
-                value=value,
+        for spec in edge_rules(settings, list(proxied), zone.has_website):
+            ZoneRule(
+                f"{name}-{spec.key}",
+                zone_id=zone.id,
+                phase=spec.phase,
+                ref=f"{settings.resource_prefix}-{spec.key}",
+                description=spec.description,
+                expression=spec.expression,
+                action=spec.action,
+                action_parameters=spec.action_parameters,
                 opts=child,
             )
-        self.register_outputs({"zoneId": self.zone_id})
+        cloudflare.BotManagement(
+            f"{name}-bot-fight-mode-off",
+            zone_id=zone.id,
+            fight_mode=False,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+        )
+
+        certificates = OriginPullCertificates(f"{name}-origin-pull", settings, self)
+        uploaded = cloudflare.AuthenticatedOriginPullsHostnameCertificate(
+            f"{name}-origin-pull-certificate",
+            zone_id=zone.id,
+            certificate=certificates.client_cert_pem,
+            private_key=certificates.client_key_pem,
+            opts=child,
+        )
+        self.origin_pulls = cloudflare.AuthenticatedOriginPulls(
+            f"{name}-origin-pull-hostnames",
+            zone_id=zone.id,
+            configs=[
+                cloudflare.AuthenticatedOriginPullsConfigArgs(hostname=fqdn, cert_id=uploaded.id, enabled=True)
+                for fqdn in proxied
+            ],
+            opts=child,
+        )
+        self.origin_pull_ca_pem = certificates.ca_cert_pem
+        self.origin_pull_client_pem = pulumi.Output.secret(
+            pulumi.Output.all(certificates.client_cert_pem, certificates.client_key_pem).apply(
+                lambda pems: pems[0].rstrip("\n") + "\n" + pems[1].rstrip("\n") + "\n"
+            )
+        )
+        self.register_outputs({"zoneId": zone.id})

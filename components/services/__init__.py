@@ -37,6 +37,9 @@ class ServiceContext:
     turn_shared_secret: pulumi.Input[str]
     admin_password: pulumi.Input[str]
     signing_key: pulumi.Input[str]
+    origin_pull_ca: pulumi.Input[str]  # the CA nginx requires Cloudflare's client certificate to chain to
+    origin_pull_client: pulumi.Input[str]  # secret: that client certificate and key (the self-check's requests)
+    website_on_server_name: bool  # the user's website owns the server name: delegation is redirected
 
 
 def rendered(template: str, **values: Any) -> pulumi.Input[str]:

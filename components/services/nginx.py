@@ -1,8 +1,9 @@
 """nginx: the apex (.well-known delegation), chat. (Element) and matrix. (Synapse) sites.
 
-Every site listens on 443 with the certbot certificate and redirects port 80 to HTTPS. The client
-address is taken from CF-Connecting-IP only when the connection comes from a Cloudflare range
-(the ranges are read live from Cloudflare on every `up`).
+Every site listens on 443 with the certbot certificate, requires Cloudflare's origin-pull client
+certificate (the stack's own CA) and redirects port 80 to HTTPS; a default server answers no other
+name. The client address is taken from CF-Connecting-IP only when the connection comes from a
+Cloudflare range (the ranges are read live from Cloudflare on every `up`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from components.services import ServiceContext, rendered
 
 SITES_AVAILABLE = "/etc/nginx/sites-available"
 SNIPPETS = "/etc/nginx/snippets"
-SITE_NAMES = ("matrix-stack-apex", "matrix-stack-chat", "matrix-stack-matrix")
+SITE_NAMES = ("matrix-stack-default", "matrix-stack-apex", "matrix-stack-chat", "matrix-stack-matrix")
 HTTP_CONF = "/etc/nginx/conf.d/matrix-stack.conf"
 
 
@@ -46,8 +47,13 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
         RemoteFile(HTTP_CONF, rendered("nginx/matrix-stack.conf.j2", cloudflare_cidrs=_cidrs_input(ctx))),
         RemoteFile(
             f"{SNIPPETS}/matrix-stack-tls.conf",
-            render("nginx/tls.conf.j2", domain=s.domain, cert_dir=f"{paths.CERT_LIVE_DIR}/{s.domain}"),
+            render("nginx/tls.conf.j2", domain=s.domain, cert_dir=f"{paths.CERT_LIVE_DIR}/{s.domain}",
+                   origin_pull_ca=paths.ORIGIN_PULL_CA),
         ),
+        RemoteFile(paths.ORIGIN_PULL_CA, ctx.origin_pull_ca),
+        # The self-check asks nginx on 127.0.0.1 as Cloudflare does, with its client certificate.
+        RemoteFile(paths.ORIGIN_PULL_CLIENT, ctx.origin_pull_client, mode="0600"),
+        RemoteFile(f"{SITES_AVAILABLE}/matrix-stack-default", read("nginx/default.conf")),
         RemoteFile(f"{SNIPPETS}/matrix-stack-headers.conf", read("nginx/headers.conf")),
         RemoteFile(f"{SNIPPETS}/matrix-stack-element-headers.conf", read("nginx/element-headers.conf")),
         RemoteFile(f"{SITES_AVAILABLE}/matrix-stack-apex", render("nginx/apex.j2", apex_root=paths.APEX_ROOT, **names)),
@@ -62,6 +68,7 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
                 synapse_host=paths.SYNAPSE_LISTEN[0],
                 synapse_port=paths.SYNAPSE_LISTEN[1],
                 max_upload_size_mb=s.max_upload_size_mb,
+                apex_root=paths.APEX_ROOT,
                 **names,
             ),
         ),

@@ -1,8 +1,10 @@
 """Self-check: the last step. Fails `pulumi up` unless the server answers like a healthy one.
 
-Everything is asked through nginx on 127.0.0.1:443 with the real host names (SNI and Host), so
-the check covers nginx, Synapse, Element, the well-known files, the certificate and coturn's TLS
-copy, and Synapse's TURN credentials (admin login, turnServer, logout).
+Everything is asked through nginx on 127.0.0.1:443 with the real host names (SNI and Host) and the
+origin-pull client certificate, so the check covers nginx, Synapse, Element, the well-known files,
+the certificate and coturn's TLS copy, and Synapse's TURN credentials (admin login, turnServer,
+logout). Then the public path: the same names as DNS resolves them, through Cloudflare, so a 526, a
+DNS mistake or a challenge page fails the `up` too.
 
 It re-runs when its own script changes (host names, paths) and whenever the step is replaced;
 making it re-run on every `up` that changed any other step is the stack's decision (for example
@@ -18,6 +20,8 @@ from components.services import ServiceContext, backup
 
 # Fail while the certificate still has a week left, long before users see an expiry error.
 MIN_CERT_DAYS = 7
+# How long the public path may take to answer right (new DNS records, Cloudflare picking up rules).
+PUBLIC_WAIT_S = 90
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
@@ -36,5 +40,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         backup_service=backup.SERVICE,
         volume_device=settings.volume_device,
         data_mount=paths.DATA_MOUNT,
+        origin_pull_client=paths.ORIGIN_PULL_CLIENT,
+        public_wait=PUBLIC_WAIT_S,
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

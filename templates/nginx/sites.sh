@@ -1,5 +1,6 @@
-# nginx-sites: the three sites of the seed guide (apex well-known, chat. Element, matrix. Synapse)
-# in sites-available, enabled by symlink; Debian's default site removed. `nginx -t` gates every
+# nginx-sites: the three sites of the seed guide (apex well-known, chat. Element, matrix. Synapse) and
+# a default server that answers no other name, in sites-available, enabled by symlink; Debian's
+# default site removed. `nginx -t` gates every
 # reload; nginx reloads only when something changed.
 if ! dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "install ok installed"; then
   if ! ms_apt install --no-install-recommends nginx; then
@@ -14,7 +15,7 @@ if [ -e /etc/nginx/sites-enabled/default ] || [ -L /etc/nginx/sites-enabled/defa
   rm -f /etc/nginx/sites-enabled/default
   links_changed=true
 fi
-for site in matrix-stack-apex matrix-stack-chat matrix-stack-matrix; do
+for site in matrix-stack-default matrix-stack-apex matrix-stack-chat matrix-stack-matrix; do
   if [ "$(readlink "/etc/nginx/sites-enabled/$site" 2>/dev/null || true)" != "../sites-available/$site" ]; then
     ln -sfn "../sites-available/$site" "/etc/nginx/sites-enabled/$site"
     links_changed=true

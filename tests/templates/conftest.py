@@ -11,6 +11,7 @@ import pytest
 
 from components.services import ServiceContext
 from components.settings import load
+from tests.pki import origin_pull_pair
 
 BASE_CONFIG = {
     "domain": "example.org",
@@ -39,6 +40,10 @@ def parse_unit(text: str) -> configparser.ConfigParser:
     return parser
 
 
+# A real origin-pull CA and client certificate (tests/pki.py), so nginx loads them as on the server.
+ORIGIN_PULL_CA, ORIGIN_PULL_CLIENT = origin_pull_pair("template tests")
+
+
 def make_context(**config: Any) -> ServiceContext:
     """A context for `config` overrides (raw strings, as `pulumi config` stores them)."""
     settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
@@ -50,6 +55,9 @@ def make_context(**config: Any) -> ServiceContext:
         cloudflare_ipv4=["173.245.48.0/20", "103.21.244.0/22"],
         cloudflare_ipv6=["2400:cb00::/32"],
         certbot_token=token,
+        origin_pull_ca=ORIGIN_PULL_CA,
+        origin_pull_client=ORIGIN_PULL_CLIENT,
+        website_on_server_name=False,
         **FAKE_SECRETS,
     )
 

@@ -20,12 +20,12 @@ import pytest
 from components import paths
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, certificates
-from components.settings import LETSENCRYPT_STAGING
 from tests.templates.conftest import BASE_CONFIG, FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_in_sandbox
 
 TOKEN = BASE_CONFIG["certbotCloudflareToken"]
 PEBBLE = "https://pebble.test:14000/dir"
+OTHER_CA = "https://acme.other-ca.test/directory"  # another ACME CA: switching to it forces a new certificate
 
 
 def _steps(ctx: ServiceContext) -> dict[str, StepSpec]:
@@ -203,7 +203,7 @@ def _bundle(ctx: ServiceContext) -> str:
 
 def test_issue_runs_the_hook_once_and_renews_only_when_needed(tmp_path: Path) -> None:
     ctx = make_context(acmeServer=PEBBLE)
-    staging = make_context(acmeServer=LETSENCRYPT_STAGING)
+    staging = make_context(acmeServer=OTHER_CA)
     first, again, switched, other = _run(
         tmp_path, ctx, [_bundle(ctx), _bundle(ctx), _bundle(staging), "other-lineage"], active=("nginx", "coturn")
     )
@@ -232,7 +232,7 @@ def test_issue_runs_the_hook_once_and_renews_only_when_needed(tmp_path: Path) ->
 
     # ACME server changed: a new certificate from the new server, deployed again.
     calls = switched["calls"].splitlines()
-    assert "--force-renewal" in calls[0] and f"--server {LETSENCRYPT_STAGING}" in calls[0]
+    assert "--force-renewal" in calls[0] and f"--server {OTHER_CA}" in calls[0]
     assert "systemctl reload nginx" in calls and "systemctl restart coturn" in calls
     assert switched["sums"][0] == switched["sums"][2] and switched["sums"][0] != first["sums"][0]
 

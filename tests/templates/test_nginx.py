@@ -26,6 +26,7 @@ import pytest
 from components import paths
 from components.remote import StepSpec
 from components.services import ServiceContext, element, nginx
+from tests.pki import origin_pull_pair
 from tests.templates.conftest import FAKE_SECRETS, make_context
 
 NGINX = "/usr/sbin/nginx"
@@ -304,16 +305,22 @@ def test_element_site_headers_survive_add_header_inheritance() -> None:
 # (test_prelude.py).
 
 
-def test_no_secret_in_files_or_script() -> None:
+def test_no_secret_in_files_or_script_but_the_origin_pull_client_in_a_root_only_file() -> None:
     step = _step(make_context())
     for secret in FAKE_SECRETS.values():
         assert secret.strip() not in step.script
         assert all(secret.strip() not in str(f.content) for f in step.files)
-    assert all(f.mode == "0644" and f.owner == "root" for f in step.files)
+    private = [f for f in step.files if "PRIVATE KEY" in str(f.content)]
+    assert [(f.path, f.mode, f.owner) for f in private] == [(paths.ORIGIN_PULL_CLIENT, "0600", "root")]
+    assert all(f.mode == "0644" and f.owner == "root" for f in step.files if f not in private)
 
 
 # ------------------------------------------------------------------------------------------
 # Live: nginx really serving the rendered sites in a network namespace
+
+
+STRANGER_CLIENT = "/etc/matrix-stack/stranger-client.pem"
+UNKNOWN_NAME = "unknown.example.net"  # a name this origin does not serve (resolves to it in the sandbox)
 
 
 def _live(tmp: Path, ctx: ServiceContext) -> dict[str, Any]:
@@ -325,7 +332,9 @@ def _live(tmp: Path, ctx: ServiceContext) -> dict[str, Any]:
         f"{paths.ELEMENT_ROOT}/{release}/i18n/en_EN.json": "{}\n",
         f"{paths.ELEMENT_ROOT}/{release}/bundles/app.js": "console.log(1)\n",
     }
-    stage = _stage(tmp, ctx, element_files)
+    # A client certificate of another CA: any other Cloudflare zone pulling from this origin.
+    stranger = {STRANGER_CLIENT: origin_pull_pair("another Cloudflare customer")[1]}
+    stage = _stage(tmp, ctx, {**element_files, **stranger})
     (stage / paths.ELEMENT_LINK.lstrip("/")).symlink_to(release)
     return _sandbox(tmp, stage, "live", list(ctx.settings.hostnames))
 
@@ -377,6 +386,26 @@ def test_live_nginx_serves_the_sites_as_intended(tmp_path: Path) -> None:
     assert bundle["status"] == 200 and "cache-control" not in bundle["headers"]
     assert bundle["headers"]["x-frame-options"] == "SAMEORIGIN" and "strict-transport-security" in bundle["headers"]
 
+    # The delegation files are on the homeserver's name too (the redirect beside a website lands there).
+    matrix_well_known = res["matrix-well-known"]
+    assert matrix_well_known["status"] == 200 and json.loads(matrix_well_known["body"]) == {"m.server": f"{s.matrix_host}:443"}
+    assert matrix_well_known["headers"]["access-control-allow-origin"] == "*"
+
+
+def test_live_nginx_answers_only_this_zones_cloudflare_for_its_own_names(tmp_path: Path) -> None:
+    """Authenticated Origin Pulls: without the client certificate, or with one of another CA (another
+    Cloudflare customer's zone), nginx refuses (400) and Synapse sees nothing; a name nginx does not
+    serve gets no TLS handshake and no HTTP answer."""
+    r = _live(tmp_path, make_context())
+    assert r["rc"] == 0, r["output"]
+    res = r["responses"]
+    assert res["no-client-cert"]["status"] == 400 and "certificate" in res["no-client-cert"]["body"].lower()
+    assert res["stranger-cert"]["status"] == 400
+    assert res["unknown-name"]["status"] == "tls-refused"
+    assert res["unknown-name-http"]["status"] == "closed-without-answer"
+    assert res["versions"]["status"] == 200  # the same origin, with the client certificate
+    assert not [x for x in r["backend"] if x["path"] == "/_matrix/client/versions"], "a refused request reached Synapse"
+
 
 def test_live_nginx_ignores_cf_connecting_ip_from_other_sources(tmp_path: Path) -> None:
     r = _live(tmp_path, make_context())  # loopback is not a Cloudflare range here
@@ -408,20 +437,30 @@ def _isolate(scratch: Path) -> None:
 
 
 def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+             headers: dict[str, str] | None = None, client_cert: str | None = paths.ORIGIN_PULL_CLIENT,
+             ) -> dict[str, Any]:  # fmt: skip
+    """One request as Cloudflare makes it: TLS with SNI, presenting its origin-pull certificate (or
+    `client_cert=None`: none); what the server did instead of answering is the status."""
     import http.client
     import ssl
 
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if client_cert:
+        context.load_cert_chain(client_cert)
     conn: http.client.HTTPConnection
     if port == 443:
         conn = http.client.HTTPSConnection(host, port, context=context, timeout=10)
     else:
         conn = http.client.HTTPConnection(host, port, timeout=10)
-    conn.request(method, path, body=body, headers=headers or {})
-    resp = conn.getresponse()
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+    except ssl.SSLError as error:
+        return {"status": "tls-refused", "headers": {}, "body": str(error)}
+    except http.client.RemoteDisconnected:
+        return {"status": "closed-without-answer", "headers": {}, "body": ""}
     data = resp.read().decode(errors="replace")
     conn.close()
     return {"status": resp.status, "headers": {k.lower(): v for k, v in resp.getheaders()}, "body": data}
@@ -475,6 +514,11 @@ def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]
         "chat-version": _request(chat, "/version"),
         "chat-i18n": _request(chat, "/i18n/en_EN.json"),
         "chat-bundle": _request(chat, "/bundles/app.js"),
+        "matrix-well-known": _request(matrix, "/.well-known/matrix/server"),
+        "no-client-cert": _request(matrix, "/_matrix/client/versions", client_cert=None),
+        "stranger-cert": _request(matrix, "/_matrix/client/versions", client_cert=STRANGER_CLIENT),
+        "unknown-name": _request(UNKNOWN_NAME, "/"),
+        "unknown-name-http": _request(UNKNOWN_NAME, "/", port=80),
     }
     backend.shutdown()
     return res, seen
@@ -496,7 +540,7 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
     if mode == "live" and test.returncode == 0:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         with open("/etc/hosts", "a") as hosts_file:
-            hosts_file.write(f"127.0.0.1 {' '.join(hosts)}\n")
+            hosts_file.write(f"127.0.0.1 {' '.join(hosts)} {UNKNOWN_NAME}\n")
         server = subprocess.Popen([NGINX, "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
         try:
             import socket

@@ -3,8 +3,12 @@
 1. Nothing listens on 127.0.0.1: the script must fail and name every broken thing.
 2. A small stand-in answers on 127.0.0.1:443 and :5349 like a healthy server (Synapse, nginx,
    Element, coturn TLS): the script must pass; then each answer is broken in turn and the script
-   must fail with exactly one message naming it. The only change to the rendered script is where
-   the certificate and the admin credentials are read from (two path assignments at its top).
+   must fail with exactly one message naming it. Requests presenting the origin-pull client
+   certificate are the origin's (the script's local checks); requests without it are what the public
+   path gets through "Cloudflare" (the names resolve to 127.0.0.1 in the namespace, and curl trusts
+   the stand-in's certificate), so Cloudflare's own answers (526, a challenge) can be played too.
+   The only changes to the rendered script are where the certificate, the admin credentials and the
+   client certificate are read from, and a shorter public-path wait (assignments at its top).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 from components import paths
 from components.remote import bundle_text
 from components.services import ServiceContext, admin, selfcheck
-from tests.templates.conftest import FAKE_SECRETS, make_context
+from tests.templates.conftest import FAKE_SECRETS, ORIGIN_PULL_CA, ORIGIN_PULL_CLIENT, make_context
 
 CONFIGS = [{}, {"domain": "chat.example.net", "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "t"}]
 TOKEN = "syt_TOKENsecret0123456789"
@@ -80,7 +84,17 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
     loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
     script = re.sub(r"(?m)^volume_device=.*$", f"volume_device={loop}", script)
     script = script.replace(f"data_mount={paths.DATA_MOUNT}\n", f"data_mount={data}\n")
-    mounts = f"mount {loop} {data}\n" + (f"mount {loop} {other}\n" if extra_mount else "")
+    client = tmp / "origin-pull-client.pem"
+    client.write_text(ORIGIN_PULL_CLIENT)
+    client.chmod(0o600)
+    script = script.replace(f"origin_pull_client={paths.ORIGIN_PULL_CLIENT}\n", f"origin_pull_client={client}\n")
+    script = re.sub(r"(?m)^public_wait=.*$", "public_wait=0", script)  # one try, no wait
+    # The public path: every name resolves to the stand-in, whose certificate curl trusts.
+    hosts = tmp / "hosts"
+    hosts.write_text("127.0.0.1 localhost " + " ".join(make_context().settings.hostnames) + " "
+                     + " ".join(make_context(**CONFIGS[1]).settings.hostnames) + "\n")
+    mounts = f"mount --bind {hosts} /etc/hosts\nexport CURL_CA_BUNDLE={tmp}/cert.pem\n"
+    mounts += f"mount {loop} {data}\n" + (f"mount {loop} {other}\n" if extra_mount else "")
     bundle = tmp / "bundle.sh"
     text = bundle_text(type(spec)(name=spec.name, script=script), [])
     # Record "step done" under tmp, not in this machine's /var/lib/matrix-stack.
@@ -131,12 +145,17 @@ def test_fails_naming_everything_when_nothing_answers(tmp_path: Path) -> None:
         "Element Web: https://chat.example.org/",
         f"certificate: {tmp_path}/absent.pem is missing",
         f"TURN credentials: {tmp_path}/absent.env",
+        "public path: client API: https://matrix.example.org/_matrix/client/versions nothing answered",
+        "public path: federation keys: https://matrix.example.org/_matrix/key/v2/server nothing answered",
+        "public path: well-known server: https://example.org/.well-known/matrix/server nothing answered",
+        "public path: well-known client: https://example.org/.well-known/matrix/client nothing answered",
+        "public path: Element config: https://chat.example.org/config.json nothing answered",
         "backups: matrix-stack-backup.timer is not active",
     ]
     assert len(lines) == len(expected), result.stderr
     for line, prefix in zip(lines, expected):
         assert line.startswith(f"SELF-CHECK FAILED: {prefix}"), line
-    assert "self-check: 9 problem(s)" in result.stderr
+    assert "self-check: 14 problem(s)" in result.stderr
 
 
 # A stand-in that answers like the real server would; BREAK names the one thing it gets wrong.
@@ -145,7 +164,7 @@ SERVER = textwrap.dedent(
     import http.server, json, os, ssl, socket, threading, pathlib
     threading.Timer(100, lambda: os._exit(0)).start()  # never outlive the test
     DIR = pathlib.Path({dir!r}); BREAK = {brk!r}; D = {domain!r}; M = {matrix!r}; C = {chat!r}; T = {turn!r}
-    PASSWORD = {password!r}; TOKEN = {token!r}; HS = "https://" + M
+    PASSWORD = {password!r}; TOKEN = {token!r}; HS = "https://" + M; ORIGIN_PULL_CA = {origin_pull_ca!r}
     class H(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a): pass
         def send(self, code, body, ctype="application/json", headers=()):
@@ -155,8 +174,22 @@ SERVER = textwrap.dedent(
             self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
         def authed(self):
             return self.headers.get("Authorization") == "Bearer " + TOKEN
+        def cloudflare(self):
+            # A request without the origin-pull certificate came the public way: "Cloudflare" may
+            # answer in the origin's place.
+            if self.connection.getpeercert():
+                return False
+            if BREAK == "public-526":
+                return self.send(526, "<html>Invalid SSL certificate</html>", "text/html") or True
+            if BREAK == "public-challenge":
+                return self.send(403, "<html>challenge-platform</html>", "text/html", [("cf-mitigated", "challenge")]) or True
+            if BREAK == "public-no-origin-pull":
+                return self.send(400, "<html>No required SSL certificate was sent</html>", "text/html") or True
+            return False
         def do_GET(self):
             host, p = self.headers["Host"], self.path
+            if self.cloudflare():
+                return
             if host == M and p == "/_matrix/client/versions":
                 return self.send(200, {{"versions": [] if BREAK == "versions" else ["v1.11"]}})
             if host == M and p == "/_matrix/key/v2/server":
@@ -193,6 +226,7 @@ SERVER = textwrap.dedent(
                 return self.send(200, {{}})
             self.send(404, {{"errcode": "M_NOT_FOUND"}})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(DIR / "cert.pem", DIR / "key.pem")
+    ctx.verify_mode = ssl.CERT_OPTIONAL; ctx.load_verify_locations(cadata=ORIGIN_PULL_CA)
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 443), H)
     web.socket = ctx.wrap_socket(web.socket, server_side=True)
     threading.Thread(target=web.serve_forever, daemon=True).start()
@@ -224,6 +258,14 @@ BREAKS = {
     "turn": "TURN credentials: /_matrix/client/v3/voip/turnServer",
     "backup-timer": "backups:",
 }
+# An origin answering wrong content is wrong through Cloudflare too: the public check names it as well.
+PUBLIC_TOO = {"versions": "client API", "key": "federation keys", "element-config": "Element config"}
+# Cloudflare answering in the origin's place: every public check names it (five of them).
+PUBLIC_BREAKS = {
+    "public-526": "Cloudflare answered 526: the origin's certificate is not valid for Full (strict)",
+    "public-challenge": "Cloudflare answered a challenge (HTTP 403)",
+    "public-no-origin-pull": "the origin refused Cloudflare's request: Cloudflare presents no origin-pull certificate",
+}
 
 
 def stand_in(ctx: ServiceContext, tmp: Path, brk: str) -> tuple[str, str]:
@@ -231,6 +273,7 @@ def stand_in(ctx: ServiceContext, tmp: Path, brk: str) -> tuple[str, str]:
     s = ctx.settings
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", f"/CN={s.domain}",
+         "-addext", "subjectAltName=" + ",".join(f"DNS:{h}" for h in s.hostnames),
          "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
         check=True, capture_output=True,
     )
@@ -247,7 +290,7 @@ def stand_in(ctx: ServiceContext, tmp: Path, brk: str) -> tuple[str, str]:
     ).replace(f"cert={paths.CERT_LIVE_DIR}/{s.domain}/cert.pem\n", f"cert={tmp}/cert.pem\n")
     server = SERVER.format(
         dir=str(tmp), brk=brk, domain=s.domain, matrix=s.matrix_host, chat=s.chat_host, turn=s.turn_host,
-        password=password, token=TOKEN,
+        password=password, token=TOKEN, origin_pull_ca=ORIGIN_PULL_CA,
     )
     return script, server
 
@@ -271,9 +314,23 @@ def test_each_broken_thing_gets_one_message(brk: str, tmp_path: Path) -> None:
     result = run_script(script, tmp_path, server)
     assert result.returncode != 0
     lines = failures(result)
-    assert len(lines) == 1 and lines[0].startswith(f"SELF-CHECK FAILED: {BREAKS[brk]}"), result.stderr
+    expected = [BREAKS[brk]] + ([f"public path: {PUBLIC_TOO[brk]}:"] if brk in PUBLIC_TOO else [])
+    assert len(lines) == len(expected), result.stderr
+    for line, prefix in zip(lines, expected):
+        assert line.startswith(f"SELF-CHECK FAILED: {prefix}"), result.stderr
     for secret in (TOKEN, FAKE_SECRETS["admin_password"]):
         assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("brk", sorted(PUBLIC_BREAKS))
+def test_cloudflare_answering_in_the_origins_place_fails_every_public_check(brk: str, tmp_path: Path) -> None:
+    """The origin is healthy (every local check passes); the public path gets Cloudflare's answer."""
+    script, server = stand_in(make_context(), tmp_path, brk)
+    result = run_script(script, tmp_path, server)
+    assert result.returncode != 0
+    lines = failures(result)
+    assert len(lines) == 5, result.stderr
+    assert all(line.startswith("SELF-CHECK FAILED: public path: ") and PUBLIC_BREAKS[brk] in line for line in lines), lines
 
 
 def test_a_second_mount_of_the_data_volume_fails_the_check(tmp_path: Path) -> None:

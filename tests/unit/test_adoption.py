@@ -90,12 +90,13 @@ def test_a_volume_that_cannot_be_adopted_safely_is_refused_before_any_resource(
 
 
 # The steps whose files carry a generated secret, and the secret each must converge to.
-SECRET_STEPS = {"postgres-config", "synapse-config", "coturn-config", "admin-user"}
+SECRET_STEPS = {"postgres-config", "synapse-config", "coturn-config", "nginx-sites", "admin-user"}
 
 
 def test_a_new_stack_life_on_the_volume_reruns_every_secret_carrying_step() -> None:
     """New secrets (another seed: the old state is gone) change exactly the secret-carrying steps, so
-    each re-runs and converges: role password, homeserver.yaml's secrets, TURN secret, admin password."""
+    each re-runs and converges: role password, homeserver.yaml's secrets, TURN secret, origin-pull
+    certificates, admin password."""
     before = adopt(seed="the destroyed stack", attached=(101,))
     after = adopt(seed="the adopting stack", attached=(101,))
     changed = changed_steps(before, after)

@@ -25,6 +25,8 @@ WHAT_A_NEW_VALUE_DOES = {
     "secrets-signing-key-id": "a new federation signing key id",
     "host-deploy-key": "the droplet's authorized deploy key changes: every step loses SSH access",
     "host-host-key": "the droplet's SSH host key changes: the droplet is replaced (user data)",
+    "edge-origin-pull-ca-key": "a new origin-pull CA: nginx must trust it before Cloudflare presents a certificate of it",
+    "edge-origin-pull-client-key": "a new origin-pull client certificate is uploaded to Cloudflare (the CA stays)",
 }
 
 # type, inputs: exactly what each generating resource is created from today.
@@ -39,6 +41,8 @@ PINNED: dict[str, tuple[str, dict[str, Any]]] = {
     "secrets-signing-key-id": ("random:index/randomString:RandomString", {"length": 6, "special": False, "upper": False}),
     "host-deploy-key": ("tls:index/privateKey:PrivateKey", {"algorithm": "ED25519"}),
     "host-host-key": ("tls:index/privateKey:PrivateKey", {"algorithm": "ED25519"}),
+    "edge-origin-pull-ca-key": ("tls:index/privateKey:PrivateKey", {"algorithm": "ECDSA", "ecdsaCurve": "P256"}),
+    "edge-origin-pull-client-key": ("tls:index/privateKey:PrivateKey", {"algorithm": "ECDSA", "ecdsaCurve": "P256"}),
 }
 GENERATING = {"random:index/randomPassword:RandomPassword", "random:index/randomBytes:RandomBytes",
               "random:index/randomString:RandomString", "tls:index/privateKey:PrivateKey"}

@@ -45,6 +45,10 @@ INVALID: list[tuple[str, Any]] = [
     ("turnSubdomain", "-turn"),
     ("turnSubdomain", "matrix"),
     ("acmeServer", "ftp://acme.example.com/dir"),
+    ("acmeServer", "https://acme-staging-v02.api.letsencrypt.org/directory"),
+    ("cloudflareZone", "example.net"),
+    ("cloudflareZone", "ple.org"),
+    ("cloudflareZone", "Example.org"),
     ("synapseVersion", "v1.163.2"),
     ("synapseVersion", "latest"),
     ("elementVersion", "1.11"),
@@ -202,7 +206,7 @@ def test_dev_stack_example_is_valid() -> None:
     }
     values.setdefault("certbotCloudflareToken", "placeholder-token-0123456789")
     settings, _ = load(values, stack="dev")
-    assert "staging" in settings.acme_server
+    assert settings.cloudflare_zone == "example.com" and settings.domain.endswith(".example.com")
 
 
 @pytest.mark.parametrize(("key", "value"), [("maxUploadSizeMb", 500), ("domain", "EXAMPLE"), ("federation", "x")])

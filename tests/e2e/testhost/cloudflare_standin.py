@@ -1,14 +1,25 @@
-"""A stand-in of the Cloudflare v4 API, just enough for certbot's dns-cloudflare plugin.
+"""A stand-in of the Cloudflare v4 API: what certbot's dns-cloudflare plugin calls, and the zone state the
+program's Cloudflare resources write and the edge stand-in (tests/e2e/edge.py) reads.
 
-Covers exactly the calls the plugin makes through Debian's python3-cloudflare 2.11 (read from
+certbot's calls, through Debian's python3-cloudflare 2.11 (read from
 certbot_dns_cloudflare/_internal/dns_cloudflare.py), all under /client/v4:
   GET    zones?name=<candidate>&per_page=1      the zone of the configured domain, [] for other names
   POST   zones/<id>/dns_records                 {type, name, content, ttl}; TXT goes to challtestsrv
   GET    zones/<id>/dns_records?type=TXT&name=..&content=..&per_page=1
   DELETE zones/<id>/dns_records/<record id>     TXT is withdrawn from challtestsrv
-plus GET zones/<id> for convenience. Any other path answers 404 in Cloudflare's error format.
-Requests need some `Authorization: Bearer` token (any value), like the real API; plain HTTP is fine
-because the client takes its base URL from CLOUDFLARE_API_URL.
+The Rulesets API as the program's ZoneRule provider uses it (Cloudflare docs, "Add a rule to a
+ruleset", "Update a rule in a ruleset", "Add rules to phase entry point rulesets"): one entry point
+per phase, rules with ids and unique refs, kept in order:
+  GET    zones/<id>/rulesets/phases/<phase>/entrypoint     404 while the phase has none
+  PUT    zones/<id>/rulesets/phases/<phase>/entrypoint     {rules}: creates or replaces it
+  POST   zones/<id>/rulesets/<ruleset>/rules               {rule, position: {index|before|after}}
+  PATCH  zones/<id>/rulesets/<ruleset>/rules/<rule>        the rule's new definition
+  DELETE zones/<id>/rulesets/<ruleset>/rules/<rule>
+Zone state the other resources set (written by tests/e2e/cloudflare_apply.py as the provider would):
+`settings` (zone-wide, e.g. ssl), `bot_fight_mode`, per-hostname origin-pull certificates and their
+hostname associations. Any other path answers 404 in Cloudflare's error format. Requests need some
+`Authorization: Bearer` token (any value), like the real API; plain HTTP is fine because the clients
+take the base URL from their configuration (CLOUDFLARE_API_URL for certbot).
 """
 
 from __future__ import annotations
@@ -32,6 +43,12 @@ class CloudflareStandin:
         self.zone_id = hashlib.sha256(self.domain.encode()).hexdigest()[:32]
         self.challtestsrv_url = challtestsrv_url
         self.records: dict[str, dict[str, Any]] = {}
+        self.rulesets: dict[str, dict[str, Any]] = {}  # phase -> entry point ruleset {id, phase, rules}
+        # A zone's own settings as the user left them: what the stack must not change zone-wide.
+        self.settings: dict[str, str] = {"ssl": "flexible", "always_use_https": "off", "min_tls_version": "1.0"}
+        self.bot_fight_mode = True
+        self.origin_pull_certificates: dict[str, dict[str, str]] = {}  # id -> {certificate, private_key}
+        self.origin_pull_hostnames: dict[str, dict[str, Any]] = {}  # hostname -> {cert_id, enabled}
         self.calls: list[str] = []
         self._lock = threading.Lock()
         self._next_id = 1
@@ -112,7 +129,78 @@ class CloudflareStandin:
                 if rec["type"] == "TXT":
                     self._sync_txt(rec["name"])
             return 200, {"id": rec["id"]}
+        if parts[2:3] == ["rulesets"]:
+            return self._rulesets(method, parts[3:], body)
         return 404, "No route for that URI"
+
+    # -- rulesets ---------------------------------------------------------------------------------
+    def _new_id(self, kind: str) -> str:
+        self._next_id += 1
+        return hashlib.sha256(f"{self.zone_id}/{kind}/{self._next_id}".encode()).hexdigest()[:32]
+
+    def _rule(self, body: dict[str, Any], rule_id: str | None = None) -> dict[str, Any]:
+        rule_id = rule_id or self._new_id("rule")
+        fields = ("expression", "action", "action_parameters", "description", "enabled")
+        rule = {k: body[k] for k in fields if k in body}
+        rule.setdefault("enabled", True)
+        return {"id": rule_id, "ref": body.get("ref") or rule_id, "version": "1", **rule}
+
+    def rules_of(self, phase: str) -> list[dict[str, Any]]:
+        """The phase's rules in evaluation order (the edge stand-in reads them)."""
+        with self._lock:
+            return [dict(r) for r in self.rulesets.get(phase, {}).get("rules", [])]
+
+    def _rulesets(self, method: str, parts: list[str], body: dict[str, Any]) -> tuple[int, Any]:
+        with self._lock:
+            if len(parts) == 3 and parts[0] == "phases" and parts[2] == "entrypoint":
+                phase = parts[1]
+                if method == "GET":
+                    found = self.rulesets.get(phase)
+                    return (200, found) if found else (404, "could not find entrypoint ruleset in the phase")
+                if method == "PUT":
+                    given = [self._rule(r) for r in body.get("rules", [])]
+                    if len({r["ref"] for r in given}) != len(given):
+                        return 400, "duplicate rule ref"
+                    entry = self.rulesets.get(phase) or {"id": self._new_id("ruleset"), "kind": "zone",
+                                                         "phase": phase, "name": "default"}
+                    entry["rules"] = given
+                    self.rulesets[phase] = entry
+                    return 200, entry
+            found_set = [r for r in self.rulesets.values() if parts and r["id"] == parts[0]]
+            if not found_set or parts[1:2] != ["rules"]:
+                return 404, "ruleset not found"
+            ruleset = found_set[0]
+            rules: list[dict[str, Any]] = ruleset["rules"]
+            if method == "POST" and len(parts) == 2:
+                rule = self._rule(body)
+                if any(r["ref"] == rule["ref"] for r in rules):
+                    return 400, f"a rule with ref {rule['ref']} already exists"
+                rules.insert(self._position(rules, body.get("position")), rule)
+                return 200, ruleset
+            index = next((i for i, r in enumerate(rules) if len(parts) == 3 and r["id"] == parts[2]), None)
+            if index is None:
+                return 404, "rule not found"
+            if method == "PATCH":
+                rule = self._rule(body, rules[index]["id"])
+                if any(r["ref"] == rule["ref"] for i, r in enumerate(rules) if i != index):
+                    return 400, f"a rule with ref {rule['ref']} already exists"
+                rules[index] = rule
+                return 200, ruleset
+            if method == "DELETE":
+                rules.pop(index)
+                return 200, ruleset
+        return 404, "No route for that URI"
+
+    @staticmethod
+    def _position(rules: list[dict[str, Any]], position: dict[str, Any] | None) -> int:
+        """Where a new rule goes: last by default; index 1 is first; before/after a rule id."""
+        if not position:
+            return len(rules)
+        if "index" in position:
+            return max(0, min(len(rules), int(position["index"]) - 1))
+        anchor = position.get("before") or position.get("after")
+        at = next((i for i, r in enumerate(rules) if r["id"] == anchor), len(rules))
+        return at + (1 if "after" in position else 0)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         standin = self

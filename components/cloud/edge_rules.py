@@ -1,0 +1,81 @@
+"""The Cloudflare rules a stack needs for its own names, and only for them.
+
+The zone is shared with the user's other sites, so nothing is set zone-wide (SSL mode, Always Use
+HTTPS, minimum TLS are zone settings that would change every site). Each is a rule scoped to the
+stack's proxied names instead (rules language, Cloudflare docs "Rules language"):
+
+- tls-strict (configuration rule): SSL Full (strict) to the origin for our names.
+- https-only (single redirect): plain HTTP on our names goes to HTTPS.
+- tls-floor (WAF custom rule): TLS 1.0/1.1 on our names is blocked (the per-hostname minimum TLS
+  setting needs Advanced Certificate Manager; a rule does the same on every plan).
+- matrix-unchallenged (WAF custom rule, skip): /_matrix, /_synapse/client and /.well-known/matrix on
+  our names skip the remaining custom rules, rate limiting, managed rules, Super Bot Fight Mode and
+  the older security products, so other homeservers and clients are never challenged.
+- delegation (single redirect, only when a website owns the server name): /.well-known/matrix/* on
+  the server name goes to the homeserver's name, which serves the same files; Synapse follows
+  redirects for .well-known (the spec says servers should), the website itself is untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.settings import Settings
+
+CONFIG_PHASE = "http_config_settings"
+REDIRECT_PHASE = "http_request_dynamic_redirect"
+CUSTOM_PHASE = "http_request_firewall_custom"
+MODERN_TLS = '{"TLSv1.2" "TLSv1.3"}'
+MATRIX_PATHS = ("/_matrix/", "/_synapse/client/", "/.well-known/matrix/")
+# Everything a skip rule can skip besides Bot Fight Mode (Cloudflare docs "Available skip options";
+# Bot Fight Mode cannot be skipped, so Edge turns it off).
+SKIPPED_PHASES = ["http_ratelimit", "http_request_firewall_managed", "http_request_sbfm"]
+SKIPPED_PRODUCTS = ["zoneLockdown", "uaBlock", "bic", "hot", "securityLevel"]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule: `key` names it within the stack (resource name and ref suffix)."""
+
+    key: str
+    phase: str
+    description: str
+    expression: str
+    action: str
+    action_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _quoted(names: Sequence[str]) -> str:
+    """A rules-language set of host names (validated DNS names: nothing to escape)."""
+    return "{" + " ".join(f'"{n}"' for n in names) + "}"
+
+
+def _paths(prefixes: Sequence[str]) -> str:
+    return "(" + " or ".join(f'starts_with(http.request.uri.path, "{p}")' for p in prefixes) + ")"
+
+
+def edge_rules(settings: Settings, proxied: Sequence[str], website_on_server_name: bool) -> list[RuleSpec]:
+    """The rules for the stack's proxied names (the server name is among them unless a website owns it)."""
+    hosts = _quoted(proxied)
+    rules = [
+        RuleSpec("tls-strict", CONFIG_PHASE, "matrix-stack: SSL Full (strict) to the origin",
+                 f"(http.host in {hosts})", "set_config", {"ssl": "strict"}),
+        RuleSpec("https-only", REDIRECT_PHASE, "matrix-stack: HTTPS only",
+                 f"(http.host in {hosts} and not ssl)", "redirect",
+                 {"from_value": {"status_code": 301, "preserve_query_string": True,
+                                 "target_url": {"expression": 'concat("https://", http.host, http.request.uri.path)'}}}),
+        RuleSpec("tls-floor", CUSTOM_PHASE, "matrix-stack: TLS 1.2 or newer",
+                 f"(http.host in {hosts} and ssl and not cf.tls_version in {MODERN_TLS})", "block"),
+        RuleSpec("matrix-unchallenged", CUSTOM_PHASE, "matrix-stack: never challenge Matrix clients and servers",
+                 f"(http.host in {hosts} and {_paths(MATRIX_PATHS)} and cf.tls_version in {MODERN_TLS})", "skip",
+                 {"ruleset": "current", "phases": SKIPPED_PHASES, "products": SKIPPED_PRODUCTS}),
+    ]
+    if website_on_server_name:
+        rules.append(RuleSpec(
+            "delegation", REDIRECT_PHASE, "matrix-stack: Matrix delegation beside the website",
+            f'(http.host eq "{settings.domain}" and {_paths(["/.well-known/matrix/"])})', "redirect",
+            {"from_value": {"status_code": 302, "preserve_query_string": False,
+                            "target_url": {"expression": f'concat("https://{settings.matrix_host}", http.request.uri.path)'}}}))
+    return rules
