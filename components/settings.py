@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     # Empty: the Cloudflare zone is found by looking `domain` up, then each parent name
     # (components/cloud/zone.py); set it to pin the zone, e.g. example.com for domain chat.example.com.
     "cloudflareZone": "",
+    # CIDRs Synapse may reach although its blocklist covers them (private and reserved ranges): a
+    # homeserver, push gateway or identity server on the operator's own network. Empty: none.
+    "outboundIpAllowlist": [],
 }
 
 REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareToken")
@@ -179,6 +182,7 @@ class Settings:
     backup_keep_days: int
     adopt_volume: str  # "" = the stack creates its own volume
     cloudflare_zone: str  # "" = looked up from domain upwards
+    outbound_ip_allowlist: tuple[str, ...]
     tuning: Tuning
 
     @property
@@ -458,6 +462,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "backupKeepDays": _int_range(1, 365),
     "adoptVolume": _optional_volume_name,
     "cloudflareZone": _optional_domain,
+    "outboundIpAllowlist": _string_list(_cidr),
 }
 
 # Types as Pulumi config stores them; lists and booleans arrive as JSON text.
@@ -556,6 +561,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         backup_keep_days=v["backupKeepDays"],
         adopt_volume=v["adoptVolume"],
         cloudflare_zone=v["cloudflareZone"],
+        outbound_ip_allowlist=v["outboundIpAllowlist"],
         tuning=tuning_for(memory_mb_of(v["dropletSize"])),
     )
 

@@ -215,7 +215,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         host_key: tuple[str, str] | None = None,
         volumes: Mapping[str, Mapping[str, Any]] | None = None,
         droplet_names: Mapping[int, str] | None = None,
-        zones: Sequence[str] = ("example.org",),
+        zones: Sequence[str] | Mapping[str, str] = ("example.org",),
         dns_records: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
@@ -233,7 +233,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         self.volumes = dict(volumes or {})
         self.droplet_names = dict(droplet_names or {})
         # The Cloudflare account: its zones, and records already in them ({name, type, content, comment}).
-        self.zones = tuple(zones)
+        self.zones = dict(zones) if isinstance(zones, Mapping) else {name: zone_id(name) for name in zones}
         self.dns_records = [dict(r) for r in dns_records]
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -303,7 +303,7 @@ class CloudMocks(pulumi_mocks.Mocks):
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         if args.token == "cloudflare:index/getZones:getZones":
             name = args.args.get("name")
-            return {"results": [{"id": zone_id(name), "name": name}] if name in self.zones else []}
+            return {"results": [{"id": self.zones[name], "name": name}] if name in self.zones else []}
         if args.token == "cloudflare:index/getDnsRecords:getDnsRecords":
             wanted = (args.args.get("name") or {}).get("exact")
             return {"results": [{"id": f"rec-{i}", "zoneId": args.args.get("zoneId"), **r}

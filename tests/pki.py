@@ -113,3 +113,21 @@ def origin_pull_pair(identity: str = "tests") -> tuple[str, str]:
     csr = cert_request(f"{identity}|csr", client_key, {"common_name": "Cloudflare origin pull"})
     client = locally_signed_cert(f"{identity}|client", csr, ca_key, ca, ["client_auth", "digital_signature"], 24 * 730)
     return ca, client.rstrip("\n") + "\n" + client_key.rstrip("\n") + "\n"
+
+
+def server_cert(identity: str, ca_key_pem: str, ca_cert_pem: str, names: list[str]) -> tuple[str, str]:
+    """(certificate, key) for TLS servers named `names`, signed by the CA (the edge's certificates)."""
+    def make() -> tuple[str, str]:
+        key_pem = private_key_pem(f"server|{identity}")
+        key = serialization.load_pem_private_key(key_pem.encode(), None)
+        ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), None)
+        ca = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+        builder = (x509.CertificateBuilder().subject_name(_name({"common_name": names[0]})).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+                   .not_valid_before(_NOT_BEFORE).not_valid_after(_NOT_BEFORE + datetime.timedelta(days=3650))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False))
+        cert = _usages(["server_auth", "digital_signature"], builder).sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+    result: tuple[str, str] = _cached(f"server|{identity}|{','.join(names)}", make)
+    return result

@@ -92,6 +92,7 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
         "enable_registration": s.enable_registration,
         "url_previews": s.enable_url_previews,
         "ip_range_blocklist": list(IP_RANGE_BLOCKLIST),
+        "ip_range_allowlist": list(s.outbound_ip_allowlist),
         "federation_allowlist": allowlist,
         "trusted_key_servers": _trusted_key_servers(s),
         "turn_uris": [

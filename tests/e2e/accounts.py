@@ -13,7 +13,7 @@ from typing import Any
 from nio import LoginError, LoginResponse
 
 from tests.e2e.clients import matrix_client, run
-from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
+from tests.e2e.deployment import Deployment
 
 # Runs on the guest: one Synapse admin/client API call on 127.0.0.1:8008. The request, access
 # token included, arrives on stdin, so no secret is ever on a command line.
@@ -47,7 +47,7 @@ def login(deployment: Deployment, user: str, password: str) -> tuple[str, str]:
     """A password login through nginx: (user id, access token)."""
 
     async def go() -> tuple[str, str]:
-        client = matrix_client(HOMESERVER, user, deployment.host.address, deployment.ca_file)
+        client = matrix_client(deployment.homeserver, user, deployment.edge_address, deployment.ca_file)
         try:
             response = await client.login(password, device_name="matrix-stack e2e")
             assert isinstance(response, LoginResponse), response
@@ -62,7 +62,7 @@ def password_works(deployment: Deployment, user: str, password: str) -> bool:
     """Whether a password login through nginx succeeds (False only when Synapse refuses it)."""
 
     async def go() -> bool:
-        client = matrix_client(HOMESERVER, user, deployment.host.address, deployment.ca_file)
+        client = matrix_client(deployment.homeserver, user, deployment.edge_address, deployment.ca_file)
         try:
             response = await client.login(password, device_name="matrix-stack e2e")
             assert isinstance(response, (LoginResponse, LoginError)), response
@@ -79,6 +79,6 @@ def password_works(deployment: Deployment, user: str, password: str) -> bool:
 
 def create_user(deployment: Deployment, admin_token: str, localpart: str, password: str) -> None:
     """Create (or update) a user with the admin API on the server."""
-    status, body = guest_api(deployment, admin_token, "PUT", f"/_synapse/admin/v2/users/@{localpart}:{DOMAIN}",
+    status, body = guest_api(deployment, admin_token, "PUT", f"/_synapse/admin/v2/users/@{localpart}:{deployment.domain}",
                              {"password": password, "admin": False})
     assert status in (200, 201), body

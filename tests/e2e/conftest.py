@@ -34,9 +34,22 @@ def deployment(volume_image: Path) -> Iterator[Deployment]:
         yield deployed
 
 
-# Modules that rewind the database, re-install Synapse, reboot and re-provision the shared host:
-# they run, in this order, after every other test, which expects the host as first provisioned.
-RUN_LAST = ("test_backup.py", "test_lifecycle.py")
+# Modules that federate the shared host with others, rewind its database, re-install Synapse, reboot
+# and re-provision it: they run, in this order, after every other test, which expects the host as
+# first provisioned.
+RUN_LAST = ("test_federation.py", "test_backup.py", "test_lifecycle.py")
+
+
+@pytest.fixture(autouse=True)
+def _edge_stand_in_had_no_failure() -> Iterator[None]:
+    """A failure inside the edge stand-in (tests/e2e/edge.py) fails the test that caused it, with its
+    traceback, instead of showing only as a 500 somewhere."""
+    yield
+    from tests.e2e import edge
+
+    if edge._shared is not None and edge._shared.errors:
+        failures, edge._shared.errors = edge._shared.errors, []
+        pytest.fail("the edge stand-in failed:\n" + "\n".join(failures))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

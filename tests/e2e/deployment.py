@@ -22,18 +22,23 @@ from typing import Any
 
 from components.cloud.adoption import volume_description
 from components.settings import DEFAULTS, load
+from tests.e2e import cloudflare_apply
+from tests.e2e.edge import Edge, shared_edge
 from tests.e2e.runner import StepResult, run_all
 from tests.e2e.standins import ElementRelease, build_releases, release_server
 from tests.e2e.testhost import TestHost
+from tests.e2e.testhost.cloudflare_standin import zone_id_of
 from tests.harness import CloudMocks, Recording, changed_steps, config_strings, record
 
 DOMAIN = "example.test"
 HOMESERVER = f"https://matrix.{DOMAIN}"
 # Each concurrent test session needs its own host indexes (network 198.18.<index>.0/30): the shared
-# deployment uses E2E_INDEX, the lifecycle tests' replaced-droplet hosts E2E_INDEX + 100 and + 101.
+# deployment uses E2E_INDEX, the lifecycle tests' replaced-droplet hosts E2E_INDEX + 100 and + 101, the
+# federation tests' other servers E2E_INDEX + 102 and + 103.
 E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
-if not 0 <= E2E_INDEX <= 154:
-    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..154 (the lifecycle tests also take index + 100, + 101)")
+if not 0 <= E2E_INDEX <= 152:
+    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..152 (the lifecycle and federation tests also "
+                     "take index + 100 to + 103)")
 ELEMENT_PORT = 8088
 # The default release, and a later one whose tarball a compromised mirror swapped after signing.
 ELEMENT_VERSIONS = (DEFAULTS["elementVersion"],)
@@ -56,10 +61,23 @@ class Deployment:
     stack: str = "test"
     secret_seed: str = ""  # another seed is another stack life: every generated secret differs
     kept_volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # what getVolume finds in the account
+    edge: Edge | None = None  # Cloudflare's edge: every web request of the tests goes through it
+
+    @property
+    def domain(self) -> str:
+        return str(self.config["domain"])
+
+    @property
+    def homeserver(self) -> str:
+        return f"https://matrix.{self.domain}"
 
     @property
     def mocks(self) -> CloudMocks:
+        zone = self.host.cloudflare
+        records = [dict(r) for r in zone.records.values()] if zone is not None else []
         return CloudMocks(
+            zones={self.domain: zone_id_of(self.domain)},
+            dns_records=records,
             droplet_ipv4=self.host.address,
             droplet_ipv6="2001:db8::2",  # documentation prefix: the guest has no IPv6 on its link
             cloudflare_ipv4=[f"{self.host.host_side_address}/32"],
@@ -88,9 +106,18 @@ class Deployment:
             _close_idle_event_loops()
         return self.recording
 
+    def apply_cloud(self) -> None:
+        """The recorded Cloudflare resources into the zone's stand-in (as `pulumi up` creates them before
+        any step runs), and what DNS answers everywhere."""
+        assert self.recording is not None and self.host.cloudflare is not None
+        cloudflare_apply.apply(self.recording, self.host.cloudflare)
+        if self.edge is not None:
+            self.edge.publish_dns()
+
     def apply(self, only: set[str] | None = None, **changes: Any) -> list[StepResult]:
         """Record the program with `changes` and run its steps (all, or `only`) on the host."""
         recording = self.record(**changes)
+        self.apply_cloud()
         self.results = run_all(recording, only=only)
         if only is None and not self.provisioning:
             self.provisioning = self.results
@@ -107,6 +134,7 @@ class Deployment:
         for key in [k for k, v in changes.items() if v is None]:
             self.config.pop(key, None)
         after = self.record(**{k: v for k, v in changes.items() if v is not None})
+        self.apply_cloud()
         changed = changed_steps(before, after)
         return changed, run_all(after, only=changed)
 
@@ -130,10 +158,22 @@ class Deployment:
 
     @property
     def ca_file(self) -> Path:
+        """What web clients trust: the edge's CA (as everyone trusts Cloudflare's certificates)."""
+        assert self.edge is not None
+        return self.edge.ca_file
+
+    @property
+    def origin_ca_file(self) -> Path:
+        """The ACME server's root: what the origin's own certificate (nginx, coturn) chains to."""
         return self.host.client_ca_file
 
+    @property
+    def edge_address(self) -> str:
+        """Where the web names resolve for the tests: the edge, on this host's side of its network."""
+        return self.host.host_side_address
+
     def url(self, name: str, path: str) -> str:
-        host = {"apex": DOMAIN, "matrix": f"matrix.{DOMAIN}", "chat": f"chat.{DOMAIN}"}[name]
+        host = {"apex": self.domain, "matrix": f"matrix.{self.domain}", "chat": f"chat.{self.domain}"}[name]
         return f"https://{host}{path}"
 
 
@@ -145,9 +185,9 @@ def _close_idle_event_loops() -> None:
 
 def base_config(host: TestHost, release: ElementRelease) -> dict[str, Any]:
     return {
-        "domain": DOMAIN,
+        "domain": host.domain,
         "sshAllowedCidrs": [f"{host.host_side_address}/32"],
-        "letsencryptEmail": f"ops@{DOMAIN}",
+        "letsencryptEmail": f"ops@{host.domain}",
         "certbotCloudflareToken": "e2e-cloudflare-token-0123456789",
         "acmeServer": host.acme_directory,
         "elementVersion": release.version,
@@ -169,26 +209,31 @@ def _keypair(path: Path, comment: str) -> str:
 
 @contextlib.contextmanager
 def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: str = "test",
-                  secret_seed: str = "", adopt: bool = False, **host_options: Any) -> Iterator[Deployment]:
+                  secret_seed: str = "", adopt: bool = False, domain: str = DOMAIN,
+                  **host_options: Any) -> Iterator[Deployment]:
     """Create a test "droplet" as the engine would: the program is recorded first, then the host boots
     with the user data it declares (cloud-init installs the pinned host key), on the given volume
     image, with its stand-ins; all of it is torn down afterwards.
 
     `stack` and `secret_seed` make it another stack and another stack life (other generated secrets);
     `adopt` has it adopt the volume a destroyed stack kept (`adoptVolume`), which DigitalOcean then
-    lists as detached. The volume image is kept (a later host can boot on the same "volume"); the
-    caller removes it. Nothing is provisioned yet: call `apply()`.
+    lists as detached. `domain` is the server's name (its own zone). Web traffic goes through the
+    shared edge stand-in, which also answers for this host's zone once it is up. The volume image is
+    kept (a later host can boot on the same "volume"); the caller removes it. Nothing is provisioned
+    yet: call `apply()`.
     """
     TestHost.cleanup(index)
     workdir = Path(tempfile.mkdtemp(prefix="matrix-stack-e2e-"))
     key_file, host_key_file = workdir / "deploy_key", workdir / "host_key"
     public_key = _keypair(key_file, "matrix-stack-deploy")
     _keypair(host_key_file, "")
-    placeholder = {"domain": DOMAIN, "sshAllowedCidrs": ["198.18.0.1/32"], "letsencryptEmail": f"ops@{DOMAIN}",
+    placeholder = {"domain": domain, "sshAllowedCidrs": ["198.18.0.1/32"], "letsencryptEmail": f"ops@{domain}",
                    "certbotCloudflareToken": "e2e-cloudflare-token-0123456789"}
-    volume_name = volume_name_for(placeholder)  # the stack "test" created it: the name stays the volume's
-    host = TestHost(index, public_key, volume_name, DOMAIN, volume_image,
-                    identity_file=key_file, outsider=outsider, **host_options)
+    # The stack's own volume; an adopted one keeps the name the stack "test" gave it.
+    volume_name = volume_name_for(placeholder, "test" if adopt else stack)
+    edge = shared_edge(lambda: Path(tempfile.mkdtemp(prefix="matrix-stack-edge-", dir="/var/tmp")))
+    host = TestHost(index, public_key, volume_name, domain, volume_image,
+                    identity_file=key_file, outsider=outsider, edge_ca=edge.ca_cert, **host_options)
     try:
         releases = build_releases(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS,
                                   tampered=(ELEMENT_TAMPERED,))
@@ -197,15 +242,21 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: 
         if adopt:
             config["adoptVolume"] = volume_name
             kept[volume_name] = {"id": f"kept-{volume_name}", "size": DEFAULTS["volumeSizeGb"], "filesystemType": "xfs",
-                                 "description": volume_description(DOMAIN),
+                                 "description": volume_description(domain),
                                  "dropletIds": [], "region": DEFAULTS["region"]}
         deployment = Deployment(host, config, key_file, public_key, releases, host_key_file, stack=stack,
-                                secret_seed=secret_seed, kept_volumes=kept)
+                                secret_seed=secret_seed, kept_volumes=kept, edge=edge)
         deployment.record()
         host.user_data = deployment.user_data
         host.boot()
+        assert host.cloudflare is not None and host.pebble is not None
+        edge.attach(host.host_side_address, host.cloudflare, host.pebble.challtestsrv_url,
+                    host.client_ca_file.read_text())
+        deployment.apply_cloud()
         with release_server(host.host_side_address, ELEMENT_PORT, workdir):
             yield deployment
     finally:
+        if host.cloudflare is not None:
+            edge.detach(host.host_side_address, host.cloudflare)
         host.destroy(keep_volume=True)
         shutil.rmtree(workdir, ignore_errors=True)  # the keys and the Element tarballs

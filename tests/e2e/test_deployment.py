@@ -123,7 +123,7 @@ def test_admin_and_a_second_user_chat_both_ways_and_share_media(
     media = os.urandom(11 * 1024 * 1024)
 
     async def go() -> None:
-        address, ca = deployment.host.address, deployment.ca_file
+        address, ca = deployment.edge_address, deployment.ca_file
         alice = matrix_client(HOMESERVER, "admin", address, ca)
         bob = matrix_client(HOMESERVER, "bob", address, ca)
         try:
@@ -168,11 +168,11 @@ def test_upload_above_the_limit_is_refused(deployment: Deployment, users: dict[s
     limit_mb = int(deployment.config.get("maxUploadSizeMb", 50))
 
     async def go() -> int:
-        client = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        client = matrix_client(HOMESERVER, "bob", deployment.edge_address, deployment.ca_file)
         try:
             await client.login(users["bob"][1])
             async with session(
-                deployment.host.address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}
+                deployment.edge_address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}
             ) as s:
                 data = io.BytesIO(b"x" * ((limit_mb + 1) * 1024 * 1024))
                 async with s.post(
@@ -188,7 +188,7 @@ def test_upload_above_the_limit_is_refused(deployment: Deployment, users: dict[s
 @pytest.mark.parametrize("name", ["server", "client"])
 def test_well_known_files_are_json_with_cors(deployment: Deployment, name: str) -> None:
     status, headers, body = run(
-        lambda: http_get(deployment.url("apex", f"/.well-known/matrix/{name}"), deployment.host.address, deployment.ca_file)
+        lambda: http_get(deployment.url("apex", f"/.well-known/matrix/{name}"), deployment.edge_address, deployment.ca_file)
     )
     assert status == 200
     assert headers["Content-Type"].startswith("application/json")
@@ -201,7 +201,7 @@ def test_well_known_files_are_json_with_cors(deployment: Deployment, name: str) 
 
 
 def test_element_is_served_with_its_config_and_headers(deployment: Deployment) -> None:
-    address, ca = deployment.host.address, deployment.ca_file
+    address, ca = deployment.edge_address, deployment.ca_file
     status, headers, body = run(lambda: http_get(deployment.url("chat", "/"), address, ca))
     assert status == 200 and b"matrixchat" in body
     assert "no-cache" in headers.get("Cache-Control", "")
@@ -217,7 +217,7 @@ def test_element_is_served_with_its_config_and_headers(deployment: Deployment) -
 def _served_element(deployment: Deployment) -> tuple[str, bytes]:
     """The release the symlink names, and the index page nginx serves for chat.<domain>."""
     link = deployment.ssh("readlink /var/www/element").strip()
-    status, _, body = run(lambda: http_get(deployment.url("chat", "/"), deployment.host.address, deployment.ca_file))
+    status, _, body = run(lambda: http_get(deployment.url("chat", "/"), deployment.edge_address, deployment.ca_file))
     assert status == 200
     return link, body
 
@@ -258,7 +258,7 @@ def test_http_redirects_to_https(deployment: Deployment) -> None:
 
 async def _plain_http_get(deployment: Deployment, host: str, path: str) -> tuple[int, dict[str, str], bytes]:
     async with (
-        session(deployment.host.address, deployment.ca_file) as s,
+        session(deployment.edge_address, deployment.ca_file) as s,
         s.get(f"http://{host}{path}", allow_redirects=False) as response,
     ):
         return response.status, dict(response.headers), await response.read()
@@ -266,11 +266,11 @@ async def _plain_http_get(deployment: Deployment, host: str, path: str) -> tuple
 
 def turn_credentials(deployment: Deployment, users: dict[str, tuple[str, str]]) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
-        client = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        client = matrix_client(HOMESERVER, "bob", deployment.edge_address, deployment.ca_file)
         try:
             await client.login(users["bob"][1])
             async with (
-                session(deployment.host.address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}) as s,
+                session(deployment.edge_address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}) as s,
                 s.get(f"{HOMESERVER}/_matrix/client/v3/voip/turnServer") as response,
             ):
                 assert response.status == 200
@@ -307,11 +307,11 @@ def test_self_check_fails_naming_synapse_when_it_is_down(deployment: Deployment)
 
 
 def served_certificate(deployment: Deployment, port: int, server_name: str) -> bytes:
-    """The DER certificate the guest presents on `port` for `server_name`, verified against pebble."""
+    """The DER certificate the origin presents on `port` for `server_name`, verified against pebble."""
     import socket
     import ssl
 
-    context = ssl.create_default_context(cafile=str(deployment.ca_file))
+    context = ssl.create_default_context(cafile=str(deployment.origin_ca_file))
     with (
         socket.create_connection((deployment.host.address, port), timeout=15) as raw,
         context.wrap_socket(raw, server_hostname=server_name) as tls,

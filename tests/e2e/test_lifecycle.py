@@ -78,7 +78,7 @@ def bundle_contents(recording: Recording) -> dict[str, str]:
 
 def upload_status(deployment: Deployment, token: str, size: int) -> int:
     async def go() -> int:
-        async with session(deployment.host.address, deployment.ca_file, {"Authorization": f"Bearer {token}"}) as s:
+        async with session(deployment.edge_address, deployment.ca_file, {"Authorization": f"Bearer {token}"}) as s:
             async with s.post(f"{HOMESERVER}/_matrix/media/v3/upload", data=io.BytesIO(b"u" * size),
                               # nginx answers a too-large Content-Length before the body is sent
                               expect100=True, headers={"Content-Type": "application/octet-stream"}) as response:
@@ -90,7 +90,7 @@ def upload_status(deployment: Deployment, token: str, size: int) -> int:
 
 def server_keys(deployment: Deployment) -> dict[str, Any]:
     """The federation signing keys as another server sees them (through nginx)."""
-    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/key/v2/server", deployment.host.address,
+    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/key/v2/server", deployment.edge_address,
                                            deployment.ca_file))
     assert status == 200, body[:500]
     document = json.loads(body)
@@ -339,7 +339,7 @@ def test_synapse_killed_is_brought_back_by_systemd(deployment: Deployment) -> No
           f"NRestarts {before['NRestarts']} -> {after['NRestarts']}")
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
     assert after["InvocationID"] != before["InvocationID"]
-    status, _, _ = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/versions", deployment.host.address,
+    status, _, _ = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/versions", deployment.edge_address,
                                         deployment.ca_file))
     assert status == 200
 
@@ -419,8 +419,8 @@ def populate(deployment: Deployment) -> FirstGeneration:
     messages = [f"before the replacement {secrets.token_hex(4)}", f"reply {secrets.token_hex(4)}"]
 
     async def go() -> tuple[str, str]:
-        alice = matrix_client(HOMESERVER, "admin", deployment.host.address, deployment.ca_file)
-        bob = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        alice = matrix_client(HOMESERVER, "admin", deployment.edge_address, deployment.ca_file)
+        bob = matrix_client(HOMESERVER, "bob", deployment.edge_address, deployment.ca_file)
         try:
             alice.access_token, alice.user_id = admin_token, f"@admin:{DOMAIN}"
             assert isinstance(await bob.login(bob_password), LoginResponse)
@@ -453,7 +453,7 @@ def write_in_flight(deployment: Deployment, first: FirstGeneration, stop: thread
                     flowing: threading.Event, acknowledged: list[str]) -> None:
     """Bob sends messages as fast as the server takes them until it stops answering (or `stop`)."""
     async def go() -> None:
-        bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.edge_address, deployment.ca_file)
         try:
             assert isinstance(await bob.login(first.bob_password), LoginResponse)
             for number in range(2000):
@@ -721,7 +721,7 @@ def read_room(deployment: Deployment, first: FirstGeneration) -> tuple[list[str]
     """Bob logs in with his password and reads the room's whole history and its file."""
 
     async def go() -> tuple[list[str], bytes]:
-        bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.host.address, deployment.ca_file)
+        bob: AsyncClient = matrix_client(HOMESERVER, "bob", deployment.edge_address, deployment.ca_file)
         try:
             assert isinstance(await bob.login(first.bob_password), LoginResponse)
             bodies: list[str] = []
@@ -734,7 +734,7 @@ def read_room(deployment: Deployment, first: FirstGeneration) -> tuple[list[str]
                     break
                 token = history.end
             server_name, media_id = first.media_uri.removeprefix("mxc://").split("/", 1)
-            async with session(deployment.host.address, deployment.ca_file,
+            async with session(deployment.edge_address, deployment.ca_file,
                                {"Authorization": f"Bearer {bob.access_token}"}) as s:
                 url = f"{HOMESERVER}/_matrix/client/v1/media/download/{server_name}/{media_id}"
                 async with s.get(url) as response:
@@ -758,7 +758,7 @@ class Adoption:
 
 
 def whoami(deployment: Deployment, token: str) -> tuple[int, str]:
-    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/v3/account/whoami", deployment.host.address,
+    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/v3/account/whoami", deployment.edge_address,
                                            deployment.ca_file, {"Authorization": f"Bearer {token}"}))
     return status, json.loads(body).get("user_id", "") if status == 200 else body.decode()[:200]
 
@@ -816,7 +816,7 @@ def test_a_new_stack_adopts_the_volume_a_destroyed_stack_kept(adoption: Adoption
     # with the new TURN secret.
     assert password_works(new, "admin", new.admin_password)
     assert not password_works(new, "admin", old.admin_password)
-    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/versions", new.host.address, new.ca_file))
+    status, _, body = run(lambda: http_get(f"{HOMESERVER}/_matrix/client/versions", new.edge_address, new.ca_file))
     assert status == 200, body[:300]
     admin_token = login(new, "admin", new.admin_password)[1]
     status, creds = guest_api(new, admin_token, "GET", "/_matrix/client/v3/voip/turnServer")

@@ -27,7 +27,7 @@ def test_twenty_clients_for_a_minute_lose_no_message(deployment: Deployment) -> 
     users = provision_users(deployment.ssh, CLIENTS)
     assert len(users) == CLIENTS
 
-    result = asyncio.run(run_load(HOMESERVER, deployment.host.address, deployment.ca_file, users, CONFIG))
+    result = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, users, CONFIG))
     print("\n" + result.summary())
 
     assert result.errors == []

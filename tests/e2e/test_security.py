@@ -1,9 +1,10 @@
 """The security boundaries of the deployed server, probed from outside and inside the guest.
 
 Two vantage points: the host side of the test network (198.18.N.1), which the deployment treats
-as Cloudflare and as the SSH-allowed CIDR, and the outsider namespace (198.19.N.2), which is
-neither. Every probe is bounded (one scan per vantage point, short timeouts) and only touches the
-test host's addresses or the guest's loopback.
+as Cloudflare's address range and as the SSH-allowed CIDR, and the outsider namespace (198.19.N.2),
+which is neither. Web requests of users go through the edge stand-in (tests/e2e/edge.py), as in
+production; the probes of the origin itself go straight to it. Every probe is bounded (one scan per
+vantage point, short timeouts) and only touches the test host's addresses or the guest's loopback.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from urllib.parse import quote
 
 import pytest
 
+from components import paths
 from components.settings import DEFAULTS
 from tests.e2e.accounts import guest_api
 from tests.e2e.clients import tls_context
 from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
 from tests.e2e.runner import StepResult, run_all, ssh_command
 from tests.harness import unwrap
+from tests.pki import origin_pull_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -47,8 +50,13 @@ SYNAPSE_LOG = "/var/log/matrix-synapse/homeserver.log"
 # helpers
 
 
+# Where the test's own requests come from: an address of this machine that is neither the edge nor the
+# origin, so the client address Synapse records can only have come from the edge's CF-Connecting-IP.
+CLIENT_SOURCE = "127.0.0.77"
+
+
 class _GuestHTTPS(HTTPSConnection):
-    """HTTPS to the test host's address with the deployment's hostname as Host and SNI (no DNS here)."""
+    """HTTPS to an address with the deployment's hostname as Host and SNI (no DNS here)."""
 
     def __init__(self, address: str, hostname: str, context: ssl.SSLContext) -> None:
         super().__init__(hostname, 443, timeout=120, context=context)
@@ -56,7 +64,7 @@ class _GuestHTTPS(HTTPSConnection):
         self.context = context
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.address, 443), self.timeout)
+        sock = socket.create_connection((self.address, 443), self.timeout, source_address=(CLIENT_SOURCE, 0))
         self.sock = self.context.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -64,11 +72,11 @@ def http(
     deployment: Deployment, method: str, path: str, token: str | None = None, headers: dict[str, str] | None = None,
     body: Any = None,
 ) -> tuple[int, Any]:
-    """One request through nginx from the host side (the trusted, Cloudflare-like source)."""
+    """One request to the homeserver's name through the edge, as a user's client makes it."""
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
-    connection = _GuestHTTPS(deployment.host.address, f"matrix.{DOMAIN}", tls_context(deployment.ca_file))
+    connection = _GuestHTTPS(deployment.edge_address, f"matrix.{DOMAIN}", tls_context(deployment.ca_file))
     try:
         connection.request(method, path, body=None if body is None else json.dumps(body), headers=all_headers)
         response = connection.getresponse()
@@ -213,19 +221,59 @@ def test_outsider_gets_stun_answers_on_3478_and_silence_elsewhere(deployment: De
     assert "refused" in relay.values()
 
 
-def _curl(url: str, deployment: Deployment) -> list[str]:
+def _curl(url: str, deployment: Deployment, *extra: str) -> list[str]:
+    """curl straight to the origin (not through the edge), trusting the ACME server's root."""
     host = url.split("/")[2]
     port = "443" if url.startswith("https") else "80"
     return ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*", "--max-time", "5",
-            "--cacert", str(deployment.ca_file), "--resolve", f"{host}:{port}:{deployment.host.address}", url]
+            "--cacert", str(deployment.origin_ca_file), "--resolve", f"{host}:{port}:{deployment.host.address}",
+            *extra, url]
+
+
+def origin_pull_client(deployment: Deployment, directory: Path) -> Path:
+    """The client certificate the edge presents for this zone (the one the program uploaded)."""
+    assert deployment.recording is not None
+    (uploaded,) = deployment.recording.of_type(
+        "cloudflare:index/authenticatedOriginPullsHostnameCertificate:AuthenticatedOriginPullsHostnameCertificate")
+    path = directory / "origin-pull-client.pem"
+    path.write_text(uploaded.inputs["certificate"].rstrip("\n") + "\n" + uploaded.inputs["privateKey"])
+    path.chmod(0o600)
+    return path
+
+
+def test_the_origin_answers_only_this_zones_cloudflare(deployment: Deployment, tmp_path: Path) -> None:
+    """Authenticated Origin Pulls: from a Cloudflare address (the host side) the origin refuses a request
+    without the stack's client certificate, or with another zone's, and answers with it; through the
+    edge, which presents it, everything works. A name the origin does not serve gets nothing."""
+    url = f"{HOMESERVER}/_matrix/client/versions"
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_text(origin_pull_pair("another Cloudflare customer's zone")[1])
+    stranger.chmod(0o600)
+    answers = {
+        "no certificate": subprocess.run(_curl(url, deployment), capture_output=True, text=True, timeout=30).stdout,
+        "another zone's": subprocess.run(_curl(url, deployment, "--cert", str(stranger)), capture_output=True,
+                                         text=True, timeout=30).stdout,
+        "this zone's": subprocess.run(_curl(url, deployment, "--cert", str(origin_pull_client(deployment, tmp_path))),
+                                      capture_output=True, text=True, timeout=30).stdout,
+    }
+    status, _ = http(deployment, "GET", "/_matrix/client/versions")
+    unknown = subprocess.run(_curl("https://other-site.example.net/", deployment), capture_output=True, text=True,
+                             timeout=30)
+    print(f"\n  straight to the origin from a Cloudflare address: {answers}; through the edge: {status}; "
+          f"unknown name: exit {unknown.returncode} {unknown.stderr.strip()}")
+    assert answers == {"no certificate": "400", "another zone's": "400", "this zone's": "200"}
+    assert status == 200
+    assert unknown.returncode != 0 and unknown.stdout in ("", "000")  # TLS handshake refused
 
 
 @pytest.mark.parametrize(
     ("url", "expected"),
-    [(f"{HOMESERVER}/_matrix/client/versions", "200"), (f"http://chat.{DOMAIN}/", "301")],
+    [(f"{HOMESERVER}/_matrix/client/versions", "400"), (f"http://chat.{DOMAIN}/", "301")],
     ids=["https-443", "http-80"],
 )
 def test_web_ports_answer_the_host_side_but_not_the_outsider(deployment: Deployment, url: str, expected: str) -> None:
+    """Straight to the origin: the host side (a Cloudflare address) reaches nginx (which then wants the
+    origin-pull certificate on 443, see above); the outsider does not even connect."""
     argv = _curl(url, deployment)
     inside = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     outside = deployment.host.outsider_run(argv, timeout=30)
@@ -244,16 +292,19 @@ def test_synapse_records_cf_connecting_ip_only_from_trusted_sources(deployment: 
     token = password_login(deployment, user_id, password)  # a real login: its requests are the user's own
     trusted_agent, untrusted_agent = f"sec-trusted-{secrets.token_hex(3)}", f"sec-untrusted-{secrets.token_hex(3)}"
 
+    # Through the edge, which sets CF-Connecting-IP to the address it saw (a forged one is replaced).
     status, body = http(deployment, "GET", "/_matrix/client/v3/account/whoami", token,
                         {"CF-Connecting-IP": "203.0.113.77", "User-Agent": trusted_agent})
     assert status == 200 and body["user_id"] == user_id
 
-    # From inside the guest to nginx: source 127.0.0.1, which is no Cloudflare range.
+    # From inside the guest to nginx: source 127.0.0.1, which is no Cloudflare range (with the origin-pull
+    # certificate, so nginx answers at all).
     curl_config = "\n".join([
         f'url = "{HOMESERVER}/_matrix/client/v3/account/whoami"',
         f'resolve = "matrix.{DOMAIN}:443:127.0.0.1"',
         'noproxy = "*"',
         "insecure",
+        f'cert = "{paths.ORIGIN_PULL_CLIENT}"',
         f'header = "Authorization: Bearer {token}"',
         'header = "CF-Connecting-IP: 203.0.113.88"',
         f'user-agent = "{untrusted_agent}"',
@@ -273,9 +324,9 @@ def test_synapse_records_cf_connecting_ip_only_from_trusted_sources(deployment: 
         time.sleep(1)
     seen = {c["user_agent"]: c["ip"] for c in connections}
     print(f"\n  whois {user_id}: {seen}")
-    assert seen.get(trusted_agent) == "203.0.113.77"
+    assert seen.get(trusted_agent) == CLIENT_SOURCE  # the client's address, as the edge saw it
     assert seen.get(untrusted_agent) == "127.0.0.1"
-    assert "203.0.113.88" not in {c["ip"] for c in connections}
+    assert not {"203.0.113.77", "203.0.113.88"} & {c["ip"] for c in connections}
 
 
 # ---------------------------------------------------------------------------------------------

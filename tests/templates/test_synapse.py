@@ -41,6 +41,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "enableJemalloc": "false",
     },
     "big-droplet": {"dropletSize": "m-8vcpu-64gb", "turnSubdomain": "relay"},
+    "private-peer": {"outboundIpAllowlist": '["198.18.5.1/32"]'},
 }
 
 
@@ -109,6 +110,7 @@ print(json.dumps({
     "preview_blocks": {ip: blocked(c.media.url_preview_ip_range_blocklist, ip) for ip in probe_ips}
                       if c.media.url_preview_enabled else None,
     "blocks": {ip: blocked(c.server.ip_range_blocklist, ip) for ip in probe_ips},
+    "federation_allows": {ip: ip in c.server.federation_ip_range_allowlist for ip in ["198.18.5.1", "198.18.5.2"]},
     "synapse_default_blocklist": DEFAULT_IP_RANGE_BLOCKLIST,
     "presence": c.server.presence_enabled,
     "autotuning": c.caches.cache_autotuning,
@@ -181,6 +183,8 @@ def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synap
     assert got["previews"] is s.enable_url_previews
     expected_block = {ip: not ip.startswith(("1.1.1.1", "2606:")) for ip in got["blocks"]}
     assert got["blocks"] == expected_block
+    # outboundIpAllowlist: exactly those addresses become reachable despite the blocklist.
+    assert got["federation_allows"] == {"198.18.5.1": "198.18.5.1/32" in s.outbound_ip_allowlist, "198.18.5.2": False}
     if s.enable_url_previews:
         assert got["preview_blocks"] == expected_block
 

@@ -49,6 +49,8 @@ INVALID: list[tuple[str, Any]] = [
     ("cloudflareZone", "example.net"),
     ("cloudflareZone", "ple.org"),
     ("cloudflareZone", "Example.org"),
+    ("outboundIpAllowlist", ["10.8.0.1"]),
+    ("outboundIpAllowlist", "10.8.0.0/24"),
     ("synapseVersion", "v1.163.2"),
     ("synapseVersion", "latest"),
     ("elementVersion", "1.11"),

@@ -103,6 +103,7 @@ LOCALITY: list[tuple[dict[str, Any], set[str]]] = [
     ({"federation": "allowlist", "federationAllowlist": ["matrix.org"]}, {"synapse-config"}),
     ({"federation": "off"}, {"synapse-config"}),
     ({"enableUrlPreviews": True}, {"synapse-config"}),
+    ({"outboundIpAllowlist": ["10.8.0.0/24"]}, {"synapse-config"}),
     ({"acmeServer": "https://acme.example.net/directory"}, {"certificates-issue"}),
     ({"letsencryptEmail": "other@example.org"}, {"certificates-issue"}),
     # A new size is a new droplet (replace_on_changes): the volume guard is replaced with it.

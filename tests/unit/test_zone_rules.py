@@ -26,6 +26,13 @@ def standin() -> Iterator[CloudflareStandin]:
         server.stop()
 
 
+def create(p: ZoneRuleProvider, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The provider's create, as (id, outputs)."""
+    result = p.create(props)
+    assert result.outs is not None and result.id is not None
+    return str(result.id), result.outs
+
+
 def provider(standin: CloudflareStandin, token: str | None = "test-token") -> ZoneRuleProvider:
     return ZoneRuleProvider(api_base=standin.url, token=token)
 
@@ -47,52 +54,52 @@ def users_rule(standin: CloudflareStandin) -> None:
 
 
 def test_the_first_rule_of_a_phase_creates_its_entry_point(standin: CloudflareStandin) -> None:
-    created = provider(standin).create(props(standin, "prod-skip"))
+    rule_id, outs = create(provider(standin), props(standin, "prod-skip"))
     assert refs(standin) == ["prod-skip"]
-    assert created.id == f"{created.outs['ruleset_id']}/{created.outs['rule_id']}"
+    assert rule_id == f"{outs['ruleset_id']}/{outs['rule_id']}"
 
 
 def test_rules_of_the_user_and_of_other_stacks_are_kept_and_ours_go_first(standin: CloudflareStandin) -> None:
     users_rule(standin)
-    prod = provider(standin).create(props(standin, "prod-skip"))
-    dev = provider(standin).create(props(standin, "dev-skip", '(http.host eq "matrix.chat-dev.example.org")'))
+    _, prod = create(provider(standin), props(standin, "prod-skip"))
+    dev_id, dev = create(provider(standin), props(standin, "dev-skip", '(http.host eq "matrix.chat-dev.example.org")'))
     assert refs(standin) == ["dev-skip", "prod-skip", "users-challenge"]
 
-    provider(standin).delete(dev.id, dev.outs)  # `pulumi destroy` of the dev stack
+    provider(standin).delete(dev_id, dev)  # `pulumi destroy` of the dev stack
     assert refs(standin) == ["prod-skip", "users-challenge"]
     kept = {r["ref"]: r for r in standin.rules_of(PHASE)}
-    assert kept["prod-skip"]["id"] == prod.outs["rule_id"] and kept["users-challenge"]["action"] == "managed_challenge"
+    assert kept["prod-skip"]["id"] == prod["rule_id"] and kept["users-challenge"]["action"] == "managed_challenge"
 
 
 def test_an_edit_changes_the_rule_in_place(standin: CloudflareStandin) -> None:
     users_rule(standin)
     p = provider(standin)
-    created = p.create(props(standin, "prod-skip"))
-    before, after = created.outs, props(standin, "prod-skip", '(http.host eq "matrix.example.org" and ssl)')
-    diff = p.diff(created.id, before, after)
+    rule_id, before = create(p, props(standin, "prod-skip"))
+    after = props(standin, "prod-skip", '(http.host eq "matrix.example.org" and ssl)')
+    diff = p.diff(rule_id, before, after)
     assert diff.changes and not diff.replaces
-    p.update(created.id, before, after)
+    p.update(rule_id, before, after)
     (rule, users) = standin.rules_of(PHASE)
-    assert rule["id"] == created.outs["rule_id"] and rule["expression"].endswith("and ssl)")
+    assert rule["id"] == before["rule_id"] and rule["expression"].endswith("and ssl)")
     assert users["ref"] == "users-challenge"
-    assert not p.diff(created.id, before, {**before}).changes
-    assert p.diff(created.id, before, {**before, "phase": "http_config_settings"}).replaces == ["phase"]
+    assert not p.diff(rule_id, before, {**before}).changes
+    assert p.diff(rule_id, before, {**before, "phase": "http_config_settings"}).replaces == ["phase"]
 
 
 def test_a_rule_left_by_an_interrupted_create_is_taken_over_not_duplicated(standin: CloudflareStandin) -> None:
     p = provider(standin)
-    p.create(props(standin, "prod-skip"))
-    again = p.create(props(standin, "prod-skip", '(http.host eq "chat.example.org")'))  # state lost, `up` again
+    create(p, props(standin, "prod-skip"))
+    _, again = create(p, props(standin, "prod-skip", '(http.host eq "chat.example.org")'))  # state lost, `up` again
     assert refs(standin) == ["prod-skip"]
     assert standin.rules_of(PHASE)[0]["expression"] == '(http.host eq "chat.example.org")'
-    assert again.outs["rule_id"] == standin.rules_of(PHASE)[0]["id"]
+    assert again["rule_id"] == standin.rules_of(PHASE)[0]["id"]
 
 
 def test_deleting_a_rule_that_is_already_gone_succeeds(standin: CloudflareStandin) -> None:
     p = provider(standin)
-    created = p.create(props(standin, "prod-skip"))
-    p.delete(created.id, created.outs)
-    p.delete(created.id, created.outs)  # deleted by hand meanwhile: destroy still completes
+    rule_id, outs = create(p, props(standin, "prod-skip"))
+    p.delete(rule_id, outs)
+    p.delete(rule_id, outs)  # deleted by hand meanwhile: destroy still completes
     assert refs(standin) == []
 
 

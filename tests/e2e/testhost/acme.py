@@ -1,8 +1,9 @@
 """Debian's pebble ACME test server and pebble-challtestsrv as the DNS it validates against.
 
 Pebble gets a throwaway CA and a TLS certificate for the address it listens on (the host side of the
-guest's veth). challtestsrv serves DNS on <host>:8053 and takes TXT records on its management API
-<host>:8055, which the Cloudflare stand-in feeds. Pebble's issuing root changes on every start; fetch
+guest's veth). challtestsrv serves DNS on <host>:8053 (for pebble) and <host>:53 (the guest's
+resolver) and takes TXT records (fed by the Cloudflare stand-in) and A records (fed by the edge
+stand-in: the zones' names) on its management API <host>:8055. Pebble's issuing root changes on every start; fetch
 it from the management API (/roots/0) after start.
 """
 
@@ -24,6 +25,7 @@ CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
 DNS_PORT = 8053
+GUEST_DNS_PORT = 53  # the same answers on the standard port: the guest's resolver (/etc/resolv.conf)
 CHALLTESTSRV_PORT = 8055
 START_TIMEOUT = 30.0
 
@@ -91,8 +93,10 @@ class Pebble:
         }}))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         self._spawn("challtestsrv", [
-            CHALLTESTSRV, "-dns01", f"{self.address}:{DNS_PORT}", "-http01", "", "-https01", "",
-            "-tlsalpn01", "", "-management", f"{self.address}:{CHALLTESTSRV_PORT}",
+            CHALLTESTSRV, "-dns01", f"{self.address}:{DNS_PORT},{self.address}:{GUEST_DNS_PORT}",
+            "-http01", "", "-https01", "", "-tlsalpn01", "", "-management", f"{self.address}:{CHALLTESTSRV_PORT}",
+            # A name nobody published has no address (not challtestsrv's default 127.0.0.1 / ::1).
+            "-defaultIPv4", "", "-defaultIPv6", "",
         ], env)
         # NOSLEEP: validate at once; AUTHZREUSE=0: renewals redo the challenge;
         # NONCEREJECT=0: no random badNonce errors, so a failure means something.

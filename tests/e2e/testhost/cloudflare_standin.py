@@ -35,12 +35,17 @@ from urllib.parse import parse_qs, urlsplit
 API = "/client/v4"
 
 
+def zone_id_of(domain: str) -> str:
+    """The id the stand-in gives the zone `domain` (known before the stand-in starts)."""
+    return hashlib.sha256(domain.rstrip(".").lower().encode()).hexdigest()[:32]
+
+
 class CloudflareStandin:
     """One zone (`domain`); TXT records are mirrored into pebble-challtestsrv at `challtestsrv_url`."""
 
     def __init__(self, bind: str, port: int, domain: str, challtestsrv_url: str) -> None:
         self.domain = domain.rstrip(".").lower()
-        self.zone_id = hashlib.sha256(self.domain.encode()).hexdigest()[:32]
+        self.zone_id = zone_id_of(self.domain)
         self.challtestsrv_url = challtestsrv_url
         self.records: dict[str, dict[str, Any]] = {}
         self.rulesets: dict[str, dict[str, Any]] = {}  # phase -> entry point ruleset {id, phase, rules}
@@ -116,7 +121,7 @@ class CloudflareStandin:
                 rec = {"id": rid, "zone_id": self.zone_id, "zone_name": self.domain,
                        "type": str(body.get("type", "")), "name": str(body.get("name", "")),
                        "content": str(body.get("content", "")), "ttl": body.get("ttl", 1),
-                       "proxied": bool(body.get("proxied", False))}
+                       "proxied": bool(body.get("proxied", False)), "comment": str(body.get("comment") or "")}
                 self.records[rid] = rec
                 if rec["type"] == "TXT":
                     self._sync_txt(rec["name"])

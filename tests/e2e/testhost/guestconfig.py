@@ -7,6 +7,9 @@ Paths inside the guest (documented for tests and the program's scripts):
   /etc/e2e/pebble-tls-ca.pem            the CA of pebble's own TLS certificate
   /etc/e2e/pebble-root.pem              pebble's issuing root (verifies certificates it issued)
   /etc/apt/apt.conf.d/90e2e-proxy, /etc/pip.conf   registry access through the host's proxy
+  /etc/resolv.conf                      the DNS stand-in on the host side (the zones' names, as published)
+  /usr/local/share/ca-certificates/matrix-stack-e2e-edge.crt   the edge stand-in's CA, trusted like
+                                        Cloudflare's public certificates (also in the system bundle)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class GuestSettings:
     authorized_keys: tuple[str, ...]
     pebble_tls_ca: bytes
     pebble_root: bytes
+    edge_ca: bytes = b""
 
 
 def write_file(root: Path, path: str, text: str | bytes, mode: int = 0o644) -> None:
@@ -78,7 +82,17 @@ def write(root: Path, s: GuestSettings) -> None:
     write_file(root, "/etc/e2e/pebble-tls-ca.pem", s.pebble_tls_ca)
     write_file(root, "/etc/e2e/pebble-root.pem", s.pebble_root)
     system_cas = (root / "etc/ssl/certs/ca-certificates.crt").read_bytes()
+    if s.edge_ca:
+        # Like Cloudflare's certificates, the edge's are publicly trusted: in the system store, where
+        # curl and Synapse's federation client look, kept when update-ca-certificates runs.
+        write_file(root, "/usr/local/share/ca-certificates/matrix-stack-e2e-edge.crt", s.edge_ca)
+        system_cas = system_cas.rstrip(b"\n") + b"\n" + s.edge_ca
+        write_file(root, "/etc/ssl/certs/ca-certificates.crt", system_cas)
     write_file(root, BUNDLE, system_cas + b"\n" + s.pebble_tls_ca)
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_symlink():
+        resolv.unlink()
+    write_file(root, "/etc/resolv.conf", f"nameserver {s.host_address}\noptions timeout:2 attempts:2\n")
 
     env = {
         "http_proxy": s.proxy_url, "https_proxy": s.proxy_url,

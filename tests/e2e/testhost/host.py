@@ -51,6 +51,7 @@ class TestHost:
         memory_max: int | None = None,
         user_data: str | None = None,
         volume_filesystem: str | None = "xfs",
+        edge_ca: str = "",
     ) -> None:
         self.addr = network.Addresses(index)
         self.index = index
@@ -78,6 +79,7 @@ class TestHost:
         self.user_data = user_data
         self.instance_id = f"e2e-{index}-{uuid.uuid4().hex[:12]}"
         self.volume_filesystem = volume_filesystem
+        self.edge_ca = edge_ca  # the edge stand-in's CA, trusted in the guest like Cloudflare's certificates
 
     # -- addresses and files --------------------------------------------------------------------
     @property
@@ -174,7 +176,7 @@ class TestHost:
             cloudflare_api_url=self.cloudflare_api_url, domain=self.domain,
             authorized_keys=tuple(k for k in keys if k.strip()),
             pebble_tls_ca=self.pebble_tls_ca_file.read_bytes(),
-            pebble_root=self.client_ca_file.read_bytes()))
+            pebble_root=self.client_ca_file.read_bytes(), edge_ca=self.edge_ca.encode()))
         created = volume.ensure_image(self.volume_image, self.volume_size, self.volume_filesystem)
         droplet.write(self.root, droplet.DropletModel(
             user_data=self.user_data, instance_id=self.instance_id, hostname=self.addr.netns,

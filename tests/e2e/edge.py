@@ -1,0 +1,407 @@
+"""A stand-in of Cloudflare's edge for the end-to-end tests: every web request to a proxied name goes
+through it, as in production.
+
+What it models, from the zone state the program's Cloudflare resources wrote into the API stand-ins
+(tests/e2e/cloudflare_apply.py):
+- routing: a proxied A record of a zone sends its name to the origin address; a name without one is
+  Cloudflare's error 1001 (HTTP 530);
+- TLS to clients with its own certificate for each name (an edge CA the test hosts and clients trust, as
+  everyone trusts Cloudflare's), TLS 1.0 to 1.3 accepted so the zone's rules decide (`cf.tls_version`);
+- the zone's rules, evaluated with the Rules-language subset of rules_language.py: single redirects
+  (http_request_dynamic_redirect), WAF custom rules with block, challenge and skip
+  (http_request_firewall_custom), configuration rules setting the SSL mode (http_config_settings);
+- Bot Fight Mode when the zone has it on: requests without a browser's User-Agent get a challenge,
+  whatever the rules say (it cannot be skipped);
+- the SSL mode to the origin: flexible (HTTP to port 80), full (HTTPS, any certificate), strict (HTTPS,
+  a certificate valid for the name from a CA it trusts: the ACME servers' roots, i.e. "public" CAs);
+  a failed strict check is 526, a failed handshake 525, a refused connection 521, no connection 522;
+- Authenticated Origin Pulls per hostname: the certificate uploaded for the name is presented;
+- CF-Connecting-IP (the client's address), X-Forwarded-For, X-Forwarded-Proto; request bodies over
+  100 MB get 413; an origin that does not answer within 100 s gets 524.
+Not modelled: caching, IPv6, HTTP/2 and HTTP/3 to clients, WebSockets, the other phases and products,
+rate limiting, zone-level AOP, Cloudflare's own error pages beyond their status code.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import secrets
+import socket
+import socketserver
+import ssl
+import tempfile
+import threading
+import traceback
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from tests import pki
+from tests.e2e.rules_language import evaluate
+from tests.e2e.testhost.cloudflare_standin import CloudflareStandin
+
+MAX_BODY = 100 * 1024 * 1024  # Cloudflare Free/Pro request body limit
+ORIGIN_TIMEOUT = 100.0  # Cloudflare's proxy read timeout (524 after it)
+CONNECT_TIMEOUT = 15.0
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+              "content-length", "host"}
+REDIRECT_PHASE, CUSTOM_PHASE, CONFIG_PHASE = "http_request_dynamic_redirect", "http_request_firewall_custom", \
+    "http_config_settings"
+CHALLENGES = {"challenge", "js_challenge", "managed_challenge"}
+
+
+class Edge:
+    """Cloudflare's edge for every zone (API stand-in) registered, listening on each test host's side."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.ca_key = pki.private_key_pem("edge stand-in CA")
+        self.ca_cert = pki.self_signed_cert("edge stand-in CA", self.ca_key, {"common_name": "edge stand-in CA"},
+                                            True, ["cert_signing", "crl_signing", "digital_signature"], 24 * 3650)
+        self.ca_file = workdir / "edge-ca.pem"
+        self.ca_file.write_text(self.ca_cert)
+        self.zones: list[CloudflareStandin] = []
+        self.public_roots: dict[str, str] = {}  # what counts as a publicly trusted CA: name -> PEM
+        self._servers: dict[str, list[socketserver.BaseServer]] = {}
+        self.resolvers: dict[str, str] = {}  # a test host's side address -> its DNS stand-in (challtestsrv API)
+        self._published: dict[str, set[str]] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._origin_contexts: dict[tuple[str, str, str, str], ssl.SSLContext] = {}
+        self._lock = threading.Lock()
+        self.local_zone: dict[str, CloudflareStandin] = {}  # edge address -> the zone of the host it serves
+        self.errors: list[str] = []  # the stand-in's own failures (a test shows them)
+        self.log: list[dict[str, Any]] = []  # one entry per request: host, path, status, origin status
+
+    # -- configuration ---------------------------------------------------------------------------
+    def add_zone(self, zone: CloudflareStandin) -> None:
+        if zone not in self.zones:
+            self.zones.append(zone)
+
+    def remove_zone(self, zone: CloudflareStandin) -> None:
+        if zone in self.zones:
+            self.zones.remove(zone)
+
+    def trust(self, name: str, root_pem: str) -> None:
+        """A CA Cloudflare trusts for origin certificates under Full (strict) (an ACME server's root)."""
+        self.public_roots[name] = root_pem
+
+    def listen(self, address: str) -> None:
+        """Serve HTTPS (443) and HTTP (80) on `address` (a test host's side of its network)."""
+        if address in self._servers:
+            return
+        servers: list[socketserver.BaseServer] = []
+        context = self._server_context()
+        for port, tls in ((443, True), (80, False)):
+            server = _Server((address, port), _handler(self, tls))
+            if tls:
+                server.tls_context = context
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                                      name=f"edge-{address}-{port}")
+            thread.start()
+            servers.append(server)
+        self._servers[address] = servers
+
+    def stop_listening(self, address: str) -> None:
+        for server in self._servers.pop(address, []):
+            server.shutdown()
+            server.server_close()
+
+    def stop(self) -> None:
+        for address in list(self._servers):
+            self.stop_listening(address)
+
+    def attach(self, address: str, zone: CloudflareStandin, resolver_url: str, acme_root: str) -> None:
+        """A test host: its side of the network serves as an edge address, its Cloudflare stand-in is a
+        zone, its DNS stand-in answers every zone's names, its ACME server's root counts as public.
+
+        Test hosts of one server name can exist side by side (a replaced droplet, a re-created stack),
+        which Cloudflare never sees: a name is looked up in the zone of the host whose edge address
+        was asked first, then in the other zones."""
+        self.add_zone(zone)
+        self.local_zone[address] = zone
+        self.trust(address, acme_root)
+        self.listen(address)
+        self.resolvers[address] = resolver_url
+        self.publish_dns()
+
+    def detach(self, address: str, zone: CloudflareStandin) -> None:
+        self.stop_listening(address)
+        self.remove_zone(zone)
+        self.public_roots.pop(address, None)
+        self.resolvers.pop(address, None)
+        self.local_zone.pop(address, None)
+        self._published.pop(address, None)
+        self.publish_dns()
+
+    def publish_dns(self) -> None:
+        """What DNS answers on every test host: a proxied name resolves to that host's edge address (as
+        Cloudflare answers with an edge near the asker), a DNS-only A record to its own address."""
+        for address, url in self.resolvers.items():
+            answers = self.dns_answers(self.local_zone.get(address))
+            for name in self._published.get(address, set()) - set(answers):
+                _challtestsrv(url, "/clear-a", {"host": f"{name}."})
+            for name, target in answers.items():
+                _challtestsrv(url, "/add-a", {"host": f"{name}.", "addresses": [target or address]})
+            self._published[address] = set(answers)
+
+    # -- TLS --------------------------------------------------------------------------------------
+    def _server_context(self) -> ssl.SSLContext:
+        context = self._context_for("edge.invalid")
+
+        def pick(sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+            if name:
+                sock.context = self._context_for(name)
+
+        context.sni_callback = pick
+        return context
+
+    def _context_for(self, name: str) -> ssl.SSLContext:
+        with self._lock:
+            if name not in self._contexts:
+                cert, key = pki.server_cert(f"edge {name}", self.ca_key, self.ca_cert, [name])
+                directory = Path(tempfile.mkdtemp(dir=self.workdir))
+                (directory / "cert.pem").write_text(cert + self.ca_cert)
+                (directory / "key.pem").write_text(key)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                with warnings.catch_warnings():  # deprecated on purpose: the zone's rules decide what is too old
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    context.minimum_version = ssl.TLSVersion.TLSv1
+                context.set_ciphers("DEFAULT:@SECLEVEL=0")
+                context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+                self._contexts[name] = context
+            return self._contexts[name]
+
+    # -- the request path -------------------------------------------------------------------------
+    def _zones_from(self, first: CloudflareStandin | None) -> list[CloudflareStandin]:
+        return ([first] if first is not None else []) + [z for z in self.zones if z is not first]
+
+    def zone_of(self, host: str, address: str) -> tuple[CloudflareStandin, dict[str, Any]] | None:
+        """The zone and proxied A record of `host`, as asked at the edge address `address`."""
+        for zone in self._zones_from(self.local_zone.get(address)):
+            for record in list(zone.records.values()):
+                if record["name"] == host and record["type"] == "A" and record.get("proxied"):
+                    return zone, record
+        return None
+
+    def dns_answers(self, first: CloudflareStandin | None = None) -> dict[str, str | None]:
+        """Every name the zones publish: proxied names -> None (the edge), DNS-only A records -> address;
+        the zone `first` wins where zones share a name."""
+        answers: dict[str, str | None] = {}
+        for zone in reversed(self._zones_from(first)):
+            for record in list(zone.records.values()):
+                if record["type"] == "A":
+                    answers[record["name"]] = None if record.get("proxied") else record["content"]
+        return answers
+
+    def origin_context(self, mode: str, zone: CloudflareStandin, host: str) -> ssl.SSLContext:
+        """TLS to the origin as the SSL mode says, presenting the hostname's origin-pull certificate."""
+        association = zone.origin_pull_hostnames.get(host) or {}
+        cert_id = str(association.get("cert_id")) if association.get("enabled") else ""
+        key = (mode, zone.zone_id, cert_id, ",".join(sorted(self.public_roots)))
+        with self._lock:
+            if key not in self._origin_contexts:
+                self._origin_contexts[key] = self._new_origin_context(mode, zone, cert_id)
+            return self._origin_contexts[key]
+
+    def _new_origin_context(self, mode: str, zone: CloudflareStandin, cert_id: str) -> ssl.SSLContext:
+        if mode == "strict":
+            context = ssl.create_default_context(cadata="\n".join(self.public_roots.values()) or None)
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if cert_id:
+            pair = zone.origin_pull_certificates[cert_id]
+            pem = Path(tempfile.mkdtemp(dir=self.workdir)) / "origin-pull.pem"
+            pem.write_text(pair["certificate"].rstrip("\n") + "\n" + pair["private_key"])
+            context.load_cert_chain(pem)
+        return context
+
+
+def _challtestsrv(url: str, path: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    tls_context: ssl.SSLContext | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A broken client connection is the client's business, not a test failure."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        if self.tls_context is not None:  # the handshake happens in the handler's thread
+            sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+
+def _handler(edge: Edge, tls: bool) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 300
+
+        def handle(self) -> None:
+            try:
+                if tls:
+                    self.request.do_handshake()
+                super().handle()
+            except (OSError, ssl.SSLError):  # a client that went away, or a handshake that failed
+                pass
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: `edge.log` keeps what happened."""
+
+        def handle_expect_100(self) -> bool:
+            if int(self.headers.get("Content-Length") or 0) > MAX_BODY:
+                self.answer(413, "error code: 413 (request body over 100 MB)")
+                return False
+            return super().handle_expect_100()
+
+        def answer(self, status: int, body: str | bytes, headers: Iterable[tuple[str, str]] = (),
+                   note: str = "") -> None:
+            data = body.encode() if isinstance(body, str) else body
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Server", "cloudflare")
+            self.send_header("CF-RAY", secrets.token_hex(8) + "-E2E")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            edge.log.append({"host": self.headers.get("Host", ""), "path": self.path, "status": status,
+                             "note": note, "client": self.client_address[0]})
+
+        def fields(self, host: str) -> dict[str, Any]:
+            version = self.request.version() if tls else ""
+            return {"http.host": host, "http.request.uri.path": self.path.split("?", 1)[0],
+                    "http.request.scheme": "https" if tls else "http", "ssl": tls, "cf.tls_version": version or "",
+                    "http.user_agent": self.headers.get("User-Agent", "")}
+
+        def serve(self) -> None:
+            try:
+                self.route()
+            except Exception:  # the stand-in's own failure: recorded for the tests, answered as 500
+                edge.errors.append(traceback.format_exc())
+                self.answer(500, "edge stand-in failure (see Edge.errors)")
+
+        def route(self) -> None:
+            host = (self.headers.get("Host") or "").split(":")[0].lower()
+            listener = self.request.getsockname()[0]  # the edge address the client asked
+            found = edge.zone_of(host, str(listener))
+            if found is None:
+                return self.answer(530, "error code: 1001 (DNS resolution error)", note="no proxied record")
+            zone, record = found
+            fields = self.fields(host)
+            for rule in zone.rules_of(REDIRECT_PHASE):
+                if rule.get("enabled", True) and rule["action"] == "redirect" and evaluate(rule["expression"], fields):
+                    from_value = rule["action_parameters"]["from_value"]
+                    target = evaluate(from_value["target_url"]["expression"], fields)
+                    query = self.path.split("?", 1)[1] if "?" in self.path else ""
+                    if from_value.get("preserve_query_string") and query:
+                        target += "?" + query
+                    return self.answer(int(from_value.get("status_code", 301)), "", [("Location", target)],
+                                       note=f"redirect rule {rule['ref']}")
+            for rule in zone.rules_of(CUSTOM_PHASE):
+                if not rule.get("enabled", True) or not evaluate(rule["expression"], fields):
+                    continue
+                if rule["action"] == "skip":
+                    if (rule.get("action_parameters") or {}).get("ruleset") == "current":
+                        break
+                    continue
+                if rule["action"] == "block":
+                    return self.answer(403, "error code: 1020 (blocked by a custom rule)", note=f"blocked by {rule['ref']}")
+                if rule["action"] in CHALLENGES:
+                    return self.challenge(f"challenged by {rule['ref']}")
+            if zone.bot_fight_mode and "Mozilla/" not in fields["http.user_agent"]:
+                return self.challenge("Bot Fight Mode")
+            mode = zone.settings.get("ssl", "flexible")
+            for rule in zone.rules_of(CONFIG_PHASE):
+                if rule.get("enabled", True) and rule["action"] == "set_config" and evaluate(rule["expression"], fields):
+                    mode = (rule.get("action_parameters") or {}).get("ssl", mode)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                return self.answer(413, "error code: 413 (request body over 100 MB)", [("Connection", "close")])
+            body = self.rfile.read(length) if length else None
+            self.forward(zone, record["content"], host, mode, body)
+
+        def challenge(self, why: str) -> None:
+            page = "<html><script src=\"/cdn-cgi/challenge-platform/h/g/orchestrate\"></script></html>"
+            self.answer(403, page, [("Content-Type", "text/html"), ("cf-mitigated", "challenge")], note=why)
+
+        def forward(self, zone: CloudflareStandin, origin: str, host: str, mode: str, body: bytes | None) -> None:
+            # What Cloudflare sets itself is never taken from the client (a forged CF-Connecting-IP).
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in HOP_BY_HOP and not k.lower().startswith("cf-")
+                       and k.lower() not in ("x-forwarded-proto", "x-forwarded-for")}
+            client_ip = self.client_address[0]
+            previous = self.headers.get("X-Forwarded-For")  # appended to, as Cloudflare does
+            headers.update({"Host": host, "CF-Connecting-IP": client_ip, "X-Forwarded-Proto": "https" if tls else "http",
+                            "X-Forwarded-For": f"{previous}, {client_ip}" if previous else client_ip,
+                            "CF-Visitor": json.dumps({"scheme": "https" if tls else "http"})})
+            connection: http.client.HTTPConnection
+            if mode == "flexible":
+                connection = http.client.HTTPConnection(origin, 80, timeout=CONNECT_TIMEOUT)
+            else:
+                context = edge.origin_context(mode, zone, host)
+                connection = _OriginHTTPS(origin, host, context)
+            try:
+                try:
+                    connection.connect()
+                except ssl.SSLCertVerificationError:
+                    return self.answer(526, "error code: 526 (invalid SSL certificate)", note="origin cert invalid")
+                except ssl.SSLError:
+                    return self.answer(525, "error code: 525 (SSL handshake failed)", note="origin handshake failed")
+                except ConnectionRefusedError:
+                    return self.answer(521, "error code: 521 (web server is down)", note="origin refused")
+                except OSError:
+                    return self.answer(522, "error code: 522 (connection timed out)", note="origin unreachable")
+                assert connection.sock is not None
+                connection.sock.settimeout(ORIGIN_TIMEOUT)
+                try:
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                except TimeoutError:
+                    return self.answer(524, "error code: 524 (a timeout occurred)", note="origin timeout")
+                except (ConnectionError, http.client.HTTPException, ssl.SSLError) as error:
+                    return self.answer(502, f"error code: 502 ({error})", note="origin broke off")
+                passed = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"server"}]
+                self.answer(response.status, data, passed, note=f"origin {response.status} via {mode}")
+            finally:
+                connection.close()
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = serve
+
+    return Handler
+
+
+class _OriginHTTPS(http.client.HTTPSConnection):
+    """HTTPS to the origin's address with the name as SNI (and for the certificate check)."""
+
+    def __init__(self, address: str, name: str, context: ssl.SSLContext) -> None:
+        super().__init__(address, 443, timeout=CONNECT_TIMEOUT, context=context)
+        self.name = name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.name)  # type: ignore[attr-defined]
+
+
+_shared: Edge | None = None
+
+
+def shared_edge(make_workdir: Callable[[], Path]) -> Edge:
+    """The one edge of this test process (Cloudflare's edge is one network for every zone)."""
+    global _shared
+    if _shared is None:
+        _shared = Edge(make_workdir())
+    return _shared
