@@ -39,6 +39,7 @@ from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import run, session
 from tests.e2e.deployment import E2E_INDEX, Deployment, deployed_host
 from tests.e2e.runner import run_all
+from tests.e2e.test_cloudflare import edge_request
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +123,26 @@ class Servers:
     rooms: dict[str, str] = field(default_factory=dict)
 
 
+WEBSITE_COMMENT = "the user's website"
+CATCH_ALL = "users-challenge-everyone"
+
+
+def user_owned_zone(peer: Deployment) -> None:
+    """peer.test's zone as a user's zone with more in it: a website on the server name (so the stack must
+    leave it and redirect delegation), and the user's own rule that challenges every request to the
+    zone's names (so the stack's skip rule must come first)."""
+    zone = peer.host.cloudflare
+    assert zone is not None
+    zone.handle("POST", f"/client/v4/zones/{zone.zone_id}/dns_records", {}, {
+        "name": PEER, "type": "A", "content": peer.host.address, "ttl": 1, "proxied": True,
+        "comment": WEBSITE_COMMENT})
+    custom = zone.rulesets["http_request_firewall_custom"]["id"]
+    status, _ = zone.handle("POST", f"/client/v4/zones/{zone.zone_id}/rulesets/{custom}/rules", {}, {
+        "ref": CATCH_ALL, "action": "managed_challenge", "description": "the user's: challenge everyone",
+        "expression": f'(http.host in {{"{PEER}" "matrix.{PEER}" "chat.{PEER}"}})'})
+    assert status == 200
+
+
 @pytest.fixture(scope="module")
 def servers(deployment: Deployment) -> Iterator[Servers]:
     if os.geteuid() != 0:
@@ -137,6 +158,7 @@ def servers(deployment: Deployment) -> Iterator[Servers]:
             started = time.monotonic()
             # The test network is 198.18.0.0/15, which Synapse rightly refuses to reach (its blocklist): each
             # server may reach exactly its own edge address (outboundIpAllowlist). Cloudflare's are public.
+            user_owned_zone(b)
             for other in (b, c):  # the program runs under mocks one at a time; the steps run side by side
                 other.config["outboundIpAllowlist"] = [f"{other.edge_address}/32"]
                 other.record()
@@ -193,6 +215,9 @@ def test_each_server_passes_the_federation_testers_checks_from_the_other(servers
         print(f"\n  {target.domain} checked from {runner.domain}: {report}")
         assert report["errors"] == [], report
         assert report["m.server"] == f"matrix.{target.domain}:443"
+        # peer.test's server name belongs to a website: its delegation was reached through the redirect.
+        via = f"matrix.{target.domain}" if target is servers.b else target.domain
+        assert report["well_known_url"] == f"https://{via}/.well-known/matrix/server"
         assert report["addresses"] == [runner.edge_address]  # the name is proxied: it resolves to the edge
         assert report["verified_keys"][runner.edge_address]
 
@@ -314,3 +339,32 @@ def test_an_allowlist_refuses_a_third_server_both_ways(servers: Servers, rooms: 
     finally:
         for deployment in (a, b):
             deployment.apply_changes(federation=None, federationAllowlist=None)
+
+
+def test_a_website_on_the_server_name_is_left_alone_and_delegation_is_redirected(servers: Servers) -> None:
+    """On peer.test the user's website owns the server name: its record is untouched, the stack added
+    none there, and only /.well-known/matrix/ is redirected to the homeserver's name."""
+    b = servers.b
+    zone = b.host.cloudflare
+    assert zone is not None and b.recording is not None
+    on_name = [r for r in zone.records.values() if r["name"] == PEER and r["type"] in ("A", "AAAA")]
+    assert [r["comment"] for r in on_name] == [WEBSITE_COMMENT]
+    status, headers, _ = edge_request(b, PEER, "/.well-known/matrix/server")
+    assert status == 302 and headers["location"] == f"https://matrix.{PEER}/.well-known/matrix/server"
+    status, headers, _ = edge_request(b, PEER, "/")
+    assert "location" not in headers, headers  # the website's own pages go to the website
+    assert any(r.name == "edge-delegation" for r in b.recording.of_type("pulumi-python:dynamic:Resource"))
+
+
+def test_the_users_own_challenge_rule_stops_only_what_is_not_matrix(servers: Servers) -> None:
+    """The user challenges every request to peer.test's names; the stack's skip rule comes before it, so
+    Matrix traffic passes (every federation test here went through it) and Element's page is challenged."""
+    b = servers.b
+    zone = b.host.cloudflare
+    assert zone is not None
+    refs = [r["ref"] for r in zone.rules_of("http_request_firewall_custom")]
+    assert refs.index("matrix-peer-peer-test-matrix-unchallenged") < refs.index(CATCH_ALL), refs
+    status, headers, _ = edge_request(b, f"chat.{PEER}", "/")
+    assert status == 403 and headers.get("cf-mitigated") == "challenge"
+    status, _, _ = edge_request(b, f"matrix.{PEER}", "/_matrix/client/versions")
+    assert status == 200
