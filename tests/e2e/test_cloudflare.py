@@ -106,7 +106,9 @@ def test_a_body_over_cloudflares_limit_is_refused_at_the_edge(deployment: Deploy
     assert status == 413
 
 
-def test_bot_fight_mode_turned_back_on_fails_the_self_check_with_a_challenge(deployment: Deployment, zone: CloudflareStandin) -> None:
+def test_bot_fight_mode_turned_back_on_fails_the_self_check_with_a_challenge(
+    deployment: Deployment, zone: CloudflareStandin
+) -> None:
     """Bot Fight Mode cannot be skipped by rules: if someone turns it on again, Matrix traffic (no browser
     User-Agent) is challenged, and the next `up` fails naming it."""
     zone.bot_fight_mode = True
