@@ -70,7 +70,7 @@ class Edge:
         self.resolvers: dict[str, str] = {}  # a test host's side address -> its DNS stand-in (challtestsrv API)
         self._published: dict[str, set[str]] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._origin_contexts: dict[tuple[str, str, str, str], ssl.SSLContext] = {}
+        self._origin_contexts: dict[tuple[str, int, str, int, int], ssl.SSLContext] = {}
         self._lock = threading.Lock()
         self.local_zone: dict[str, CloudflareStandin] = {}  # edge address -> the zone of the host it serves
         self.errors: list[str] = []  # the stand-in's own failures (a test shows them)
@@ -201,7 +201,11 @@ class Edge:
         """TLS to the origin as the SSL mode says, presenting the hostname's origin-pull certificate."""
         association = zone.origin_pull_hostnames.get(host) or {}
         cert_id = str(association.get("cert_id")) if association.get("enabled") else ""
-        key = (mode, zone.zone_id, cert_id, ",".join(sorted(self.public_roots)))
+        # Keyed by content, not names: a re-created host keeps its address but has a new ACME root, and a
+        # re-created stack uploads a new origin-pull certificate.
+        pair = zone.origin_pull_certificates.get(cert_id, {}) if cert_id else {}
+        key = (mode, id(zone), cert_id, hash(pair.get("certificate", "")),
+               hash("".join(sorted(self.public_roots.values()))))
         with self._lock:
             if key not in self._origin_contexts:
                 self._origin_contexts[key] = self._new_origin_context(mode, zone, cert_id)
