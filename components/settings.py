@@ -63,6 +63,16 @@ DEFAULTS: dict[str, Any] = {
     # CIDRs Synapse may reach although its blocklist covers them (private and reserved ranges): a
     # homeserver, push gateway or identity server on the operator's own network. Empty: none.
     "outboundIpAllowlist": [],
+    # Disk guardrails for years on a small volume (README "Disk space"). 0 = kept forever: local
+    # media are the users' own files, the only copy there is.
+    "localMediaRetentionDays": 0,
+    # Remote media are copies of other servers' files, fetched again on demand.
+    "remoteMediaRetentionDays": 14,
+    # Joining a remote room with more current state events than this is refused (Synapse's
+    # limit_remote_rooms: complexity = state events / 500); the admin may still join. 0 = no limit.
+    "remoteRoomMaxStateEvents": 500,
+    # Devices unused for this many days are logged out and deleted by Synapse. 0 = never.
+    "staleDeviceDays": 0,
 }
 
 REQUIRED = ("domain", "sshAllowedCidrs", "letsencryptEmail", "certbotCloudflareToken")
@@ -183,6 +193,10 @@ class Settings:
     adopt_volume: str  # "" = the stack creates its own volume
     cloudflare_zone: str  # "" = looked up from domain upwards
     outbound_ip_allowlist: tuple[str, ...]
+    local_media_retention_days: int  # 0 = forever
+    remote_media_retention_days: int  # 0 = forever
+    remote_room_max_state_events: int  # 0 = no limit
+    stale_device_days: int  # 0 = never
     tuning: Tuning
 
     @property
@@ -463,6 +477,10 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "adoptVolume": _optional_volume_name,
     "cloudflareZone": _optional_domain,
     "outboundIpAllowlist": _string_list(_cidr),
+    "localMediaRetentionDays": _int_range(0, 36500, " (0: kept forever)"),
+    "remoteMediaRetentionDays": _int_range(0, 3650, " (0: kept forever)"),
+    "remoteRoomMaxStateEvents": _int_range(0, 10_000_000, " (0: no limit)"),
+    "staleDeviceDays": _int_range(0, 36500, " (0: never deleted)"),
 }
 
 # Types as Pulumi config stores them; lists and booleans arrive as JSON text.
@@ -562,6 +580,10 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         adopt_volume=v["adoptVolume"],
         cloudflare_zone=v["cloudflareZone"],
         outbound_ip_allowlist=v["outboundIpAllowlist"],
+        local_media_retention_days=v["localMediaRetentionDays"],
+        remote_media_retention_days=v["remoteMediaRetentionDays"],
+        remote_room_max_state_events=v["remoteRoomMaxStateEvents"],
+        stale_device_days=v["staleDeviceDays"],
         tuning=tuning_for(memory_mb_of(v["dropletSize"])),
     )
 

@@ -22,6 +22,7 @@ from components.services import (
     certificates,
     coturn,
     element,
+    maintenance,
     nginx,
     postgres,
     release,
@@ -32,12 +33,14 @@ from components.services import (
 from components.settings import Settings
 
 # DESIGN section 3: each service starts when the one before it has finished. Backups come right
-# after PostgreSQL: synapse-install takes one before changing Synapse's version.
+# after PostgreSQL: synapse-install takes one before changing Synapse's version; the database's
+# weekly upkeep next to them.
 SERVICE_ORDER: tuple[ModuleType, ...] = (
     base,
     volume,
     postgres,
     backup,
+    maintenance,
     certificates,
     synapse,
     coturn,

@@ -22,6 +22,9 @@ from components.services import ServiceContext, backup
 MIN_CERT_DAYS = 7
 # How long the public path may take to answer right (new DNS records, Cloudflare picking up rules).
 PUBLIC_WAIT_S = 90
+# Share of the data volume in use at which the check warns, and fails (naming the biggest users).
+DISK_WARN_PERCENT = 80
+DISK_FAIL_PERCENT = 95
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
@@ -42,5 +45,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         data_mount=paths.DATA_MOUNT,
         origin_pull_client=paths.ORIGIN_PULL_CLIENT,
         public_wait=PUBLIC_WAIT_S,
+        disk_warn_percent=DISK_WARN_PERCENT,
+        disk_fail_percent=DISK_FAIL_PERCENT,
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

@@ -22,6 +22,8 @@ SIGNING_KEY_STAGED = f"{paths.SYNAPSE_CONFIG_DIR}/signing.key.generated"
 LOG_FILE = f"{paths.SYNAPSE_LOG_DIR}/homeserver.log"
 JEMALLOC_SONAME = "libjemalloc.so.2"  # resolved by ld.so's search path, so no arch-specific path
 HEALTH_TIMEOUT_S = 90
+PASSWORD_MIN_LENGTH = 12  # the generated admin password is longer (components/cloud/secrets.py)
+STATE_EVENTS_PER_COMPLEXITY = 500  # Synapse: complexity v1 = current state events / 500
 
 # Addresses Synapse must never connect to on a user's behalf (URL previews, federation, push,
 # identity servers). A superset of Synapse's own DEFAULT_IP_RANGE_BLOCKLIST (a test checks this)
@@ -100,6 +102,15 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
             f"turn:{s.turn_host}:3478?transport=tcp",
             f"turns:{s.turn_host}:5349?transport=tcp",
         ],
+        "local_media_lifetime_days": s.local_media_retention_days,
+        "remote_media_lifetime_days": s.remote_media_retention_days,
+        "remote_room_max_complexity": s.remote_room_max_state_events / STATE_EVENTS_PER_COMPLEXITY,
+        "remote_room_error": (
+            f"This room is too big for {s.domain} (more than {s.remote_room_max_state_events} state events): "
+            "the server's admin can raise remoteRoomMaxStateEvents"
+        ),
+        "stale_device_days": s.stale_device_days,
+        "password_min_length": PASSWORD_MIN_LENGTH,
         "presence_enabled": s.tuning.presence_enabled,
         # cache_autotuning reads jemalloc's statistics; without jemalloc it would do nothing.
         "cache_autotuning": s.enable_jemalloc,

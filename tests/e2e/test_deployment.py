@@ -24,7 +24,7 @@ from nio import (
 )
 
 from components import paths
-from components.services import nginx
+from components.services import maintenance, nginx
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
 from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay
@@ -98,6 +98,22 @@ def test_the_data_volume_is_mounted_once_where_the_program_wants_it(deployment: 
     assert f"# disabled by matrix-stack (the volume is mounted at {paths.DATA_MOUNT}): {droplet.fstab_line(name)}" in fstab
     (volume_step,) = [r for r in deployment.provisioning if r.name == "volume-mount"]
     assert f"unmounting the volume from {droplet.auto_mount_point(name)}" in volume_step.stderr
+
+
+def test_the_weekly_database_upkeep_is_scheduled_and_vacuums_synapses_tables(deployment: Deployment) -> None:
+    """The timer waits for Sunday; one run of its service vacuums and analyses Synapse's database."""
+    assert deployment.ssh(f"systemctl is-active {maintenance.TIMER}").strip() == "active"
+    assert deployment.ssh(f"systemctl is-enabled {maintenance.TIMER}").strip() == "enabled"
+    count = ("runuser -u postgres -- psql -XAtq -d synapse -c "
+             "\"SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'events' AND last_vacuum > now() - interval '1 hour'\"")
+    assert deployment.ssh(f"cd / && {count}").strip() == "0"  # autovacuum is not what the check below sees
+    started = deployment.ssh("date -u '+%Y-%m-%d %H:%M:%S'").strip()
+    deployment.ssh(f"systemctl start {maintenance.SERVICE}", timeout=600)  # oneshot: returns when done
+    assert deployment.ssh(f"systemctl show -P Result {maintenance.SERVICE}").strip() == "success"
+    assert deployment.ssh(f"cd / && {count}").strip() == "1"
+    journal = deployment.ssh(f"journalctl -u {maintenance.SERVICE} --since '{started}' --no-pager -o cat")
+    print(f"\n  {journal.strip().splitlines()[-1] if journal.strip() else journal}")
+    assert "VACUUM (ANALYZE) of synapse done; database size " in journal
 
 
 def test_first_boot_package_activity_overlapped_the_first_apt_step(deployment: Deployment) -> None:

@@ -302,6 +302,28 @@ def test_each_server_fetched_the_others_keys_through_well_known_delegation(
         assert keys["server_name"] == target.domain and asker.domain in keys["signatures"]
 
 
+def test_a_remote_room_over_the_size_limit_is_refused_until_the_limit_is_raised(servers: Servers) -> None:
+    """remoteRoomMaxStateEvents (Synapse's limit_remote_rooms): with a limit of one state event, A's user
+    may not join a fresh room on B (a few state events) and is told which setting to raise; at the
+    default (500) the same join works."""
+    a, alice, bob = servers.a, servers.alice, servers.bob
+    room = bob.ok("POST", "/_matrix/client/v3/createRoom", {"name": "big enough", "preset": "public_chat"})["room_id"]
+    try:
+        changed, _ = a.apply_changes(remoteRoomMaxStateEvents=1)
+        assert changed == {"synapse-config", "selfcheck-verify"}, changed
+        status, answer = alice.join(room, PEER)
+        print(f"\n  joining a {PEER} room over the limit: {status} {answer}")
+        assert status == 400 and answer.get("errcode") == "M_RESOURCE_LIMIT_EXCEEDED", answer
+        assert "remoteRoomMaxStateEvents" in answer.get("error", ""), answer
+        assert room not in alice.ok("GET", "/_matrix/client/v3/joined_rooms")["joined_rooms"]
+    finally:
+        a.apply_changes(remoteRoomMaxStateEvents=None)
+    deadline = time.monotonic() + WAIT
+    while (status := alice.join(room, PEER)[0]) != 200:
+        assert time.monotonic() < deadline, f"{alice.user_id} could not join at the default limit: {status}"
+        time.sleep(2)
+
+
 def test_an_allowlist_refuses_a_third_server_both_ways(servers: Servers, rooms: dict[str, str]) -> None:
     a, b, alice, bob, carol = servers.a, servers.b, servers.alice, servers.bob, servers.carol
 

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import pytest
 
 from components import paths
+from components.services import synapse
 from components.settings import DEFAULTS
 from tests.e2e.accounts import guest_api
 from tests.e2e.clients import tls_context
@@ -438,6 +439,25 @@ def test_registration_is_closed_and_needs_a_token_when_enabled(deployment: Deplo
         reconfigure(deployment, enableRegistration=False)
     status, body = _register(deployment, localpart)
     assert status == 403, body  # closed again
+
+
+def test_a_local_password_shorter_than_the_policy_is_refused(deployment: Deployment, admin_token: str) -> None:
+    """password_config.policy: a user changing their password to a short one is refused by Synapse."""
+    user_id, password = create_user(deployment, admin_token, "paula")
+    localpart = user_id[1:].split(":")[0]
+    status, body = guest_api(deployment, admin_token, "POST", f"/_synapse/admin/v1/users/{quote(user_id)}/login", {})
+    assert status == 200, body
+    token = str(body["access_token"])  # no password login: those are rate-limited per address
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password}
+    short = "x" * (synapse.PASSWORD_MIN_LENGTH - 1)
+    status, body = http(deployment, "POST", "/_matrix/client/v3/account/password", token,
+                        body={"new_password": short, "logout_devices": False, "auth": auth})
+    print(f"\n  a {len(short)}-character password: {status} {body}")
+    assert status == 400 and body.get("errcode") == "M_PASSWORD_TOO_SHORT", body
+    longer = secrets.token_urlsafe(12)[: synapse.PASSWORD_MIN_LENGTH]
+    status, body = http(deployment, "POST", "/_matrix/client/v3/account/password", token,
+                        body={"new_password": longer, "logout_devices": False, "auth": auth})
+    assert status == 200, body  # a long enough one is taken
 
 
 def _join(deployment: Deployment, token: str, alias: str) -> tuple[int, Any, float]:

@@ -68,10 +68,12 @@ esac
 """
 
 
-def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: bool = False) -> subprocess.CompletedProcess[str]:
+def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: bool = False,
+               fill_percent: int = 0) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """The step's bundle (prelude + script), in its own network and mount namespace, optionally with
     the stand-in. A real filesystem (a loop device) stands in for the data volume, mounted once at a
-    temporary mount point, or also at a second one with `extra_mount`."""
+    temporary mount point, or also at a second one with `extra_mount`, filled by a file in its
+    backups directory to `fill_percent` % as df counts it."""
     for name in ("unshare", "ip", "curl", "jq", "openssl", "python3", "losetup", "mkfs.xfs"):
         tool(name)
     (spec,) = selfcheck.steps(make_context())
@@ -97,6 +99,10 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
                      + " ".join(make_context(**CONFIGS[1]).settings.hostnames) + "\n")
     mounts = f"mount --bind {hosts} /etc/hosts\nexport CURL_CA_BUNDLE={tmp}/cert.pem\n"
     mounts += f"mount {loop} {data}\n" + (f"mount {loop} {other}\n" if extra_mount else "")
+    if fill_percent:
+        mounts += (f"read -r used avail < <(df -B1 --output=used,avail {data} | tail -n 1)\n"
+                   f"mkdir -p {data}/backups && fallocate -l $(( (used + avail) * {fill_percent} / 100 - used + 1048576 ))"
+                   f" {data}/backups/old-dumps\n")
     bundle = tmp / "bundle.sh"
     text = bundle_text(type(spec)(name=spec.name, script=script), [])
     # Record "step done" under tmp, not in this machine's /var/lib/matrix-stack.
@@ -374,6 +380,22 @@ def test_a_second_mount_of_the_data_volume_fails_the_check(tmp_path: Path) -> No
     lines = failures(result)
     assert lines == [f"SELF-CHECK FAILED: data volume: mounted at '{tmp_path}/data {tmp_path}/mnt-auto', "
                      f"expected exactly once at {tmp_path}/data"], result.stderr
+
+
+def test_a_volume_filling_up_warns_at_80_percent_and_fails_at_95_naming_the_biggest_user(tmp_path: Path) -> None:
+    script, server = stand_in(make_context(), tmp_path, "")
+    healthy = run_script(script, tmp_path, server)
+    assert healthy.returncode == 0 and "data volume:" not in healthy.stderr, healthy.stderr
+    filling = run_script(script, tmp_path, server, fill_percent=selfcheck.DISK_WARN_PERCENT + 2)
+    assert filling.returncode == 0, filling.stderr
+    warning = re.search(r"warning: data volume: (\d+) % full \(biggest: ([^)]*)\): raise volumeSizeGb", filling.stderr)
+    assert warning, filling.stderr
+    assert selfcheck.DISK_WARN_PERCENT <= int(warning.group(1)) < selfcheck.DISK_FAIL_PERCENT
+    assert warning.group(2).startswith(f"{tmp_path}/data/backups ")
+    full = run_script(script, tmp_path, server, fill_percent=selfcheck.DISK_FAIL_PERCENT + 1)
+    assert full.returncode != 0
+    (line,) = failures(full)
+    assert re.match(rf"SELF-CHECK FAILED: data volume: (9[5-9]|100) % full \(biggest: {tmp_path}/data/backups ", line), line
 
 
 def test_a_failed_last_backup_is_reported_without_failing(tmp_path: Path) -> None:

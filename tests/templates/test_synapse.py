@@ -42,6 +42,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "big-droplet": {"dropletSize": "m-8vcpu-64gb", "turnSubdomain": "relay"},
     "private-peer": {"outboundIpAllowlist": '["198.18.5.1/32"]'},
+    "retention-and-limits": {"localMediaRetentionDays": "365", "remoteMediaRetentionDays": "3",
+                             "remoteRoomMaxStateEvents": "1", "staleDeviceDays": "180"},
+    "nothing-purged-no-room-limit": {"remoteMediaRetentionDays": "0", "remoteRoomMaxStateEvents": "0"},
 }
 
 
@@ -119,6 +122,11 @@ print(json.dumps({
     "key_servers": [k.server_name for k in c.key.key_servers],
     "signing_key_ids": [k.version for k in c.key.signing_key],
     "remote_media_lifetime_ms": c.media.media_retention_remote_media_lifetime_ms,
+    "local_media_lifetime_ms": c.media.media_retention_local_media_lifetime_ms,
+    "room_limit": [c.server.limit_remote_rooms.enabled, c.server.limit_remote_rooms.complexity,
+                   c.server.limit_remote_rooms.admins_can_join, c.server.limit_remote_rooms.complexity_error],
+    "stale_devices_ms": c.server.delete_stale_devices_after,
+    "password_policy": c.auth.password_policy if c.auth.password_policy_enabled else None,
     "profile_auth": c.server.require_auth_for_profile_requests,
     "report_stats": c.metrics.report_stats,
     "registration_shared_secret": c.registration.registration_shared_secret,
@@ -204,7 +212,16 @@ def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synap
     assert db["password"] == FAKE_SECRETS["postgres_password"]
     assert (db["cp_min"], db["cp_max"], db["keepalives_idle"]) == (5, 10, 10)
     assert got["signing_key_ids"] == [FAKE_SECRETS["signing_key"].split()[1]]
-    assert got["remote_media_lifetime_ms"] == 14 * 86400 * 1000
+    day_ms = 86400 * 1000
+    assert got["remote_media_lifetime_ms"] == (s.remote_media_retention_days * day_ms or None)
+    assert got["local_media_lifetime_ms"] == (s.local_media_retention_days * day_ms or None)
+    assert got["stale_devices_ms"] == (s.stale_device_days * day_ms or None)
+    enabled, complexity, admins, error = got["room_limit"]
+    assert enabled is bool(s.remote_room_max_state_events) and admins is enabled
+    if enabled:  # Synapse refuses a join when state events / 500 > complexity
+        assert complexity * 500 == pytest.approx(s.remote_room_max_state_events)
+        assert "remoteRoomMaxStateEvents" in error
+    assert got["password_policy"] == {"enabled": True, "minimum_length": synapse.PASSWORD_MIN_LENGTH}
     assert got["profile_auth"] is True
     assert got["report_stats"] is False
     assert got["registration_shared_secret"] == FAKE_SECRETS["registration_shared_secret"]

@@ -19,6 +19,7 @@ STEP_ORDER = [
     "postgres-install",
     "postgres-config",
     "backup-schedule",
+    "maintenance-schedule",
     "certificates-install",
     "certificates-issue",
     "synapse-install",

@@ -1,0 +1,51 @@
+"""Weekly database upkeep: systemd accepts the service and timer and the schedule is weekly and
+caught up after downtime; what the command does runs on the end-to-end host
+(tests/e2e/test_deployment.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from components import paths
+from components.remote import RemoteFile
+from components.services import backup, maintenance
+from tests.templates.conftest import make_context, parse_unit
+
+
+def files() -> dict[str, RemoteFile]:
+    (spec,) = maintenance.steps(make_context())
+    return {f.path: f for f in spec.files}
+
+
+def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    rendered = files()
+    command = tmp_path / "matrix-stack-maintenance"
+    command.write_text(str(rendered[maintenance.COMMAND].content))
+    command.chmod(0o755)
+    service = str(rendered[maintenance.SERVICE_PATH].content).replace(maintenance.COMMAND, str(command))
+    (tmp_path / maintenance.SERVICE).write_text(service)
+    (tmp_path / maintenance.TIMER).write_text(str(rendered[maintenance.TIMER_PATH].content))
+    (tmp_path / backup.POSTGRES_UNIT).write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / maintenance.TIMER),
+                             str(tmp_path / maintenance.SERVICE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_timer_runs_weekly_after_the_nights_backup_and_catches_up() -> None:
+    timer = parse_unit(str(files()[maintenance.TIMER_PATH].content))
+    calendar = subprocess.run(["systemd-analyze", "calendar", timer["Timer"]["OnCalendar"]], capture_output=True, text=True)
+    assert calendar.returncode == 0, calendar.stderr
+    assert "Normalized form: Sun *-*-* 04:30:00" in calendar.stdout
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_the_service_waits_for_postgres_and_the_volume() -> None:
+    rendered = files()
+    service = parse_unit(str(rendered[maintenance.SERVICE_PATH].content))
+    assert service["Unit"]["After"] == backup.POSTGRES_UNIT
+    assert service["Unit"]["RequiresMountsFor"] == paths.DATA_MOUNT
+    assert (service["Service"]["Type"], service["Service"]["ExecStart"]) == ("oneshot", maintenance.COMMAND)
+    command = rendered[maintenance.COMMAND]
+    assert (command.mode, command.owner, command.group) == ("0755", "root", "root")
