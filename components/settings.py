@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from components.synapse_lock import LOCKS, lock_path
+
 PROJECT = "matrix-stack"
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -313,6 +315,16 @@ def _version(key: str, value: Any) -> str:
     return value
 
 
+def _synapse_version(key: str, value: Any) -> str:
+    """A version whose dependency lock is in the repository (components/synapse_lock.py)."""
+    version = _version(key, value)
+    if not lock_path(version).is_file():
+        known = ", ".join(sorted(p.stem for p in LOCKS.glob("*.txt"))) or "none"
+        raise invalid(key, version, f"a version with a dependency lock in templates/synapse/locks/ (have: {known}); "
+                      f"create it with: python -m components.synapse_lock {version}")
+    return version
+
+
 def _element_version(key: str, value: Any) -> str:
     version = _version(key, value)
     if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < ELEMENT_MIN_VERSION:
@@ -458,7 +470,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "chatSubdomain": _subdomain,
     "turnSubdomain": _subdomain,
     "acmeServer": _acme_server,
-    "synapseVersion": _version,
+    "synapseVersion": _synapse_version,
     "elementVersion": _element_version,
     "elementSha256": _optional_sha256,
     "elementDownloadUrl": _download_url,

@@ -37,6 +37,12 @@ DENIED_PEER_IPS: tuple[str, ...] = (
     "2002::-2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
     "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
     "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    # Beyond Synapse's list: the other IPv6 forms that embed a private IPv4 address or are not
+    # public (coturn GHSA-2x4g-wx24-48m4: 4.6.1 does not reduce them to IPv4 before its checks).
+    # coturn compares IPv6 ranges byte by byte (GHSA-4v97-rxjj-4f99), so each is prefix-aligned.
+    "::1.0.0.0-::255.255.255.255",  # IPv4-compatible (:: itself is refused by coturn)
+    "64:ff9b:1::-64:ff9b:1:ffff:ffff:ffff:ffff:ffff",  # local-use NAT64 (RFC 8215)
+    "fec0::-feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",  # former site-local
 )
 
 LISTENING_PORT = 3478

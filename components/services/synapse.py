@@ -14,12 +14,14 @@ from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.services import ServiceContext, rendered
 from components.settings import Settings
+from components.synapse_lock import lock_path
 
 SYNAPSE_HOME = "/var/lib/matrix-synapse"  # the system user's home; data lives on the volume
 PID_FILE = "/run/matrix-synapse/homeserver.pid"  # systemd RuntimeDirectory
 UNIT_PATH = "/etc/systemd/system/matrix-synapse.service"
 SIGNING_KEY_STAGED = f"{paths.SYNAPSE_CONFIG_DIR}/signing.key.generated"
 LOG_FILE = f"{paths.SYNAPSE_LOG_DIR}/homeserver.log"
+LOCK_FILE = "/opt/synapse/requirements.lock"  # the version's dependency lock, with hashes
 JEMALLOC_SONAME = "libjemalloc.so.2"  # resolved by ld.so's search path, so no arch-specific path
 HEALTH_TIMEOUT_S = 90
 PASSWORD_MIN_LENGTH = 12  # the generated admin password is longer (components/cloud/secrets.py)
@@ -141,6 +143,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         "signing_key_staged": SIGNING_KEY_STAGED,
         "unit_name": paths.SYNAPSE_UNIT,
         "backup_command": paths.BACKUP_COMMAND,
+        "lock": LOCK_FILE,
         "health_url": f"http://{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}/health",
         "health_timeout": HEALTH_TIMEOUT_S,
     }
@@ -160,6 +163,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         StepSpec(
             name="synapse-install",
             script=str(rendered("synapse/install.sh.j2", **script_values)),
+            files=[RemoteFile(LOCK_FILE, lock_path(s.synapse_version).read_text(), mode="0644")],
             versions={"synapse": s.synapse_version},
         ),
         StepSpec(

@@ -6,6 +6,7 @@ deployment's firewall treats as Cloudflare (its address is the mocked Cloudflare
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from nio import (
     UploadResponse,
 )
 
-from components import paths
+from components import paths, synapse_lock
 from components.services import maintenance, nginx
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
@@ -98,6 +99,17 @@ def test_the_data_volume_is_mounted_once_where_the_program_wants_it(deployment: 
     assert f"# disabled by matrix-stack (the volume is mounted at {paths.DATA_MOUNT}): {droplet.fstab_line(name)}" in fstab
     (volume_step,) = [r for r in deployment.provisioning if r.name == "volume-mount"]
     assert f"unmounting the volume from {droplet.auto_mount_point(name)}" in volume_step.stderr
+
+
+def test_synapse_runs_exactly_the_packages_of_its_versions_lock(deployment: Deployment) -> None:
+    """Two deploys of one synapseVersion install the same code: the venv holds the lock's pins, no more."""
+    lock = synapse_lock.lock_path(DEFAULTS["synapseVersion"]).read_text()
+    freeze = deployment.ssh(f"{paths.SYNAPSE_VENV}/bin/pip freeze --disable-pip-version-check")
+    tooling = {"pip", "setuptools", "wheel", "distribute"}  # pip freeze leaves these out
+    locked = {k: v for k, v in synapse_lock.pins(lock).items() if k not in tooling}
+    assert synapse_lock.pins(freeze) == locked
+    stamp = deployment.ssh(f"cat {paths.SYNAPSE_VENV}/matrix-stack-lock.sha256").strip()
+    assert stamp == hashlib.sha256(lock.encode()).hexdigest()
 
 
 def test_the_weekly_database_upkeep_is_scheduled_and_vacuums_synapses_tables(deployment: Deployment) -> None:

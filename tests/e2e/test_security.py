@@ -375,6 +375,40 @@ def test_turn_refuses_relays_to_internal_peers(
     assert not re.search(r"tot_recv_msgs=[1-9]", output), output[-2000:]
 
 
+# coturn 4.6.1 checks these forms of a private IPv4 address against nothing (GHSA-j8mm-mpf8-gvjg,
+# GHSA-2x4g-wx24-48m4): the relay is IPv4 only, so they get no relay at all, and they are denied too.
+IPV6_FORMS = [
+    ("mapped-loopback", "::ffff:127.0.0.1"),
+    ("mapped-metadata", "::ffff:169.254.169.254"),
+    ("ipv4-compatible", "::10.0.0.1"),
+    ("nat64", "64:ff9b::7f00:1"),
+    ("6to4", "2002:a00:1::1"),
+]
+
+
+@pytest.mark.parametrize(("case", "peer"), IPV6_FORMS, ids=[c for c, _ in IPV6_FORMS])
+def test_turn_gives_no_relay_to_ipv6_forms_of_private_addresses(
+    deployment: Deployment, admin_token: str, case: str, peer: str
+) -> None:
+    username, password = turn_credentials(deployment, admin_token, case)
+    output = uclient(deployment, username, password, "-v", "-n", "2", "-l", "120", "-e", peer, "-r", "3480")
+    refusals = [line for line in output.splitlines() if re.search(r"error (440|443|403)", line)]
+    print(f"\n  {peer}: {refusals[:1]}")
+    assert refusals, output[-2000:]
+    assert not re.search(r"tot_recv_msgs=[1-9]", output), output[-2000:]
+
+
+def test_turn_speaks_no_dtls(deployment: Deployment) -> None:
+    """DTLS to TURN is off (GHSA-5x2p-4vqj-f6m4: 4.6.1 keeps state per source before the cookie check)."""
+    for port in (3478, 5349):
+        probe = subprocess.run(["timeout", "8", "openssl", "s_client", "-dtls1_2", "-connect",
+                                f"{deployment.host.address}:{port}"], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=30)
+        output = probe.stdout + probe.stderr
+        print(f"\n  DTLS to {port}/udp: {'no handshake' if 'Server certificate' not in output else 'HANDSHAKE'}")
+        assert "Server certificate" not in output and "BEGIN CERTIFICATE" not in output, output[-2000:]
+
+
 def test_turn_refuses_tcp_relays(deployment: Deployment, admin_token: str) -> None:
     username, password = turn_credentials(deployment, admin_token, "tcp")
     output = uclient(deployment, username, password, "-v", "-T", "-n", "2", "-l", "120", "-e",
@@ -399,6 +433,22 @@ def test_turn_relays_between_two_clients_via_the_allowed_peer(deployment: Deploy
 
 # ---------------------------------------------------------------------------------------------
 # 5: what nginx and Synapse let through
+
+
+def test_synapse_runs_in_the_sandbox_of_its_hardened_unit(deployment: Deployment) -> None:
+    """What the kernel says about the running Synapse: a syscall filter, no capabilities, no new
+    privileges, its own user namespace (PrivateUsers) and a /proc showing only its own processes."""
+    pid = deployment.ssh(f"systemctl show -P MainPID {paths.SYNAPSE_UNIT}").strip()
+    assert pid.isdigit() and pid != "0"
+    status = dict(line.split(":\t", 1) for line in deployment.ssh(f"cat /proc/{pid}/status").splitlines() if ":\t" in line)
+    print(f"\n  Synapse {pid}: Seccomp {status['Seccomp']}, NoNewPrivs {status['NoNewPrivs']}, CapBnd {status['CapBnd']}")
+    assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+    assert int(status["CapBnd"], 16) == 0 and int(status["CapEff"], 16) == 0
+    own, system = (deployment.ssh(f"cat /proc/{p}/uid_map").split() for p in (pid, "1"))
+    assert own != system, own  # a user namespace of its own, not the system's
+    mounts = deployment.ssh(f"cat /proc/{pid}/mountinfo")
+    proc_line = next(line for line in mounts.splitlines() if " /proc " in line)
+    assert "hidepid=invisible" in proc_line and "subset=pid" in proc_line, proc_line
 
 
 def test_admin_api_is_not_proxied_by_nginx(deployment: Deployment, admin_token: str) -> None:

@@ -32,11 +32,23 @@ FAKE_SECRETS = {
 }
 
 
+REPEATABLE_UNIT_KEYS = ("SystemCallFilter",)  # systemd combines these; any other repeated key is a mistake
+
+
 def parse_unit(text: str) -> configparser.ConfigParser:
-    """A systemd unit file as sections of keys (case kept, no % interpolation: systemd has its own)."""
+    """A systemd unit file as sections of keys (case kept, no % interpolation: systemd has its own).
+    A repeated key of REPEATABLE_UNIT_KEYS appears as KEY, KEY#2, ..."""
+    seen: dict[str, int] = {}
+    lines = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in REPEATABLE_UNIT_KEYS:
+            seen[key] = seen.get(key, 0) + 1
+            line = f"{key}#{seen[key]}={value}" if seen[key] > 1 else line
+        lines.append(line)
     parser = configparser.ConfigParser(strict=True, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(text)
+    parser.read_string("\n".join(lines) + "\n")
     return parser
 
 

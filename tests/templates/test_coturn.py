@@ -88,9 +88,10 @@ def test_synapse_hardening_in_full(config: dict[str, str]) -> None:
     ctx = make_context(**config)
     conf = conf_of(ctx)
     lines = option_lines(conf)
-    assert [x for x in lines if x.startswith("denied-peer-ip")] == ANCHOR_DENIED_PEER_IPS
+    denied = [x for x in lines if x.startswith("denied-peer-ip")]
+    assert denied[: len(ANCHOR_DENIED_PEER_IPS)] == ANCHOR_DENIED_PEER_IPS  # Synapse's list, then ours
     for flag in (
-        "use-auth-secret", "no-tcp-relay", "no-multicast-peers", "no-cli", "no-tlsv1", "no-tlsv1_1",
+        "use-auth-secret", "no-tcp-relay", "no-multicast-peers", "no-cli", "no-tlsv1", "no-tlsv1_1", "no-dtls",
         "no-rfc5780", "no-stun-backward-compatibility", "response-origin-only-with-rfc5780", "syslog",
         "fingerprint",
     ):
@@ -189,6 +190,14 @@ DRIVER = textwrap.dedent(
     run c2c turnutils_uclient -v -y -c -n 2 -m 1 -z 5 -u alice -W "$SECRET" 127.0.0.1
     # a private peer must be refused (denied-peer-ip)
     run private turnutils_uclient -n 1 -m 1 -e 10.1.2.3 -u alice -W "$SECRET" 127.0.0.1
+    # the IPv6 forms of a private IPv4 address get no relay (coturn 4.6.1 advisories)
+    run mapped turnutils_uclient -n 1 -m 1 -e ::ffff:10.1.2.3 -u bob -W "$SECRET" 127.0.0.1
+    run nat64 turnutils_uclient -n 1 -m 1 -e 64:ff9b::a01:203 -u carol -W "$SECRET" 127.0.0.1
+    # no DTLS, on the plain port or the TLS one (GHSA-5x2p-4vqj-f6m4)
+    for port in 3478 5349; do
+      timeout 8 openssl s_client -dtls1_2 -connect 127.0.0.1:$port < /dev/null > "$DIR/dtls$port.log" 2>&1
+      echo $? > "$DIR/dtls$port.rc"
+    done
     # a wrong secret must not get an allocation
     run badauth turnutils_uclient -y -n 1 -m 1 -u alice -W wrong-secret 127.0.0.1
     # TURN over TLS on 5349 serves the certificate copy
@@ -219,7 +228,7 @@ def run_coturn(conf: str, ipv4: str, secret: str, tmp: Path) -> Run:
     (tmp / "turnserver.conf").write_text(conf.replace(f"{paths.COTURN_TLS_DIR}/", f"{tmp}/"))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DIR": str(tmp), "IPV4": ipv4, "SECRET": secret}
     subprocess.run(["unshare", "-n", "bash", "-c", DRIVER], env=env, timeout=120, check=True)
-    names = ("c2c", "private", "badauth", "tls")
+    names = ("c2c", "private", "mapped", "nat64", "dtls3478", "dtls5349", "badauth", "tls")
     return Run(
         server_log=(tmp / "server.log").read_text(errors="replace"),
         rc={n: int((tmp / f"{n}.rc").read_text()) for n in names},
@@ -244,6 +253,8 @@ def test_real_coturn_runs_config_and_enforces_it(config: dict[str, str], tmp_pat
     assert_clean_start(log)
     for denied in ANCHOR_DENIED_PEER_IPS:
         assert f"Black listing: {denied.split('=', 1)[1]}" in log
+    for denied in coturn.DENIED_PEER_IPS:  # ours beyond Synapse's list too: each one parsed by coturn
+        assert f"Black listing: {denied}" in log, denied
     assert f"White listing: {ipv4}" in log
     assert f"Relay address to use: {ipv4}" in log
     assert "CONFIG: --no-tcp-relay" in log
@@ -255,6 +266,12 @@ def test_real_coturn_runs_config_and_enforces_it(config: dict[str, str], tmp_pat
     assert relayed and all(low <= p <= high for p in relayed), run.logs["c2c"][-2000:]
     assert run.rc["private"] != 0 and "403 (Forbidden IP)" in run.logs["private"]
     assert run.rc["badauth"] != 0 and "Cannot complete Allocation" in run.logs["badauth"]
+    for name in ("mapped", "nat64"):  # the relay is IPv4 only: no relay for an IPv6 peer at all
+        assert run.rc[name] != 0 and "Unsupported address family" in run.logs[name], run.logs[name][-2000:]
+        assert "Received relay addr" not in run.logs[name]
+    for name in ("dtls3478", "dtls5349"):
+        assert "Cipher is (NONE)" in run.logs[name] or "CONNECTED" not in run.logs[name], run.logs[name][-2000:]
+        assert "BEGIN CERTIFICATE" not in run.logs[name] and "Server certificate" not in run.logs[name]
     assert run.rc["tls"] == 0 and "CN = turn.test" in run.logs["tls"], run.logs["tls"][-2000:]
 
 

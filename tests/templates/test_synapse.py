@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components import paths
+from components import paths, synapse_lock
 from components.remote import StepSpec
 from components.render import render
 from components.services import synapse
@@ -265,6 +265,11 @@ def test_systemd_unit(jemalloc: bool, tmp_path: Path, synapse_python: Path) -> N
     for path in (hs["media_store_path"], hs["signing_key_path"], log_file):
         assert any(path.startswith(w + "/") for w in writable), path
     assert hs["pid_file"].startswith(f"/run/{svc['RuntimeDirectory']}/")
+    # Synapse's own hardened override, less nothing but MemoryDenyWriteExecute (Python needs W+X).
+    sandbox = (svc["CapabilityBoundingSet"], svc["PrivateUsers"], svc["ProtectProc"], svc["ProcSubset"])
+    assert sandbox == ("", "yes", "invisible", "pid")
+    assert (svc["SystemCallFilter"], svc["SystemCallFilter#2"]) == ("@system-service", "~@privileged @resources @obsolete")
+    assert "MemoryDenyWriteExecute" not in svc
 
     # systemd's own checker. The units it depends on are stubbed next to it, and the venv path is
     # pointed at the test venv (it checks that ExecStart is executable); nothing else is changed.
@@ -303,12 +308,15 @@ def test_scripts_hold_no_secret(name: str) -> None:
 
 
 def test_versions_and_packages() -> None:
-    steps = _steps(synapseVersion="1.150.0", enableJemalloc="false")
-    assert steps["synapse-install"].versions == {"synapse": "1.150.0"}
+    steps = _steps(synapseVersion="1.163.1", enableJemalloc="false")
+    assert steps["synapse-install"].versions == {"synapse": "1.163.1"}
     # The config step re-runs (and restarts Synapse) when the version changes.
-    assert steps["synapse-config"].versions == {"synapse": "1.150.0"}
+    assert steps["synapse-config"].versions == {"synapse": "1.163.1"}
     install = steps["synapse-install"].script
-    assert "version=1.150.0" in install and '"matrix-synapse[url-preview]==$version"' in install
+    assert "version=1.163.1" in install
+    # The version's own lock is what the step pushes (its pins, not another version's).
+    (lock,) = steps["synapse-install"].files
+    assert lock.path == synapse.LOCK_FILE and synapse_lock.pins(str(lock.content))["matrix-synapse"] == "1.163.1"
     assert "libjemalloc2" not in install
     assert "libjemalloc2" in _steps()["synapse-install"].script
 

@@ -21,5 +21,7 @@ venv=build/synapse-venv
 if ! "$venv/bin/python" -c "import bs4, synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "matrix-synapse[url-preview]==$synapse_version" psycopg2-binary
+  # Exactly what the server installs: the version's lock, hashes checked, wheels only.
+  "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes --only-binary :all: \
+    -r "templates/synapse/locks/$synapse_version.txt"
 fi
