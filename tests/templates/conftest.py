@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +88,17 @@ def context() -> ServiceContext:
 
 def with_settings(ctx: ServiceContext, **changes: Any) -> ServiceContext:
     return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, **changes))
+
+
+def verify_timer_units(tmp: Path, files: dict[str, Any], command: str, service: str, timer: str, wanted: str) -> None:
+    """systemd-analyze verify on a service + timer pair as rendered, the command (`command`) placed
+    in `tmp` so ExecStart points at an executable, and the unit it waits for (`wanted`) stubbed."""
+    placed = tmp / Path(command).name
+    placed.write_text(str(files[command].content))
+    placed.chmod(0o755)
+    (tmp / service).write_text(str(files[f"/etc/systemd/system/{service}"].content).replace(command, str(placed)))
+    (tmp / timer).write_text(str(files[f"/etc/systemd/system/{timer}"].content))
+    (tmp / wanted).write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp / timer), str(tmp / service)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 from components import paths
 from components.remote import RemoteFile
 from components.services import backup
-from tests.templates.conftest import make_context, parse_unit
+from tests.templates.conftest import make_context, parse_unit, verify_timer_units
 
 
 def files(**config: str) -> dict[str, RemoteFile]:
@@ -19,17 +19,7 @@ def files(**config: str) -> dict[str, RemoteFile]:
 
 
 def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    rendered = files()
-    command = tmp_path / "matrix-stack-backup"
-    command.write_text(str(rendered[paths.BACKUP_COMMAND].content))
-    command.chmod(0o755)
-    service = str(rendered[backup.SERVICE_PATH].content).replace(paths.BACKUP_COMMAND, str(command))
-    (tmp_path / backup.SERVICE).write_text(service)
-    (tmp_path / backup.TIMER).write_text(str(rendered[backup.TIMER_PATH].content))
-    (tmp_path / backup.POSTGRES_UNIT).write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / backup.TIMER),
-                             str(tmp_path / backup.SERVICE)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    verify_timer_units(tmp_path, files(), paths.BACKUP_COMMAND, backup.SERVICE, backup.TIMER, backup.POSTGRES_UNIT)
 
 
 def test_the_timer_runs_daily_and_catches_up_after_downtime() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from components import paths
 from components.remote import RemoteFile
 from components.services import backup, maintenance
-from tests.templates.conftest import make_context, parse_unit
+from tests.templates.conftest import make_context, parse_unit, verify_timer_units
 
 
 def files() -> dict[str, RemoteFile]:
@@ -19,17 +19,7 @@ def files() -> dict[str, RemoteFile]:
 
 
 def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    rendered = files()
-    command = tmp_path / "matrix-stack-maintenance"
-    command.write_text(str(rendered[maintenance.COMMAND].content))
-    command.chmod(0o755)
-    service = str(rendered[maintenance.SERVICE_PATH].content).replace(maintenance.COMMAND, str(command))
-    (tmp_path / maintenance.SERVICE).write_text(service)
-    (tmp_path / maintenance.TIMER).write_text(str(rendered[maintenance.TIMER_PATH].content))
-    (tmp_path / backup.POSTGRES_UNIT).write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / maintenance.TIMER),
-                             str(tmp_path / maintenance.SERVICE)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    verify_timer_units(tmp_path, files(), maintenance.COMMAND, maintenance.SERVICE, maintenance.TIMER, backup.POSTGRES_UNIT)
 
 
 def test_the_timer_runs_weekly_after_the_nights_backup_and_catches_up() -> None:
