@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import subprocess
 import textwrap
@@ -77,7 +78,11 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
     for name in ("unshare", "ip", "curl", "jq", "openssl", "python3", "losetup", "mkfs.xfs"):
         tool(name)
     (spec,) = selfcheck.steps(make_context())
-    image, data, other = tmp / "volume.img", tmp / "data", tmp / "mnt-auto"
+    # A new image file for every run: a re-made filesystem in a file a loop device just released can
+    # meet that device's stale cache ("Structure needs cleaning").
+    for old_image in tmp.glob("volume-*.img"):
+        old_image.unlink()
+    image, data, other = tmp / f"volume-{secrets.token_hex(4)}.img", tmp / "data", tmp / "mnt-auto"
     with open(image, "wb") as f:
         f.truncate(320 * 1024 * 1024)
     subprocess.run(["mkfs.xfs", "-f", "-q", str(image)], check=True, timeout=60)
@@ -114,7 +119,7 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
         (tmp / "server.py").write_text(server)
         start = (
             f"python3 {tmp}/server.py > {tmp}/server.log 2>&1 & spid=$!\n"
-            f"for _ in $(seq 50); do [ -e {tmp}/ready ] && break; sleep 0.1; done\n"
+            f"for _ in $(seq 300); do [ -e {tmp}/ready ] && break; sleep 0.1; done\n"
         )
         stop = "kill $spid\n"
     # systemd does not run in this namespace: a stand-in systemctl reports the backup units as the
