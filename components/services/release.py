@@ -5,7 +5,7 @@ a droplet replacement re-attaches it to the new droplet. Detaching a mounted XFS
 PostgreSQL is a power cut for the database. This step's resource sits between the attachment and
 every other step, so the engine deletes it before the attachment (dependents go first, on destroy
 and on delete-before-replace); pulumi-command then runs its delete command on the old droplet:
-stop Synapse, the backup job and PostgreSQL (a clean shutdown, no crash recovery later), then
+stop Synapse, the backup and upkeep jobs and PostgreSQL (a clean shutdown, no crash recovery later), then
 unmount every mount of the volume. Its identity is the attachment and droplet, so editing this
 script updates it in place and never runs the delete on a live server.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import render
-from components.services import ServiceContext
+from components.services import ServiceContext, backup, maintenance
 from components.services.backup import POSTGRES_UNIT
 
 RELEASE_COMMAND = "/usr/local/sbin/matrix-stack-release-volume"
@@ -27,7 +27,9 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         device=ctx.settings.volume_device,
         mount_point=paths.DATA_MOUNT,
         mount_unit=paths.MOUNT_UNIT,
-        writers=[paths.SYNAPSE_UNIT, "matrix-stack-backup.timer", "matrix-stack-backup.service", POSTGRES_UNIT],
+        # The timers first: their services would start PostgreSQL (and mount the volume) again.
+        writers=[paths.SYNAPSE_UNIT, backup.TIMER, backup.SERVICE, maintenance.TIMER, maintenance.SERVICE,
+                 POSTGRES_UNIT],
     )
     return [
         StepSpec(

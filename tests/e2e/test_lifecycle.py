@@ -510,7 +510,8 @@ def release_like_the_engine(first_host: Deployment, first: FirstGeneration) -> R
     writer.join(timeout=120)
     print(f"release-volume delete: {result.seconds:.1f} s, rc {result.returncode}; messages acknowledged: "
           f"{during} before it, {len(acknowledged)} in all")
-    writers = ("matrix-synapse.service", "postgresql@15-main.service", "matrix-stack-backup.timer")
+    writers = ("matrix-synapse.service", "postgresql@15-main.service", "matrix-stack-backup.timer",
+               "matrix-stack-maintenance.timer")
     states = snapshot(first_host.ssh, [], units=writers)
     mounts = volume_mounts(first_host)
     first_host.host.shutdown()  # the droplet is deleted after the new one took over; the volume is detached
