@@ -8,6 +8,7 @@ Synapse itself, and restarts only when something changed.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from components import paths
@@ -159,12 +160,15 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         jemalloc_soname=JEMALLOC_SONAME if s.enable_jemalloc else "",
     )
     group = paths.SYNAPSE_USER
+    lock = lock_path(s.synapse_version).read_text()
+    # A new lock for the same version (a dependency fixed) re-installs and restarts, as a new version does.
+    versions = {"synapse": s.synapse_version, "lock": hashlib.sha256(lock.encode()).hexdigest()[:16]}
     return [
         StepSpec(
             name="synapse-install",
             script=str(rendered("synapse/install.sh.j2", **script_values)),
-            files=[RemoteFile(LOCK_FILE, lock_path(s.synapse_version).read_text(), mode="0644")],
-            versions={"synapse": s.synapse_version},
+            files=[RemoteFile(LOCK_FILE, lock, mode="0644")],
+            versions=versions,
         ),
         StepSpec(
             name="synapse-config",
@@ -185,6 +189,6 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
                 RemoteFile(SIGNING_KEY_STAGED, ctx.signing_key, mode="0600"),
                 RemoteFile(UNIT_PATH, unit, mode="0644"),
             ],
-            versions={"synapse": s.synapse_version},
+            versions=versions,
         ),
     ]

@@ -309,9 +309,9 @@ def test_scripts_hold_no_secret(name: str) -> None:
 
 def test_versions_and_packages() -> None:
     steps = _steps(synapseVersion="1.163.1", enableJemalloc="false")
-    assert steps["synapse-install"].versions == {"synapse": "1.163.1"}
+    assert steps["synapse-install"].versions["synapse"] == "1.163.1"
     # The config step re-runs (and restarts Synapse) when the version changes.
-    assert steps["synapse-config"].versions == {"synapse": "1.163.1"}
+    assert steps["synapse-config"].versions == steps["synapse-install"].versions
     install = steps["synapse-install"].script
     assert "version=1.163.1" in install
     # The version's own lock is what the step pushes (its pins, not another version's).
@@ -319,6 +319,21 @@ def test_versions_and_packages() -> None:
     assert lock.path == synapse.LOCK_FILE and synapse_lock.pins(str(lock.content))["matrix-synapse"] == "1.163.1"
     assert "libjemalloc2" not in install
     assert "libjemalloc2" in _steps()["synapse-install"].script
+
+
+def test_a_new_lock_for_the_same_version_reinstalls_and_restarts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A lock regenerated for the running version (a dependency fixed) changes both steps, so the
+    packages are re-installed and Synapse is restarted onto them, never left running the old code."""
+    before = _steps()
+    version = before["synapse-install"].versions["synapse"]
+    bumped = tmp_path / "lock.txt"
+    bumped.write_text(synapse_lock.lock_path(version).read_text() + "# a dependency fixed\n")
+    monkeypatch.setattr(synapse, "lock_path", lambda _: bumped)
+    after = _steps()
+    for name in ("synapse-install", "synapse-config"):
+        assert after[name].versions != before[name].versions, name
+    (lock,) = after["synapse-install"].files
+    assert str(lock.content) == bumped.read_text()
 
 
 # --- the config script's behaviour, run here with stand-ins for systemctl, runuser, curl --------
