@@ -2,8 +2,8 @@
 
 Everything is asked through nginx on 127.0.0.1:443 with the real host names (SNI and Host) and the
 origin-pull client certificate, so the check covers nginx, Synapse, Element, the well-known files,
-the certificate and coturn's TLS copy, and Synapse's TURN credentials (admin login, turnServer,
-logout). Then the public path: the same names as DNS resolves them, through Cloudflare, so a 526, a
+the certificate and coturn's TLS copy, and Synapse's TURN credentials (the admin's kept session,
+turnServer). Then the public path: the same names as DNS resolves them, through Cloudflare, so a 526, a
 DNS mistake or a challenge page fails the `up` too.
 
 It re-runs when its own script changes (host names, paths) and whenever the step is replaced;
