@@ -1,6 +1,7 @@
 """Where things live on the server: the one list every service and template agrees on."""
 
 DATA_MOUNT = "/var/lib/postgresql"  # the DigitalOcean volume (seed guide: XFS, noatime)
+POSTGRES_BASE = DATA_MOUNT  # Debian's clusters live in <base>/<major>/main: on the volume
 MOUNT_UNIT = "var-lib-postgresql.mount"
 SYNAPSE_USER = "matrix-synapse"
 SYNAPSE_DATA = f"{DATA_MOUNT}/matrix-synapse"  # on the volume: survives droplet replacement

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.synapse_lock import LOCKS, lock_path
+from components.platform import DEFAULT_IMAGE, PLATFORMS, Platform, platform_of
+from components.synapse_lock import lock_path, locked_versions
 
 PROJECT = "matrix-stack"
 
@@ -29,7 +30,7 @@ ELEMENT_GITHUB_URL = (
 DEFAULTS: dict[str, Any] = {
     "region": "nyc3",
     "dropletSize": "s-1vcpu-1gb",
-    "dropletImage": "debian-12-x64",
+    "dropletImage": DEFAULT_IMAGE,
     "volumeSizeGb": 10,
     "matrixSubdomain": "matrix",
     "chatSubdomain": "chat",
@@ -202,6 +203,13 @@ class Settings:
     tuning: Tuning
 
     @property
+    def platform(self) -> Platform:
+        """The Debian release of dropletImage: its Python (the Synapse lock) and its PostgreSQL."""
+        platform = platform_of(self.droplet_image)
+        assert platform is not None  # validated in load()
+        return platform
+
+    @property
     def matrix_host(self) -> str:
         return f"{self.matrix_subdomain}.{self.domain}"
 
@@ -295,10 +303,11 @@ def _slug(key: str, value: Any) -> str:
     return value
 
 
-def _debian12_image(key: str, value: Any) -> str:
+def _debian_image(key: str, value: Any) -> str:
     slug = _slug(key, value)
-    if not slug.startswith("debian-12"):
-        raise invalid(key, slug, "a Debian 12 image slug such as debian-12-x64 (the server layer targets bookworm)")
+    if platform_of(slug) is None:
+        wanted = " or ".join(f"{p.image_prefix}-x64" for p in reversed(PLATFORMS))
+        raise invalid(key, slug, f"a Debian image the server layer targets: {wanted}")
     return slug
 
 
@@ -315,14 +324,13 @@ def _version(key: str, value: Any) -> str:
     return value
 
 
-def _synapse_version(key: str, value: Any) -> str:
-    """A version whose dependency lock is in the repository (components/synapse_lock.py)."""
-    version = _version(key, value)
-    if not lock_path(version).is_file():
-        known = ", ".join(sorted(p.stem for p in LOCKS.glob("*.txt"))) or "none"
-        raise invalid(key, version, f"a version with a dependency lock in templates/synapse/locks/ (have: {known}); "
-                      f"create it with: python -m components.synapse_lock {version}")
-    return version
+def _locked_synapse_version(version: str, platform: Platform) -> None:
+    """A version whose dependency lock for the image's Python is in the repository (components/synapse_lock.py)."""
+    if not lock_path(version, platform.python).is_file():
+        known = ", ".join(locked_versions(platform.python)) or "none"
+        raise invalid("synapseVersion", version, f"a version with a dependency lock for Python {platform.python} "
+                      f"in templates/synapse/locks/ (have: {known}); create it with: "
+                      f"python -m components.synapse_lock {version}")
 
 
 def _element_version(key: str, value: Any) -> str:
@@ -464,13 +472,13 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "certbotCloudflareToken": _required_secret,
     "region": _slug,
     "dropletSize": _slug,
-    "dropletImage": _debian12_image,
+    "dropletImage": _debian_image,
     "volumeSizeGb": _int_range(1, 16384),
     "matrixSubdomain": _subdomain,
     "chatSubdomain": _subdomain,
     "turnSubdomain": _subdomain,
     "acmeServer": _acme_server,
-    "synapseVersion": _synapse_version,
+    "synapseVersion": _version,
     "elementVersion": _element_version,
     "elementSha256": _optional_sha256,
     "elementDownloadUrl": _download_url,
@@ -558,6 +566,9 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
     if zone and v["domain"] != zone and not v["domain"].endswith("." + zone):
         raise invalid("cloudflareZone", zone, f"the zone that holds domain {v['domain']}: {v['domain']} itself "
                       "or a parent of it")
+    platform = platform_of(v["dropletImage"])
+    assert platform is not None  # _debian_image
+    _locked_synapse_version(v["synapseVersion"], platform)
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(

@@ -12,13 +12,11 @@ from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext
-from components.services.postgres import PG_MAJOR
 
 TIMER = "matrix-stack-backup.timer"
 SERVICE = "matrix-stack-backup.service"
 TIMER_PATH = f"/etc/systemd/system/{TIMER}"
 SERVICE_PATH = f"/etc/systemd/system/{SERVICE}"
-POSTGRES_UNIT = f"postgresql@{PG_MAJOR}-main.service"
 # Share of the volume that a backup or a restore must leave free: PostgreSQL lives on the volume too.
 FREE_RESERVE_PERCENT = 10
 
@@ -48,7 +46,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
     service = render(
         "backup/matrix-stack-backup.service.j2",
         backup_command=paths.BACKUP_COMMAND,
-        postgres_unit=POSTGRES_UNIT,
+        postgres_unit=ctx.settings.platform.postgres_unit,
         data_mount=paths.DATA_MOUNT,
     )
     script = render(

@@ -11,7 +11,6 @@ from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext
-from components.services.backup import POSTGRES_UNIT
 
 COMMAND = "/usr/local/sbin/matrix-stack-maintenance"
 TIMER = "matrix-stack-maintenance.timer"
@@ -25,7 +24,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
     service = render(
         "maintenance/matrix-stack-maintenance.service.j2",
         command=COMMAND,
-        postgres_unit=POSTGRES_UNIT,
+        postgres_unit=ctx.settings.platform.postgres_unit,
         data_mount=paths.DATA_MOUNT,
     )
     return [

@@ -44,7 +44,8 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
     names = {"domain": s.domain, "matrix_host": s.matrix_host, "chat_host": s.chat_host}
     well_known = f"{paths.APEX_ROOT}/.well-known/matrix"
     return [
-        RemoteFile(HTTP_CONF, rendered("nginx/matrix-stack.conf.j2", cloudflare_cidrs=_cidrs_input(ctx))),
+        RemoteFile(HTTP_CONF, rendered("nginx/matrix-stack.conf.j2", cloudflare_cidrs=_cidrs_input(ctx),
+                                     nginx_conf_hides_version=ctx.settings.platform.nginx_conf_hides_version)),
         RemoteFile(
             f"{SNIPPETS}/matrix-stack-tls.conf",
             render("nginx/tls.conf.j2", domain=s.domain, cert_dir=f"{paths.CERT_LIVE_DIR}/{s.domain}",

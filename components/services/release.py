@@ -16,7 +16,6 @@ from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import render
 from components.services import ServiceContext, backup, maintenance
-from components.services.backup import POSTGRES_UNIT
 
 RELEASE_COMMAND = "/usr/local/sbin/matrix-stack-release-volume"
 
@@ -29,7 +28,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         mount_unit=paths.MOUNT_UNIT,
         # The timers first: their services would start PostgreSQL (and mount the volume) again.
         writers=[paths.SYNAPSE_UNIT, backup.TIMER, backup.SERVICE, maintenance.TIMER, maintenance.SERVICE,
-                 POSTGRES_UNIT],
+                 ctx.settings.platform.postgres_unit],
     )
     return [
         StepSpec(

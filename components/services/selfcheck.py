@@ -47,5 +47,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         public_wait=PUBLIC_WAIT_S,
         disk_warn_percent=DISK_WARN_PERCENT,
         disk_fail_percent=DISK_FAIL_PERCENT,
+        postgres_major=settings.platform.postgres_major,
+        postgres_base=paths.POSTGRES_BASE,
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

@@ -160,7 +160,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         jemalloc_soname=JEMALLOC_SONAME if s.enable_jemalloc else "",
     )
     group = paths.SYNAPSE_USER
-    lock = lock_path(s.synapse_version).read_text()
+    lock = lock_path(s.synapse_version, s.platform.python).read_text()
     # A new lock for the same version (a dependency fixed) re-installs and restarts, as a new version does.
     versions = {"synapse": s.synapse_version, "lock": hashlib.sha256(lock.encode()).hexdigest()[:16]}
     return [

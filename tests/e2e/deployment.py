@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from components.cloud.adoption import volume_description
-from components.settings import DEFAULTS, load
+from components.settings import DEFAULTS, Settings, load
 from tests.e2e import cloudflare_apply
 from tests.e2e.edge import Edge, shared_edge
 from tests.e2e.runner import StepResult, run_all
 from tests.e2e.standins import ElementRelease, build_releases, release_server
-from tests.e2e.testhost import TestHost
+from tests.e2e.testhost import TestHost, rootfs
 from tests.e2e.testhost.cloudflare_standin import zone_id_of
 from tests.harness import CloudMocks, Recording, changed_steps, config_strings, record
 
@@ -39,6 +39,8 @@ E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
 if not 0 <= E2E_INDEX <= 152:
     raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..152 (the lifecycle and federation tests also "
                      "take index + 100 to + 103)")
+# The shared deployment's droplet image follows the test hosts' default release (MATRIX_STACK_E2E_RELEASE).
+E2E_IMAGE = rootfs.DEFAULT_IMAGE
 ELEMENT_PORT = 8088
 # The default release, and a later one whose tarball a compromised mirror swapped after signing.
 ELEMENT_VERSIONS = (DEFAULTS["elementVersion"],)
@@ -66,6 +68,10 @@ class Deployment:
     @property
     def domain(self) -> str:
         return str(self.config["domain"])
+
+    @property
+    def settings(self) -> Settings:
+        return settings_of(self.config, self.stack)
 
     @property
     def homeserver(self) -> str:
@@ -197,9 +203,14 @@ def base_config(host: TestHost, release: ElementRelease) -> dict[str, Any]:
     }
 
 
-def volume_name_for(config: dict[str, Any], stack: str = "test") -> str:
+def settings_of(config: dict[str, Any], stack: str = "test") -> Settings:
+    """The program's validated settings for a test config, as `pulumi up` would load them."""
     plain = {k.split(":", 1)[1]: v for k, v in config_strings(config).items()}
-    return load(plain, stack)[0].volume_name
+    return load(plain, stack)[0]
+
+
+def volume_name_for(config: dict[str, Any], stack: str = "test") -> str:
+    return settings_of(config, stack).volume_name
 
 
 def _keypair(path: Path, comment: str) -> str:
@@ -210,7 +221,7 @@ def _keypair(path: Path, comment: str) -> str:
 @contextlib.contextmanager
 def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: str = "test",
                   secret_seed: str = "", adopt: bool = False, domain: str = DOMAIN,
-                  **host_options: Any) -> Iterator[Deployment]:
+                  droplet_image: str = E2E_IMAGE, **host_options: Any) -> Iterator[Deployment]:
     """Create a test "droplet" as the engine would: the program is recorded first, then the host boots
     with the user data it declares (cloud-init installs the pinned host key), on the given volume
     image, with its stand-ins; all of it is torn down afterwards.
@@ -218,7 +229,8 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: 
     `stack` and `secret_seed` make it another stack and another stack life (other generated secrets);
     `adopt` has it adopt the volume a destroyed stack kept (`adoptVolume`), which DigitalOcean then
     lists as detached. `domain` is the server's name (its own zone). Web traffic goes through the
-    shared edge stand-in, which also answers for this host's zone once it is up. The volume image is
+    shared edge stand-in, which also answers for this host's zone once it is up. `droplet_image` is the
+    stack's dropletImage, and the test host boots that image's Debian release. The volume image is
     kept (a later host can boot on the same "volume"); the caller removes it. Nothing is provisioned
     yet: call `apply()`.
     """
@@ -232,12 +244,14 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: 
     # The stack's own volume; an adopted one keeps the name the stack "test" gave it.
     volume_name = volume_name_for(placeholder, "test" if adopt else stack)
     edge = shared_edge(lambda: Path(tempfile.mkdtemp(prefix="matrix-stack-edge-", dir="/var/tmp")))
-    host = TestHost(index, public_key, volume_name, domain, volume_image,
-                    identity_file=key_file, outsider=outsider, edge_ca=edge.ca_cert, **host_options)
+    host = TestHost(index, public_key, volume_name, domain, volume_image, identity_file=key_file,
+                    outsider=outsider, edge_ca=edge.ca_cert, release=rootfs.release_of(droplet_image), **host_options)
     try:
         releases = build_releases(host.host_side_address, ELEMENT_PORT, workdir, ELEMENT_VERSIONS,
                                   tampered=(ELEMENT_TAMPERED,))
         config = base_config(host, releases[ELEMENT_VERSIONS[0]])
+        if droplet_image != DEFAULTS["dropletImage"]:
+            config["dropletImage"] = droplet_image
         kept: dict[str, dict[str, Any]] = {}
         if adopt:
             config["adoptVolume"] = volume_name

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from components import paths
+from components.platform import Platform
+from tests.e2e.testhost.rootfs import DEFAULT_PLATFORM
 from tests.harness import Recording, parse_bundle
 
-SERVICE_UNITS = ("matrix-synapse.service", "nginx.service", "coturn.service", "postgresql@15-main.service",
-                 paths.MOUNT_UNIT)
+
+def service_units(platform: Platform = DEFAULT_PLATFORM) -> tuple[str, ...]:
+    """The long-running units of a deployed server on `platform` (the default test hosts' by default)."""
+    return ("matrix-synapse.service", "nginx.service", "coturn.service", platform.postgres_unit, paths.MOUNT_UNIT)
+
+
 UNIT_PROPERTIES = ("InvocationID", "ExecMainPID", "MainPID", "NRestarts", "ActiveEnterTimestampMonotonic",
                    "ActiveState", "SubState")
 
@@ -35,7 +41,7 @@ def managed_files(recording: Recording) -> list[str]:
     return found
 
 
-def derived_files(domain: str) -> list[str]:
+def derived_files(domain: str, platform: Platform = DEFAULT_PLATFORM) -> list[str]:
     """Files the step scripts write themselves (not from the bundle): a re-run must not touch them either."""
     live = f"{paths.CERT_LIVE_DIR}/{domain}"
     return [
@@ -45,7 +51,7 @@ def derived_files(domain: str) -> list[str]:
         paths.SYNAPSE_SIGNING_KEY,
         f"{paths.ELEMENT_LINK}/config.json",
         "/etc/ufw/user.rules", "/etc/ufw/user6.rules",
-        "/etc/postgresql/15/main/postgresql.conf",
+        f"{platform.postgres_conf_dir}/postgresql.conf",
     ]
 
 
@@ -142,9 +148,9 @@ class Snapshot:
 
 
 def snapshot(ssh: Any, files: Iterable[str], links: Iterable[str] = (),
-             units: Iterable[str] = SERVICE_UNITS) -> Snapshot:
+             units: Iterable[str] | None = None) -> Snapshot:
     """Take a snapshot through `ssh(command, stdin) -> stdout` (e.g. Deployment.ssh)."""
-    request = {"files": list(files), "links": list(links), "units": list(units),
+    request = {"files": list(files), "links": list(links), "units": list(service_units() if units is None else units),
                "properties": list(UNIT_PROPERTIES), "venv": paths.SYNAPSE_VENV}
     out = ssh(f"python3 -c {shlex.quote(GUEST_PROGRAM)}", json.dumps(request))
     return Snapshot(json.loads(out))

@@ -103,7 +103,8 @@ def test_the_data_volume_is_mounted_once_where_the_program_wants_it(deployment: 
 
 def test_synapse_runs_exactly_the_packages_of_its_versions_lock(deployment: Deployment) -> None:
     """Two deploys of one synapseVersion install the same code: the venv holds the lock's pins, no more."""
-    lock = synapse_lock.lock_path(DEFAULTS["synapseVersion"]).read_text()
+    platform = deployment.settings.platform
+    lock = synapse_lock.lock_path(DEFAULTS["synapseVersion"], platform.python).read_text()
     freeze = deployment.ssh(f"{paths.SYNAPSE_VENV}/bin/pip freeze --disable-pip-version-check")
     tooling = {"pip", "setuptools", "wheel", "distribute"}  # pip freeze leaves these out
     locked = {k: v for k, v in synapse_lock.pins(lock).items() if k not in tooling}

@@ -150,9 +150,11 @@ def servers(deployment: Deployment) -> Iterator[Servers]:
     directory = Path(tempfile.mkdtemp(prefix="matrix-stack-federation-", dir="/var/tmp"))
     try:
         with contextlib.ExitStack() as stack:
-            # Stacks of their own, with secrets of their own (their own signing keys among them).
+            # Stacks of their own, with secrets of their own (their own signing keys among them). The peer
+            # still runs Debian 12 (still accepted): servers on both images federate.
             b = stack.enter_context(deployed_host(PEER_INDEX, directory / "peer.img", outsider=False, domain=PEER,
-                                                  stack="peer", secret_seed="the peer stack"))
+                                                  stack="peer", secret_seed="the peer stack",
+                                                  droplet_image="debian-12-x64"))
             c = stack.enter_context(deployed_host(THIRD_INDEX, directory / "third.img", outsider=False, domain=THIRD,
                                                   stack="third", secret_seed="the third stack"))
             started = time.monotonic()

@@ -42,12 +42,12 @@ from nio import (
 )
 
 from components import paths
-from components.services.postgres import PG_MAJOR
+from components.platform import PLATFORMS, Platform
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, guest_api, login, password_works
 from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay
 from tests.e2e.deployment import DOMAIN, E2E_INDEX, HOMESERVER, Deployment, deployed_host
-from tests.e2e.observe import SERVICE_UNITS, Snapshot, derived_files, derived_links, differences, managed_files, snapshot
+from tests.e2e.observe import Snapshot, derived_files, derived_links, differences, managed_files, service_units, snapshot
 from tests.e2e.runner import StepFailed, StepResult, connect, run_all, run_delete, run_step, ssh_command
 from tests.e2e.testhost import volume
 from tests.harness import Recording, parse_bundle
@@ -56,6 +56,10 @@ pytestmark = pytest.mark.e2e
 
 # The replaced-droplet hosts: indexes of their own, next to the shared deployment's (see deployment.py).
 FIRST_INDEX, SECOND_INDEX = E2E_INDEX + 100, E2E_INDEX + 101
+# The replaced droplet also moves the server from Debian 12 to 13, as a user changing dropletImage
+# does: the new droplet must upgrade PostgreSQL 15's cluster on the volume to 17 and lose nothing.
+OLD_IMAGE, NEW_IMAGE = "debian-12-x64", "debian-13-x64"
+OLD, NEW = (next(p for p in PLATFORMS if image.startswith(p.image_prefix + "-")) for image in (OLD_IMAGE, NEW_IMAGE))
 MB = 1024 * 1024
 
 
@@ -186,7 +190,7 @@ def test_a_changed_setting_reruns_only_its_steps_and_restarts_only_its_service(
         assert after.nginx_workers and not set(after.nginx_workers) & set(before.nginx_workers), (
             f"nginx was not reloaded: workers {before.nginx_workers} -> {after.nginx_workers}")
 
-        for unit in ("coturn.service", "postgresql@15-main.service", paths.MOUNT_UNIT):
+        for unit in ("coturn.service", deployment.settings.platform.postgres_unit, paths.MOUNT_UNIT):
             assert after.unit(unit) == before.unit(unit), f"{unit} was touched"
         assert after.data["postgres_times"] == before.data["postgres_times"], "PostgreSQL was reloaded"
         for key in ("dpkg_log_lines", "synapse_record_ctime_ns"):
@@ -238,7 +242,7 @@ def test_a_raised_volume_size_grows_the_filesystem(deployment: Deployment) -> No
         after = filesystem_mib(deployment)
         print(f"filesystem: {before} MiB -> {after} MiB")
         assert after >= before + 500
-        for unit in ("matrix-synapse.service", "postgresql@15-main.service", paths.MOUNT_UNIT):
+        for unit in ("matrix-synapse.service", deployment.settings.platform.postgres_unit, paths.MOUNT_UNIT):
             assert snapshot(deployment.ssh, []).unit(unit)["InvocationID"] == units_before.unit(unit)["InvocationID"]
     finally:
         deployment.apply_changes(volumeSizeGb=None)
@@ -260,7 +264,7 @@ def test_a_turn_setting_change_restarts_coturn_and_no_other_service(deployment: 
         assert after.unit("coturn.service")["ActiveState"] == "active"
         ports = deployment.ssh(f"grep -E '^(min|max)-port=' {paths.COTURN_CONFIG}").split()
         assert ports == ["min-port=49160", "max-port=49199"]
-        for unit in ("matrix-synapse.service", "nginx.service", "postgresql@15-main.service", paths.MOUNT_UNIT):
+        for unit in ("matrix-synapse.service", "nginx.service", deployment.settings.platform.postgres_unit, paths.MOUNT_UNIT):
             assert after.unit(unit)["InvocationID"] == before.unit(unit)["InvocationID"], f"{unit} was restarted"
     finally:
         steps, results = deployment.apply_changes(turnRelayPorts=None)
@@ -350,12 +354,12 @@ def test_every_service_comes_back_after_a_reboot(deployment: Deployment) -> None
     started = time.monotonic()
     deployment.host.reboot()
     booted = time.monotonic() - started
-    units = " ".join(SERVICE_UNITS)
+    units = " ".join(service_units(deployment.settings.platform))
     seconds = wait_on_guest(deployment, f"systemctl is-active --quiet {units} && {synapse_healthy()}",
                             "every service active after the reboot", timeout=180)
     after = snapshot(deployment.ssh, [])
     print(f"\nreboot: guest up in {booted:.0f} s, all services active {seconds:.0f} s later")
-    for unit in SERVICE_UNITS:
+    for unit in service_units(deployment.settings.platform):
         assert after.unit(unit)["ActiveState"] == "active", unit
         assert after.unit(unit)["InvocationID"] != before.unit(unit)["InvocationID"], f"{unit} did not restart?"
     deployment.ssh(f"mountpoint -q {paths.DATA_MOUNT} && test -f {paths.SYNAPSE_SIGNING_KEY}")
@@ -477,14 +481,16 @@ def write_in_flight(deployment: Deployment, first: FirstGeneration, stop: thread
     run(go)
 
 
-def cluster_state_of(image: Path) -> str:
-    """pg_controldata's cluster state of the volume image, read on this machine, mounted read-only."""
+def cluster_state_of(image: Path, platform: Platform) -> str:
+    """pg_controldata's cluster state of the volume image, read on this machine, mounted read-only
+    (this machine's PostgreSQL must be `platform`'s: Debian 12's 15)."""
+    major = platform.postgres_major
     mount_point = Path(tempfile.mkdtemp(prefix="matrix-stack-detached-"))
     loop = volume.attach(image)
     try:
         subprocess.run(["mount", "-o", "ro,norecovery", loop, str(mount_point)], check=True, timeout=60)
         try:
-            out = subprocess.run([f"/usr/lib/postgresql/{PG_MAJOR}/bin/pg_controldata", str(mount_point / PG_MAJOR / "main")],
+            out = subprocess.run([f"/usr/lib/postgresql/{major}/bin/pg_controldata", str(mount_point / major / "main")],
                                  capture_output=True, text=True, timeout=60, check=True).stdout
         finally:
             subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
@@ -510,13 +516,14 @@ def release_like_the_engine(first_host: Deployment, first: FirstGeneration) -> R
     writer.join(timeout=120)
     print(f"release-volume delete: {result.seconds:.1f} s, rc {result.returncode}; messages acknowledged: "
           f"{during} before it, {len(acknowledged)} in all")
-    writers = ("matrix-synapse.service", "postgresql@15-main.service", "matrix-stack-backup.timer",
+    platform = first_host.settings.platform
+    writers = ("matrix-synapse.service", platform.postgres_unit, "matrix-stack-backup.timer",
                "matrix-stack-maintenance.timer")
     states = snapshot(first_host.ssh, [], units=writers)
     mounts = volume_mounts(first_host)
     first_host.host.shutdown()  # the droplet is deleted after the new one took over; the volume is detached
     return Release(list(acknowledged), result, mounts, {u: states.unit(u)["ActiveState"] for u in writers},
-                   cluster_state_of(first_host.host.volume_image))
+                   cluster_state_of(first_host.host.volume_image, platform))
 
 
 def run_interrupted(deployment: Deployment, command: Any, started: str, grace: float) -> Interruption:
@@ -611,13 +618,15 @@ def second_generation() -> Iterator[SecondGeneration]:
     try:
         started = time.monotonic()
         with contextlib.ExitStack() as old_droplet, contextlib.ExitStack() as new_droplet:
-            first_host = old_droplet.enter_context(deployed_host(FIRST_INDEX, image, outsider=False))
+            first_host = old_droplet.enter_context(deployed_host(FIRST_INDEX, image, outsider=False,
+                                                                 droplet_image=OLD_IMAGE))
             print_steps("first host: provisioning", first_host.apply())
             first = populate(first_host)
             print(f"first host deployed and used in {time.monotonic() - started:.0f} s")
             # The engine's order: the new droplet is created (booted, nothing attached yet), the old
             # droplet's guard is deleted (its delete releases the volume), the attachment is replaced.
-            second_host = new_droplet.enter_context(deployed_host(SECOND_INDEX, image, outsider=False))
+            second_host = new_droplet.enter_context(deployed_host(SECOND_INDEX, image, outsider=False,
+                                                                  droplet_image=NEW_IMAGE))
             release = release_like_the_engine(first_host, first)
             old_droplet.close()
             second = SecondGeneration(first, second_host, release)
@@ -670,10 +679,10 @@ def test_interrupted_provisioning_is_finished_by_the_next_run(second_generation:
 
     deployment = second.deployment
     assert deployment.ssh("dpkg --audit").strip() == "", "dpkg was left with half-installed packages"
-    state = snapshot(deployment.ssh, [])
+    state = snapshot(deployment.ssh, [], units=service_units(NEW))
     assert state.data["synapse_version"] == DEFAULTS["synapseVersion"]
     assert state.data["postgres_listen_addresses"] == "127.0.0.1", "postgres-config's conf.d is not in effect"
-    for unit in SERVICE_UNITS:
+    for unit in service_units(NEW):
         assert state.unit(unit)["ActiveState"] == "active", unit
     # One more complete run: everything is in place, so it passes again (including the self-check).
     assert deployment.recording is not None
@@ -693,14 +702,26 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     assert "the data volume is released" in release.result.stderr
     assert release.mounts_after == [] and set(release.writers_after.values()) == {"inactive"}, release
     assert release.cluster_state == "shut down", release.cluster_state  # a clean shutdown: no crash recovery
-    server_log = deployment.ssh(f"cat /var/log/postgresql/postgresql-{PG_MAJOR}-main.log")
+    # The new droplet read the old cluster with PostgreSQL 15 itself, which found it cleanly shut down.
+    old_major, new_major = OLD.postgres_major, NEW.postgres_major
+    server_log = deployment.ssh(f"cat /var/log/matrix-stack-postgres-upgrade-{old_major}.log")
     assert "database system was shut down at" in server_log, server_log[-2000:]
     assert "automatic recovery in progress" not in server_log and "not properly shut down" not in server_log
     assert volume_mounts(deployment) == [paths.DATA_MOUNT]  # a replaced droplet: no /mnt mount
 
+    # Debian 13's PostgreSQL 17 holds the data now, verified table by table; 15's cluster is kept.
     postgres_log = step_log(second, "postgres-install")
-    assert "adopting the existing PostgreSQL 15 cluster" in postgres_log, postgres_log[-2000:]
-    assert "creating the PostgreSQL 15 cluster" not in postgres_log
+    assert f"upgrading: PostgreSQL {old_major}'s cluster on the volume" in postgres_log, postgres_log[-2000:]
+    assert "rows, equal in both clusters" in postgres_log, postgres_log[-2000:]
+    marker = dict(line.split("=", 1) for line in deployment.ssh(
+        f"cat /var/lib/postgresql/{new_major}/matrix-stack-upgraded-from-{old_major}").splitlines()
+        if "=" in line and not line.startswith("#"))
+    assert "synapse" in marker["databases"].split() and int(marker["tables"]) > 50 and int(marker["rows"]) > 0
+    assert deployment.ssh(f"cat /var/lib/postgresql/{old_major}/main/PG_VERSION").strip() == old_major
+    assert deployment.ssh("runuser -u postgres -- psql -XAtc 'SHOW server_version_num'").strip().startswith(new_major)
+    assert deployment.ssh(f"test ! -e /var/cache/matrix-stack/postgresql-{old_major}-root && echo gone").strip() == "gone"
+    selfcheck = step_log(second, "selfcheck-verify")
+    assert f"upgraded from PostgreSQL {old_major}" in selfcheck, selfcheck[-2000:]
     synapse_log = step_log(second, "synapse-config")
     assert "placed the generated signing key" not in synapse_log
     assert deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip() == first.signing_key_stat
@@ -780,7 +801,7 @@ def adoption(second_generation: SecondGeneration) -> Iterator[Adoption]:
     old.host.shutdown()  # the droplet is deleted; the retained volume is detached and kept
     print(f"\ndestroy: release-volume delete {destroy.seconds:.1f} s, rc {destroy.returncode}")
     with deployed_host(FIRST_INDEX, old.host.volume_image, outsider=False, stack="reborn",
-                       secret_seed="a new stack life after the destroy", adopt=True) as new:
+                       secret_seed="a new stack life after the destroy", adopt=True, droplet_image=NEW_IMAGE) as new:
         adopted = Adoption(second, new, destroy, bob_token, 0.0)
         try:
             results = new.apply()
@@ -807,7 +828,9 @@ def test_a_new_stack_adopts_the_volume_a_destroyed_stack_kept(adoption: Adoption
     def log(step: str) -> str:
         return next(r.stderr for r in new.provisioning if r.name == step)
 
-    assert "adopting the existing PostgreSQL 15 cluster" in log("postgres-install")
+    # The upgraded cluster is adopted as it is: no second upgrade from the 15 cluster still kept beside it.
+    assert f"adopting the existing PostgreSQL {NEW.postgres_major} cluster" in log("postgres-install")
+    assert "upgrading" not in log("postgres-install")
     assert "password an earlier stack gave it" in log("admin-user")
     assert "placed the generated signing key" not in log("synapse-config")
     assert volume_mounts(new) == [paths.DATA_MOUNT]

@@ -670,3 +670,12 @@ def test_secret_files_have_tight_modes(
     assert mode in modes and user == owner
     if group is not None:
         assert grp == group
+
+
+def test_nginx_does_not_name_its_version(deployment: Deployment) -> None:
+    """`server_tokens off` is in effect: set in conf.d on Debian 12, by the stock nginx.conf on Debian 13
+    (where a second one would stop nginx). A response names only "nginx"."""
+    headers = deployment.ssh(f"curl -sS -o /dev/null -D - -H 'Host: matrix.{DOMAIN}' http://127.0.0.1/")
+    servers = [line.split(":", 1)[1].strip() for line in headers.splitlines() if line.lower().startswith("server:")]
+    print(f"\n  {deployment.settings.droplet_image}: Server: {servers}")
+    assert servers == ["nginx"], headers

@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
+import os
+import shutil
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components.platform import PLATFORMS
 from components.services import ServiceContext
 from components.settings import load
 from tests.pki import origin_pull_pair
 
+
+def _host_image() -> str:
+    """The droplet image of this machine's own Debian: the rendered files are checked by its tools
+    (nginx with its stock nginx.conf, PostgreSQL, systemd), so they are rendered for that release.
+    The other release is checked on its own test host by the end-to-end suite."""
+    release = Path("/etc/os-release").read_text()
+    codename = next((line.split("=", 1)[1].strip('"') for line in release.splitlines()
+                     if line.startswith("VERSION_CODENAME=")), "")
+    return next((f"{p.image_prefix}-x64" for p in PLATFORMS if p.codename == codename), "debian-12-x64")
+
+
+HOST_IMAGE = _host_image()
 BASE_CONFIG = {
+    "dropletImage": HOST_IMAGE,
     "domain": "example.org",
     "sshAllowedCidrs": '["203.0.113.7/32", "2001:db8::/48"]',
     "letsencryptEmail": "ops@example.org",
@@ -102,3 +120,35 @@ def verify_timer_units(tmp: Path, files: dict[str, Any], command: str, service: 
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp / timer), str(tmp / service)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def as_postgres(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+@contextlib.contextmanager
+def postgres_server(port: int, files: dict[str, str] | None = None) -> Iterator[tuple[Path, Path]]:
+    """A throwaway cluster of this machine's PostgreSQL (the rendered platform's), with `files` written
+    into its data directory, listening on a socket directory only: yields (data dir, socket dir)."""
+    binaries = Path(f"/usr/lib/postgresql/{make_context().settings.platform.postgres_major}/bin")
+    base = Path(tempfile.mkdtemp(prefix="matrix-stack-pg-", dir="/var/tmp"))  # postgres must traverse it
+    os.chmod(base, 0o755)
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    shutil.chown(base, "postgres")
+    shutil.chown(sock, "postgres")
+    assert as_postgres(str(binaries / "initdb"), "-D", str(data), "--locale=C.UTF-8", "-E", "UTF8").returncode == 0
+    for name, text in (files or {}).items():
+        (data / name).parent.mkdir(exist_ok=True)
+        (data / name).write_text(text)
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write(f"\ninclude_dir = 'conf.d'\nunix_socket_directories = '{sock}'\nport = {port}\n")
+    (data / "conf.d").mkdir(exist_ok=True)
+    subprocess.run(["chown", "-R", "postgres:postgres", str(data)], check=True)
+    started = as_postgres(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start")
+    assert started.returncode == 0, (base / "log").read_text()
+    try:
+        yield data, sock
+    finally:
+        as_postgres(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)

@@ -19,7 +19,8 @@ def files(**config: str) -> dict[str, RemoteFile]:
 
 
 def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    verify_timer_units(tmp_path, files(), paths.BACKUP_COMMAND, backup.SERVICE, backup.TIMER, backup.POSTGRES_UNIT)
+    postgres_unit = make_context().settings.platform.postgres_unit
+    verify_timer_units(tmp_path, files(), paths.BACKUP_COMMAND, backup.SERVICE, backup.TIMER, postgres_unit)
 
 
 def test_the_timer_runs_daily_and_catches_up_after_downtime() -> None:
@@ -33,7 +34,7 @@ def test_the_timer_runs_daily_and_catches_up_after_downtime() -> None:
 
 def test_the_service_waits_for_postgres_and_the_volume() -> None:
     service = parse_unit(str(files()[backup.SERVICE_PATH].content))
-    assert service["Unit"]["After"] == backup.POSTGRES_UNIT
+    assert service["Unit"]["After"] == make_context().settings.platform.postgres_unit
     assert service["Unit"]["RequiresMountsFor"] == paths.DATA_MOUNT
     assert service["Service"]["Type"] == "oneshot"
     assert service["Service"]["ExecStart"] == f"{paths.BACKUP_COMMAND} scheduled"

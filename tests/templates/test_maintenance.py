@@ -9,7 +9,7 @@ from pathlib import Path
 
 from components import paths
 from components.remote import RemoteFile
-from components.services import backup, maintenance
+from components.services import maintenance
 from tests.templates.conftest import make_context, parse_unit, verify_timer_units
 
 
@@ -19,7 +19,8 @@ def files() -> dict[str, RemoteFile]:
 
 
 def test_service_and_timer_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    verify_timer_units(tmp_path, files(), maintenance.COMMAND, maintenance.SERVICE, maintenance.TIMER, backup.POSTGRES_UNIT)
+    postgres_unit = make_context().settings.platform.postgres_unit
+    verify_timer_units(tmp_path, files(), maintenance.COMMAND, maintenance.SERVICE, maintenance.TIMER, postgres_unit)
 
 
 def test_the_timer_runs_weekly_after_the_nights_backup_and_catches_up() -> None:
@@ -34,7 +35,7 @@ def test_the_timer_runs_weekly_after_the_nights_backup_and_catches_up() -> None:
 def test_the_service_waits_for_postgres_and_the_volume() -> None:
     rendered = files()
     service = parse_unit(str(rendered[maintenance.SERVICE_PATH].content))
-    assert service["Unit"]["After"] == backup.POSTGRES_UNIT
+    assert service["Unit"]["After"] == make_context().settings.platform.postgres_unit
     assert service["Unit"]["RequiresMountsFor"] == paths.DATA_MOUNT
     assert (service["Service"]["Type"], service["Service"]["ExecStart"]) == ("oneshot", maintenance.COMMAND)
     command = rendered[maintenance.COMMAND]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,48 +11,27 @@ import pytest
 
 from components import paths
 from components.services import postgres
-from tests.templates.conftest import FAKE_SECRETS, make_context
+from tests.templates.conftest import FAKE_SECRETS, as_postgres, make_context, postgres_server
 
-BIN = Path("/usr/lib/postgresql/15/bin")
+PORT = 54329
 
 
 def rendered_files(**config: str) -> dict[str, str]:
     return {Path(f.path).name: str(f.content) for s in postgres.steps(make_context(**config)) for f in s.files}
 
 
-def as_postgres(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[Path, Path]]:
     """A throwaway cluster with the rendered conf.d file and pg_hba.conf, listening on a socket dir."""
-    base = Path(tempfile.mkdtemp(prefix="matrix-stack-pg-", dir="/var/tmp"))  # postgres must traverse it
-    os.chmod(base, 0o755)
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    shutil.chown(base, "postgres")
-    shutil.chown(sock, "postgres")
-    assert as_postgres(str(BIN / "initdb"), "-D", str(data), "--locale=C.UTF-8", "-E", "UTF8").returncode == 0
     files = rendered_files(dropletSize="s-2vcpu-4gb")
-    (data / "conf.d").mkdir()
-    (data / "conf.d" / "matrix-stack.conf").write_text(files["matrix-stack.conf"])
-    (data / "pg_hba.conf").write_text(files["pg_hba.conf"])
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write(f"\ninclude_dir = 'conf.d'\nunix_socket_directories = '{sock}'\nport = 54329\n")
-    subprocess.run(["chown", "-R", "postgres:postgres", str(data)], check=True)
-    started = as_postgres(str(BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start")
-    assert started.returncode == 0, (base / "log").read_text()
-    try:
-        yield data, sock
-    finally:
-        as_postgres(str(BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres_server(PORT, {"conf.d/matrix-stack.conf": files["matrix-stack.conf"],
+                                "pg_hba.conf": files["pg_hba.conf"]}) as running:
+        yield running
 
 
 def psql(sock: Path, *args: str, stdin: str | None = None, user: str = "postgres") -> subprocess.CompletedProcess[str]:
     return as_postgres(
-        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", str(sock), "-p", "54329", "-U", user, "-d", "postgres", *args, input=stdin
+        "psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", str(sock), "-p", str(PORT), "-U", user, "-d", "postgres", *args, input=stdin
     )
 
 

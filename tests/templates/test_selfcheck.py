@@ -18,6 +18,7 @@ import secrets
 import shutil
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,14 @@ import pytest
 from components import paths
 from components.remote import bundle_text
 from components.services import ServiceContext, admin, selfcheck
-from tests.templates.conftest import FAKE_SECRETS, ORIGIN_PULL_CA, ORIGIN_PULL_CLIENT, make_context
+from tests.templates.conftest import (
+    FAKE_SECRETS,
+    ORIGIN_PULL_CA,
+    ORIGIN_PULL_CLIENT,
+    as_postgres,
+    make_context,
+    postgres_server,
+)
 
 CONFIGS = [{}, {"domain": "chat.example.net", "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "t"}]
 TOKEN = "syt_TOKENsecret0123456789"
@@ -69,12 +77,33 @@ esac
 """
 
 
+DATABASE_PORT = 54331
+_database: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _database_server() -> Iterator[None]:
+    """A real PostgreSQL of this machine's release: the check asks it which version runs."""
+    with postgres_server(DATABASE_PORT) as (data, sock):
+        _database.update(data=data, sock=sock)
+        yield
+        _database.clear()
+
+
+def database_sql(sql: str) -> str:
+    result = as_postgres("psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(_database["sock"]),
+                         "-p", str(DATABASE_PORT), "-d", "postgres", "-c", sql)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: bool = False,
-               fill_percent: int = 0) -> subprocess.CompletedProcess[str]:  # fmt: skip
+               fill_percent: int = 0, before: str = "") -> subprocess.CompletedProcess[str]:  # fmt: skip
     """The step's bundle (prelude + script), in its own network and mount namespace, optionally with
     the stand-in. A real filesystem (a loop device) stands in for the data volume, mounted once at a
     temporary mount point, or also at a second one with `extra_mount`, filled by a file in its
-    backups directory to `fill_percent` % as df counts it."""
+    backups directory to `fill_percent` % as df counts it. `before` runs in the namespace first, with
+    the volume mounted. The check's psql reaches the module's real PostgreSQL (PGHOST, PGPORT)."""
     for name in ("unshare", "ip", "curl", "jq", "openssl", "python3", "losetup", "mkfs.xfs"):
         tool(name)
     (spec,) = selfcheck.steps(make_context())
@@ -93,6 +122,7 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
     loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
     script = re.sub(r"(?m)^volume_device=.*$", f"volume_device={loop}", script)
     script = script.replace(f"data_mount={paths.DATA_MOUNT}\n", f"data_mount={data}\n")
+    script = script.replace(f"postgres_base={paths.POSTGRES_BASE}\n", f"postgres_base={data}\n")
     client = tmp / "origin-pull-client.pem"
     client.write_text(ORIGIN_PULL_CLIENT)
     client.chmod(0o600)
@@ -104,6 +134,7 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
                      + " ".join(make_context(**CONFIGS[1]).settings.hostnames) + "\n")
     mounts = f"mount --bind {hosts} /etc/hosts\nexport CURL_CA_BUNDLE={tmp}/cert.pem\n"
     mounts += f"mount {loop} {data}\n" + (f"mount {loop} {other}\n" if extra_mount else "")
+    mounts += f"export PGHOST={_database['sock']} PGPORT={DATABASE_PORT}\n{before}\n"
     if fill_percent:
         mounts += (f"read -r used avail < <(df -B1 --output=used,avail {data} | tail -n 1)\n"
                    f"mkdir -p {data}/backups && fallocate -l $(( (used + avail) * {fill_percent} / 100 - used + 1048576 ))"
@@ -409,3 +440,44 @@ def test_a_failed_last_backup_is_reported_without_failing(tmp_path: Path) -> Non
     result = run_script(script, tmp_path, server)
     assert result.returncode == 0, result.stderr
     assert "WARNING: the last backup failed: journalctl -u matrix-stack-backup.service" in result.stderr
+
+
+def _upgrade_marker(tmp: Path, system_identifier: str, tables: list[str]) -> str:
+    """A command writing the marker an upgrade from PostgreSQL 14 leaves (the old cluster kept too)."""
+    major = make_context().settings.platform.postgres_major
+    body = (f"# matrix-stack: PostgreSQL 14 -> {major} upgrade, verified by row counts\n"
+            "upgraded_at=2026-12-01T10:00:00Z\nold_cluster=/var/lib/postgresql/14/main\ndatabases=postgres \n"
+            f"tables={len(tables)}\nrows=7\nsystem_identifier={system_identifier}\n"
+            + "".join(f"{t} 7\n" for t in tables))
+    (tmp / "marker").write_text(body)
+    return (f"data=$(findmnt -rn -o TARGET -S $(losetup -j {tmp}/volume-*.img | cut -d: -f1) | head -n 1)\n"
+            f"mkdir -p $data/{major} $data/14/main && echo 14 > $data/14/main/PG_VERSION\n"
+            f"cp {tmp}/marker $data/{major}/matrix-stack-upgraded-from-14\n")
+
+
+def test_an_upgraded_database_is_reported_with_its_verified_counts(tmp_path: Path) -> None:
+    database_sql("CREATE TABLE IF NOT EXISTS kept (n int)")
+    identifier = database_sql("SELECT system_identifier FROM pg_control_system()")
+    script, server = stand_in(make_context(), tmp_path, "")
+    result = run_script(script, tmp_path, server, before=_upgrade_marker(tmp_path, identifier, ["postgres.public.kept"]))
+    assert result.returncode == 0, result.stderr
+    assert "database: upgraded from PostgreSQL 14 at 2026-12-01T10:00:00Z: 1 tables, 7 rows verified equal, all present; " \
+           "PostgreSQL 14's cluster is kept at" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("case", ["another-cluster", "table-gone"])
+def test_an_upgrade_the_running_database_does_not_match_fails(tmp_path: Path, case: str) -> None:
+    database_sql("CREATE TABLE IF NOT EXISTS kept (n int)")
+    identifier = database_sql("SELECT system_identifier FROM pg_control_system()")
+    tables = ["postgres.public.kept"]
+    if case == "another-cluster":
+        identifier = str(int(identifier) + 1)
+    else:
+        tables.append("postgres.public.dropped_since")
+    script, server = stand_in(make_context(), tmp_path, "")
+    result = run_script(script, tmp_path, server, before=_upgrade_marker(tmp_path, identifier, tables))
+    assert result.returncode != 0
+    expected = ("the running PostgreSQL" if case == "another-cluster"
+                else "1 table(s) copied in the upgrade from PostgreSQL 14 are gone")
+    assert [line for line in failures(result) if "database:" in line] == [
+        line for line in failures(result) if expected in line] != [], result.stderr

@@ -327,8 +327,9 @@ def test_a_new_lock_for_the_same_version_reinstalls_and_restarts(monkeypatch: py
     before = _steps()
     version = before["synapse-install"].versions["synapse"]
     bumped = tmp_path / "lock.txt"
-    bumped.write_text(synapse_lock.lock_path(version).read_text() + "# a dependency fixed\n")
-    monkeypatch.setattr(synapse, "lock_path", lambda _: bumped)
+    python = make_context().settings.platform.python
+    bumped.write_text(synapse_lock.lock_path(version, python).read_text() + "# a dependency fixed\n")
+    monkeypatch.setattr(synapse, "lock_path", lambda *_: bumped)
     after = _steps()
     for name in ("synapse-install", "synapse-config"):
         assert after[name].versions != before[name].versions, name

@@ -122,7 +122,7 @@ def test_the_volume_guard_stands_between_the_attachment_and_every_step(graph: Re
 
 def test_droplet_is_debian_with_ipv6_monitoring_and_deploy_key(graph: Recording) -> None:
     (droplet,) = graph.of_type("digitalocean:index/droplet:Droplet")
-    assert droplet.inputs["image"] == "debian-12-x64"
+    assert droplet.inputs["image"] == "debian-13-x64"
     assert droplet.inputs["size"] == "s-1vcpu-1gb"
     assert droplet.inputs["ipv6"] is True and droplet.inputs["monitoring"] is True
     keys = {k.name: k for k in graph.of_type("tls:index/privateKey:PrivateKey") if k.name.startswith("host-")}

@@ -38,6 +38,8 @@ INVALID: list[tuple[str, Any]] = [
     ("dropletSize", "s_1vcpu_1gb"),
     ("dropletSize", "s-1vcpu"),
     ("dropletImage", "ubuntu-24-04-x64"),
+    ("dropletImage", "debian-11-x64"),
+    ("dropletImage", "debian-14-x64"),
     ("volumeSizeGb", 0),
     ("volumeSizeGb", "ten"),
     ("matrixSubdomain", "mat.rix"),
@@ -170,6 +172,16 @@ def test_valid_values_are_accepted_and_normalised() -> None:
     assert settings.hostnames == ("example.org", "matrix.example.org", "chat.example.org", "turn.example.org")
     assert settings.tuning.memory_mb == 4096
     assert token == DEFAULT_CONFIG["certbotCloudflareToken"]
+
+
+@pytest.mark.parametrize(("image", "python", "postgres"), [("debian-13-x64", "3.13", "17"), ("debian-12-x64", "3.11", "15")])
+def test_both_debian_images_are_accepted_each_with_its_python_and_postgresql(image: str, python: str, postgres: str) -> None:
+    settings = load(raw(dropletImage=image))[0]
+    assert (settings.platform.python, settings.platform.postgres_major) == (python, postgres)
+
+
+def test_debian_13_is_the_default_image() -> None:
+    assert load(raw())[0].droplet_image == "debian-13-x64"
 
 
 def test_defaults_apply_when_unset() -> None:

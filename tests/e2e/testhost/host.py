@@ -1,4 +1,4 @@
-"""TestHost: a local Debian 12 "droplet" reachable over SSH, for end-to-end tests.
+"""TestHost: a local Debian "droplet" (13 by default, or 12) reachable over SSH, for end-to-end tests.
 
 It ties together the rootfs image, the network namespace, the registry proxy, pebble and the
 Cloudflare stand-in, the loop-device volume and the nspawn machine, and removes all of it again.
@@ -52,6 +52,7 @@ class TestHost:
         user_data: str | None = None,
         volume_filesystem: str | None = "xfs",
         edge_ca: str = "",
+        release: str = rootfs.DEFAULT_RELEASE,
     ) -> None:
         self.addr = network.Addresses(index)
         self.index = index
@@ -80,6 +81,7 @@ class TestHost:
         self.instance_id = f"e2e-{index}-{uuid.uuid4().hex[:12]}"
         self.volume_filesystem = volume_filesystem
         self.edge_ca = edge_ca  # the edge stand-in's CA, trusted in the guest like Cloudflare's certificates
+        self.release = release  # the Debian codename of the droplet's image
 
     # -- addresses and files --------------------------------------------------------------------
     @property
@@ -153,7 +155,7 @@ class TestHost:
         TestHost.cleanup(self.index)
         self.state.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
-        rootfs.unpack(self.root)
+        rootfs.unpack(self.root, self.release)
         if self._own_identity and not self.identity_file.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"e2e-{self.index}",
                  "-f", str(self.identity_file)])

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 APT_SOURCES = Path("/etc/apt/sources.list")
+OS_RELEASE = Path("/etc/os-release")
 APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 PIP_CONFIG_FILES = (
     Path("/etc/pip.conf"),
@@ -90,12 +91,36 @@ def apt_sources() -> list[AptSource]:
     return sources
 
 
-def debian_sources(release: str) -> list[AptSource]:
-    """The host's sources for one Debian release (its suites start with the release name)."""
+def host_release() -> str:
+    """The host's own Debian codename (VERSION_CODENAME in /etc/os-release)."""
+    for line in OS_RELEASE.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME":
+            return value.strip().strip('"')
+    raise RuntimeError(f"no VERSION_CODENAME in {OS_RELEASE}")
+
+
+def _sources_of(release: str) -> list[AptSource]:
     return [
         AptSource(s.uri, tuple(x for x in s.suites if x.split("-")[0] == release), s.components)
         for s in apt_sources()
         if any(x.split("-")[0] == release for x in s.suites)
+    ]
+
+
+def debian_sources(release: str) -> list[AptSource]:
+    """The host's sources for one Debian release (its suites start with the release name).
+
+    A release the host does not list (a Debian 12 host building a Debian 13 guest) comes from the
+    same mirrors: the host's own release's suites with the codename swapped (trixie, trixie-updates,
+    trixie-security)."""
+    found = _sources_of(release)
+    if found:
+        return found
+    own = host_release()
+    return [
+        AptSource(s.uri, tuple(release + x[len(own):] for x in s.suites), s.components)
+        for s in _sources_of(own)
     ]
 
 

@@ -1,4 +1,4 @@
-"""Build (once) and unpack a Debian 12 minbase root filesystem for the test host.
+"""Build (once) and unpack a Debian minbase root filesystem (13 by default, or 12) for the test host.
 
 debootstrap takes over a minute; the result is cached as a .tar.zst so later boots unpack it in
 seconds. The cache key covers everything that goes into the image, so a change rebuilds it.
@@ -13,10 +13,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from components.platform import PLATFORMS, platform_of
+
 from . import hostconfig
 from ._proc import run
 
-RELEASE = "bookworm"
+# The guest's Debian release: what a droplet of the image runs (the e2e suite's default follows
+# the program's default image; MATRIX_STACK_E2E_RELEASE=bookworm runs it on Debian 12).
+DEFAULT_RELEASE = os.environ.get("MATRIX_STACK_E2E_RELEASE", "trixie")
+if DEFAULT_RELEASE not in {p.codename for p in PLATFORMS}:
+    raise ValueError(f"MATRIX_STACK_E2E_RELEASE={DEFAULT_RELEASE}: use one of {sorted(p.codename for p in PLATFORMS)}")
+DEFAULT_PLATFORM = next(p for p in PLATFORMS if p.codename == DEFAULT_RELEASE)
+DEFAULT_IMAGE = f"{DEFAULT_PLATFORM.image_prefix}-x64"  # the droplet image of the default test hosts
 PACKAGES = (
     "systemd", "systemd-sysv", "openssh-server", "dbus", "iproute2", "python3",
     "python3-venv", "ca-certificates", "curl", "sudo",
@@ -47,19 +55,27 @@ def _host_cas() -> list[Path]:
     return sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []
 
 
-def cache_key() -> str:
+def release_of(image: str) -> str:
+    """The Debian codename of a droplet image slug (debian-13-x64 -> trixie)."""
+    platform = platform_of(image)
+    if platform is None:
+        raise ValueError(f"no test host release for the droplet image {image!r}")
+    return platform.codename
+
+
+def cache_key(release: str) -> str:
     """A short hash of what the image is made of: release, packages, sources, the host's CAs."""
     digest = hashlib.sha256()
-    digest.update(repr((RELEASE, PACKAGES, IMAGE_PACKAGES, "locale-gen en_US.UTF-8",
-                        hostconfig.debian_sources(RELEASE))).encode())
+    digest.update(repr((release, PACKAGES, IMAGE_PACKAGES, "locale-gen en_US.UTF-8",
+                        hostconfig.debian_sources(release))).encode())
     for ca in _host_cas():
         digest.update(ca.name.encode() + ca.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def _guest_sources() -> str:
+def _guest_sources(release: str) -> str:
     stanzas = []
-    for source in hostconfig.debian_sources(RELEASE):
+    for source in hostconfig.debian_sources(release):
         stanzas.append(
             f"Types: deb\nURIs: {source.uri}\nSuites: {' '.join(source.suites)}\n"
             f"Components: {' '.join(source.components) or 'main'}\n"
@@ -87,10 +103,10 @@ def _install_image_packages(root: Path) -> None:
     (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
 
 
-def _configure_generic(root: Path) -> None:
+def _configure_generic(root: Path, release: str) -> None:
     """What every guest shares: the host's apt sources and extra CAs, no machine id, no DNS."""
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
-    (root / "etc/apt/sources.list.d/debian.sources").write_text(_guest_sources())
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(_guest_sources(release))
     _install_image_packages(root)
     dest = root / "usr/local/share/ca-certificates"
     dest.mkdir(parents=True, exist_ok=True)
@@ -104,17 +120,17 @@ def _configure_generic(root: Path) -> None:
     run(["chroot", str(root), "apt-get", "clean"], timeout=60)
 
 
-def _build(tarball: Path) -> None:
+def _build(tarball: Path, release: str) -> None:
     build = CACHE_DIR / f"build-{tarball.stem}"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(mode=0o755, parents=True)
     try:
         run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", RELEASE,
-             str(build), hostconfig.debian_mirror(RELEASE)],
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", release,
+             str(build), hostconfig.debian_mirror(release)],
             timeout=1200,
         )
-        _configure_generic(build)
+        _configure_generic(build, release)
         partial = tarball.with_suffix(".partial")
         run(["tar", "-C", str(build), "--numeric-owner", "--xattrs", "-I", "zstd -T0 -3",
              "-cf", str(partial), "."], timeout=600)
@@ -123,21 +139,21 @@ def _build(tarball: Path) -> None:
         shutil.rmtree(build, ignore_errors=True)
 
 
-def cached_rootfs() -> Path:
+def cached_rootfs(release: str = DEFAULT_RELEASE) -> Path:
     """The cached image, built first if missing (one builder at a time across processes)."""
     ensure_host_tools()
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE_DIR / f"debian-{RELEASE}-{cache_key()}.tar.zst"
+    tarball = CACHE_DIR / f"debian-{release}-{cache_key(release)}.tar.zst"
     with open(CACHE_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not tarball.exists():
-            _build(tarball)
+            _build(tarball, release)
     return tarball
 
 
-def unpack(dest: Path) -> None:
+def unpack(dest: Path, release: str = DEFAULT_RELEASE) -> None:
     """Unpack a fresh copy of the image into `dest`; its top dir must be 0755 or dbus/logind hang."""
-    tarball = cached_rootfs()
+    tarball = cached_rootfs(release)
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(mode=0o755, parents=True)
