@@ -1,8 +1,14 @@
 """Where things live on the server: the one list every service and template agrees on."""
 
-DATA_MOUNT = "/var/lib/postgresql"  # the DigitalOcean volume (seed guide: XFS, noatime)
-POSTGRES_BASE = DATA_MOUNT  # Debian's clusters live in <base>/<major>/main: on the volume
-MOUNT_UNIT = "var-lib-postgresql.mount"
+# The DigitalOcean volume (seed guide: XFS, noatime), root-owned, with one directory per service:
+# postgresql/ (bound at /var/lib/postgresql, where Debian keeps its clusters), matrix-synapse/,
+# backups/ (root only) and matrix-stack/ (root only). postgresql-common re-owns /var/lib/postgresql
+# to postgres on every configure, so the volume itself is mounted elsewhere: no service user owns it.
+DATA_MOUNT = "/srv/matrix"
+MOUNT_UNIT = "srv-matrix.mount"
+POSTGRES_BASE = "/var/lib/postgresql"  # Debian's clusters: <base>/<major>/main
+POSTGRES_VOLUME_DIR = f"{DATA_MOUNT}/postgresql"  # bound at POSTGRES_BASE
+POSTGRES_BIND_UNIT = "var-lib-postgresql.mount"
 SYNAPSE_USER = "matrix-synapse"
 SYNAPSE_DATA = f"{DATA_MOUNT}/matrix-synapse"  # on the volume: survives droplet replacement
 SYNAPSE_MEDIA_STORE = f"{SYNAPSE_DATA}/media_store"

@@ -126,7 +126,11 @@ def server_cert(identity: str, ca_key_pem: str, ca_cert_pem: str, names: list[st
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
                    .not_valid_before(_NOT_BEFORE).not_valid_after(_NOT_BEFORE + datetime.timedelta(days=3650))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+                   # Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a certificate without it,
+                   # as Debian 13's clients do; publicly trusted certificates (Cloudflare's) carry it.
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+                                  critical=False))
         cert = _usages(["server_auth", "digital_signature"], builder).sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
     result: tuple[str, str] = _cached(f"server|{identity}|{','.join(names)}", make)

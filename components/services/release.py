@@ -13,6 +13,7 @@ script updates it in place and never runs the delete on a live server.
 from __future__ import annotations
 
 from components import paths
+from components.platform import Platform
 from components.remote import RemoteFile, StepSpec
 from components.render import render
 from components.services import ServiceContext, backup, maintenance
@@ -20,15 +21,20 @@ from components.services import ServiceContext, backup, maintenance
 RELEASE_COMMAND = "/usr/local/sbin/matrix-stack-release-volume"
 
 
+def volume_writers(platform: Platform) -> list[str]:
+    """Every unit that writes to the volume, in stopping order. The timers first: their services would
+    start PostgreSQL (and mount the volume) again."""
+    return [paths.SYNAPSE_UNIT, backup.TIMER, backup.SERVICE, maintenance.TIMER, maintenance.SERVICE,
+            platform.postgres_unit]
+
+
 def steps(ctx: ServiceContext) -> list[StepSpec]:
     release = render(
         "release/release-volume.sh.j2",
         device=ctx.settings.volume_device,
         mount_point=paths.DATA_MOUNT,
-        mount_unit=paths.MOUNT_UNIT,
-        # The timers first: their services would start PostgreSQL (and mount the volume) again.
-        writers=[paths.SYNAPSE_UNIT, backup.TIMER, backup.SERVICE, maintenance.TIMER, maintenance.SERVICE,
-                 ctx.settings.platform.postgres_unit],
+        mount_units=[paths.POSTGRES_BIND_UNIT, paths.MOUNT_UNIT],  # the bind on the volume first
+        writers=volume_writers(ctx.settings.platform),
     )
     return [
         StepSpec(

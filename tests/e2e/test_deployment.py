@@ -91,10 +91,12 @@ def test_a_step_refuses_a_host_with_another_key(deployment: Deployment, tmp_path
 
 
 def test_the_data_volume_is_mounted_once_where_the_program_wants_it(deployment: Deployment) -> None:
-    """DigitalOcean auto-mounted the new volume at /mnt/<name> (fstab); the volume step took that over."""
+    """DigitalOcean auto-mounted the new volume at /mnt/<name> (fstab); the volume step took that over:
+    the volume's root at /srv/matrix, its postgresql/ bound at /var/lib/postgresql, nothing else."""
     name = deployment.host.volume_name
     device = deployment.ssh(f"readlink -f {deployment.host.volume_guest_path}").strip()
-    assert deployment.ssh(f"findmnt -rn -S {device} -o TARGET").split() == [paths.DATA_MOUNT]
+    mounts = deployment.ssh(f"findmnt -rn -S {device} -o TARGET,FSROOT").splitlines()
+    assert sorted(mounts) == [f"{paths.DATA_MOUNT} /", f"{paths.POSTGRES_BASE} /postgresql"]
     fstab = deployment.ssh("cat /etc/fstab")
     assert f"# disabled by matrix-stack (the volume is mounted at {paths.DATA_MOUNT}): {droplet.fstab_line(name)}" in fstab
     (volume_step,) = [r for r in deployment.provisioning if r.name == "volume-mount"]
@@ -106,9 +108,12 @@ def test_synapse_runs_exactly_the_packages_of_its_versions_lock(deployment: Depl
     platform = deployment.settings.platform
     lock = synapse_lock.lock_path(DEFAULTS["synapseVersion"], platform.python).read_text()
     freeze = deployment.ssh(f"{paths.SYNAPSE_VENV}/bin/pip freeze --disable-pip-version-check")
-    tooling = {"pip", "setuptools", "wheel", "distribute"}  # pip freeze leaves these out
+    # pip freeze leaves these out on Python 3.11 (Debian 12), and lists setuptools from 3.12 on (Debian 13).
+    tooling = {"pip", "setuptools", "wheel", "distribute"}
     locked = {k: v for k, v in synapse_lock.pins(lock).items() if k not in tooling}
-    assert synapse_lock.pins(freeze) == locked
+    frozen = synapse_lock.pins(freeze)
+    assert {k: v for k, v in frozen.items() if k not in tooling} == locked
+    assert all(frozen[k] == synapse_lock.pins(lock)[k] for k in tooling & frozen.keys())  # if listed, the locked one
     stamp = deployment.ssh(f"cat {paths.SYNAPSE_VENV}/matrix-stack-lock.sha256").strip()
     assert stamp == hashlib.sha256(lock.encode()).hexdigest()
 

@@ -43,6 +43,9 @@ from nio import (
 
 from components import paths
 from components.platform import PLATFORMS, Platform
+from components.render import render
+from components.services import backup, maintenance
+from components.services.release import volume_writers
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, guest_api, login, password_works
 from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay
@@ -100,6 +103,12 @@ def server_keys(deployment: Deployment) -> dict[str, Any]:
     document = json.loads(body)
     assert document["server_name"] == DOMAIN
     return dict(document["verify_keys"])
+
+
+def signing_key_identity(deployment: Deployment, path: str = paths.SYNAPSE_SIGNING_KEY) -> str:
+    """The signing key file's inode, modification time, size and content hash: all unchanged when the key
+    was never rewritten. Not its ctime: a host whose Synapse user has another uid re-owns the file."""
+    return deployment.ssh(f"stat -c '%i %Y %s' {path} && sha256sum < {path}").strip()
 
 
 def wait_on_guest(deployment: Deployment, condition: str, what: str, timeout: int = 180) -> float:
@@ -214,10 +223,14 @@ def test_a_changed_setting_reruns_only_its_steps_and_restarts_only_its_service(
 
 
 # -- 2b. a resized volume ------------------------------------------------------------------------------
+# The volume's mounts as the program wants them: its root, and its postgresql/ bound where Debian keeps clusters.
+OUR_MOUNTS = sorted([paths.DATA_MOUNT, paths.POSTGRES_BASE])
+
+
 def volume_mounts(deployment: Deployment) -> list[str]:
-    """Every mount point of the data volume's filesystem in the guest."""
+    """Every mount point of the data volume's filesystem in the guest (bind mounts of it included), sorted."""
     device = deployment.ssh(f"readlink -f {deployment.host.volume_guest_path}").strip()
-    return deployment.ssh(f"findmnt -rn -S {device} -o TARGET || true").split()
+    return sorted(deployment.ssh(f"findmnt -rn -S {device} -o TARGET || true").split())
 
 
 def filesystem_mib(deployment: Deployment) -> int:
@@ -293,7 +306,7 @@ def test_the_volume_step_never_formats_a_volume_that_holds_a_filesystem(deployme
         assert "formatting" not in remount.stderr
         assert deployment.ssh(f"blkid -p -o value -s UUID {device}").strip() == uuid_before
         assert deployment.ssh(f"sha256sum < {canary}") == canary_sum
-        assert volume_mounts(deployment) == [paths.DATA_MOUNT]
+        assert volume_mounts(deployment) == OUR_MOUNTS
     finally:
         deployment.ssh(f"rm -f {canary}")
         print_steps("every step again (the services the release stopped)", run_all(deployment.recording))
@@ -363,7 +376,7 @@ def test_every_service_comes_back_after_a_reboot(deployment: Deployment) -> None
         assert after.unit(unit)["ActiveState"] == "active", unit
         assert after.unit(unit)["InvocationID"] != before.unit(unit)["InvocationID"], f"{unit} did not restart?"
     deployment.ssh(f"mountpoint -q {paths.DATA_MOUNT} && test -f {paths.SYNAPSE_SIGNING_KEY}")
-    assert volume_mounts(deployment) == [paths.DATA_MOUNT]  # DigitalOcean's fstab line did not come back
+    assert volume_mounts(deployment) == OUR_MOUNTS  # DigitalOcean's fstab line did not come back
     results = run_all(deployment.recording, only={"selfcheck-verify"})
     print_steps("self-check after the reboot", results)
 
@@ -380,7 +393,9 @@ class FirstGeneration:
     media_sha256: str
     keys: dict[str, Any]
     signing_key_stat: str
-    backup: str  # a backup taken on the first host (its directory)
+    backup: str  # a backup taken on the first host (its directory's name in the backups directory)
+    in_place: list[StepResult]  # the steps run on the first host, which moved its volume to this layout
+    room_after_move: tuple[list[str], bytes]  # bob's view of the room right after that move
 
 
 @dataclass
@@ -414,8 +429,10 @@ class SecondGeneration:
     failure: BaseException | None = None
 
 
-def populate(deployment: Deployment) -> FirstGeneration:
-    """A second user, a room with messages both ways and a file, as users leave them on a server."""
+def populate(deployment: Deployment, data_mount: str = paths.DATA_MOUNT) -> FirstGeneration:
+    """A second user, a room with messages both ways and a file, as users leave them on a server whose
+    volume is mounted at `data_mount`."""
+    signing_key = paths.SYNAPSE_SIGNING_KEY.replace(paths.DATA_MOUNT, data_mount, 1)
     admin_token = login(deployment, "admin", deployment.admin_password)[1]
     bob_password = secrets.token_urlsafe(16)
     create_user(deployment, admin_token, "bob", bob_password)
@@ -449,8 +466,64 @@ def populate(deployment: Deployment) -> FirstGeneration:
     return FirstGeneration(
         bob_password=bob_password, room_id=room_id, messages=messages, media_uri=media_uri,
         media_sha256=hashlib.sha256(media).hexdigest(), keys=server_keys(deployment),
-        signing_key_stat=deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip(),
-        backup=deployment.ssh(f"{paths.BACKUP_COMMAND} first-host").strip().splitlines()[-1])
+        signing_key_stat=signing_key_identity(deployment, signing_key),
+        backup=deployment.ssh(f"{paths.BACKUP_COMMAND} first-host").strip().splitlines()[-1].rsplit("/", 1)[-1],
+        in_place=[], room_after_move=([], b""))
+
+
+# -- the volume layout before this one: the volume itself at /var/lib/postgresql, owned by postgres --------
+LEGACY_PATHS = (f"s#{paths.POSTGRES_VOLUME_DIR}#{paths.POSTGRES_BASE}#g; s#{paths.DATA_MOUNT}#{paths.POSTGRES_BASE}#g; "
+                f"s#{paths.MOUNT_UNIT}#{paths.POSTGRES_BIND_UNIT}#g")
+
+
+def rewind_to_the_layout_before(deployment: Deployment) -> None:
+    """Put a provisioned host back to what the program left before this layout: the volume itself mounted
+    at /var/lib/postgresql by var-lib-postgresql.mount (then the device's unit), the clusters at its
+    root, postgres owning it, and every config naming paths under it; its services running on it."""
+    legacy_unit = render("volume/mount.j2", device=deployment.settings.volume_device, mount_point=paths.POSTGRES_BASE)
+    platform = deployment.settings.platform
+    writers = " ".join(volume_writers(platform))
+    started = " ".join([platform.postgres_unit, paths.SYNAPSE_UNIT, backup.TIMER, maintenance.TIMER])
+    legacy_files = "/etc/matrix-synapse /etc/systemd/system /usr/local/sbin"
+    script = f"""set -euo pipefail
+systemctl stop {writers}
+systemctl disable --now {paths.POSTGRES_BIND_UNIT} {paths.MOUNT_UNIT}
+rm -f /etc/systemd/system/{paths.MOUNT_UNIT}
+cat > /etc/systemd/system/{paths.POSTGRES_BIND_UNIT} <<'UNIT'
+{legacy_unit}UNIT
+systemctl daemon-reload
+systemctl enable --now {paths.POSTGRES_BIND_UNIT}
+shopt -s dotglob
+mv {paths.POSTGRES_BASE}/postgresql/* {paths.POSTGRES_BASE}/
+rmdir {paths.POSTGRES_BASE}/postgresql
+chown postgres:postgres {paths.POSTGRES_BASE}
+grep -rlE '{paths.DATA_MOUNT}|{paths.MOUNT_UNIT}' {legacy_files} | xargs -r sed -i '{LEGACY_PATHS}'
+systemctl daemon-reload
+systemctl start {started}
+for _ in $(seq 60); do [ "$(curl -fsS http://127.0.0.1:8008/health 2>/dev/null)" = OK ] && break; sleep 1; done
+findmnt -rn -o TARGET,FSROOT -S $(readlink -f {deployment.host.volume_guest_path})
+"""
+    print("layout before, rebuilt on the first host:", deployment.ssh(script, timeout=300).strip())
+
+
+def image_back_to_the_layout_before(image: Path) -> None:
+    """The detached volume image as a droplet of the program before this layout left it: the clusters at
+    the root, which postgres (the old droplet's uid) owns."""
+    mount_point = Path(tempfile.mkdtemp(prefix="matrix-stack-layout-"))
+    loop = volume.attach(image)
+    try:
+        subprocess.run(["mount", loop, str(mount_point)], check=True, timeout=60)
+        try:
+            owner = (mount_point / "postgresql").stat()
+            for entry in (mount_point / "postgresql").iterdir():
+                entry.rename(mount_point / entry.name)
+            (mount_point / "postgresql").rmdir()
+            os.chown(mount_point, owner.st_uid, owner.st_gid)
+        finally:
+            subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
+    finally:
+        volume.detach_device(loop)
+        mount_point.rmdir()
 
 
 def write_in_flight(deployment: Deployment, first: FirstGeneration, stop: threading.Event,
@@ -490,7 +563,8 @@ def cluster_state_of(image: Path, platform: Platform) -> str:
     try:
         subprocess.run(["mount", "-o", "ro,norecovery", loop, str(mount_point)], check=True, timeout=60)
         try:
-            out = subprocess.run([f"/usr/lib/postgresql/{major}/bin/pg_controldata", str(mount_point / major / "main")],
+            cluster = mount_point / "postgresql" / major / "main"
+            out = subprocess.run([f"/usr/lib/postgresql/{major}/bin/pg_controldata", str(cluster)],
                                  capture_output=True, text=True, timeout=60, check=True).stdout
         finally:
             subprocess.run(["umount", str(mount_point)], check=True, timeout=60)
@@ -526,11 +600,14 @@ def release_like_the_engine(first_host: Deployment, first: FirstGeneration) -> R
                    cluster_state_of(first_host.host.volume_image, platform))
 
 
-def run_interrupted(deployment: Deployment, command: Any, started: str, grace: float) -> Interruption:
+def run_interrupted(deployment: Deployment, command: Any, started: str, grace: float,
+                    crash: bool = False) -> Interruption:
     """Run one step as the provider would, and SIGKILL the ssh client once `started` holds in the guest.
 
     `started` is a shell condition (e.g. dpkg is running); the kill comes `grace` seconds after it first
-    holds, so the step is really midway. Whatever the remote side does next is up to sshd and the step.
+    holds, so the step is really midway. Whatever the remote side does next is up to sshd and the step;
+    with `crash`, the step dies on the server too (SIGKILL to it and its children, as in a crash),
+    leaving whatever it had started behind.
     """
     inputs = command.inputs
     proc = subprocess.Popen([*connect(command, deployment.key_file), inputs["create"]],
@@ -561,6 +638,9 @@ def run_interrupted(deployment: Deployment, command: Any, started: str, grace: f
         watcher.wait(timeout=30)
     running = proc.poll() is None
     proc.kill()
+    if crash:
+        deployment.host.ssh("pkill -9 -f '^bash /root/.matrix-stack-step'; pkill -9 -f matrix-stack-postgres-upgrade; "
+                            "pkill -9 -x pg_restore; pkill -9 -x pg_dump; pkill -9 -x debootstrap; true", timeout=60)
     returncode = proc.wait(timeout=30)
     for reader in readers:
         reader.join(timeout=30)
@@ -577,15 +657,16 @@ def run_interrupted(deployment: Deployment, command: Any, started: str, grace: f
 
 
 def provision_with_interruptions(deployment: Deployment, second: SecondGeneration,
-                                 kills: dict[str, tuple[str, float]]) -> None:
+                                 kills: list[tuple[str, str, float, bool]]) -> None:
     """Provision like successive `pulumi up`s: each run starts at the first step not yet created.
 
-    A run reaching a step named in `kills` is cut by killing the SSH client midway (the engine would
-    record no result for that command, so the next `up` creates it again and everything after it).
+    `kills` are (step, condition, grace, crash), in order: a run reaching the first pending kill's step is
+    cut by killing the SSH client midway (the engine would record no result for that command, so the
+    next `up` creates it again and everything after it), and with `crash` the step on the server too.
     """
     recording = deployment.record()
     done: set[str] = set()
-    pending_kills = dict(kills)
+    pending_kills = list(kills)
     while True:
         results: list[StepResult] = []
         second.passes.append(results)
@@ -593,9 +674,9 @@ def provision_with_interruptions(deployment: Deployment, second: SecondGeneratio
         for command in recording.commands():
             if command.name in done:
                 continue
-            if command.name in pending_kills:
-                condition, grace = pending_kills.pop(command.name)
-                second.interruptions.append(run_interrupted(deployment, command, condition, grace))
+            if pending_kills and command.name == pending_kills[0][0]:
+                _, condition, grace, crash = pending_kills.pop(0)
+                second.interruptions.append(run_interrupted(deployment, command, condition, grace, crash))
                 cut = True
                 break
             result = run_step(command, deployment.key_file)  # the deploy key the mocks hand the program
@@ -621,7 +702,14 @@ def second_generation() -> Iterator[SecondGeneration]:
             first_host = old_droplet.enter_context(deployed_host(FIRST_INDEX, image, outsider=False,
                                                                  droplet_image=OLD_IMAGE))
             print_steps("first host: provisioning", first_host.apply())
-            first = populate(first_host)
+            # Used on the volume layout before this one, then moved in place by the steps (a user
+            # updating matrix-stack and running `pulumi up` on the same droplet).
+            rewind_to_the_layout_before(first_host)
+            first = populate(first_host, data_mount=paths.POSTGRES_BASE)
+            assert first_host.recording is not None
+            first.in_place = run_all(first_host.recording)
+            print_steps("first host: the steps again, moving the volume to this layout", first.in_place)
+            first.room_after_move = read_room(first_host, first)
             print(f"first host deployed and used in {time.monotonic() - started:.0f} s")
             # The engine's order: the new droplet is created (booted, nothing attached yet), the old
             # droplet's guard is deleted (its delete releases the volume), the attachment is replaced.
@@ -629,16 +717,20 @@ def second_generation() -> Iterator[SecondGeneration]:
                                                                   droplet_image=NEW_IMAGE))
             release = release_like_the_engine(first_host, first)
             old_droplet.close()
+            # The replaced droplet finds the volume as the program before this layout left it too.
+            image_back_to_the_layout_before(image)
             second = SecondGeneration(first, second_host, release)
             started = time.monotonic()
             print("\nsecond host (fresh rootfs, same volume):")
             try:
-                provision_with_interruptions(second_host, second, {
-                    "postgres-install": ("pgrep -x dpkg >/dev/null", 3.0),
-                    "synapse-install": (
-                        "[ $(ls -d /opt/synapse/venv/lib/python3*/site-packages/*.dist-info 2>/dev/null | wc -l) -ge 12 ]",
-                        1.0),
-                })
+                provision_with_interruptions(second_host, second, [
+                    ("postgres-install", "pgrep -x dpkg >/dev/null", 3.0, False),
+                    # The database upgrade dies midway (unpacking PostgreSQL 15), as in a crash.
+                    ("postgres-install", "pgrep -x debootstrap >/dev/null", 5.0, True),
+                    ("synapse-install",
+                     "[ $(ls -d /opt/synapse/venv/lib/python3*/site-packages/*.dist-info 2>/dev/null | wc -l) -ge 12 ]",
+                     1.0, False),
+                ])
             except (StepFailed, AssertionError, subprocess.TimeoutExpired) as error:
                 second.failure = error
                 print(f"second host: provisioning failed: {error}")
@@ -658,7 +750,7 @@ def step_log(second: SecondGeneration, name: str) -> str:
 
 def test_interrupted_provisioning_is_finished_by_the_next_run(second_generation: SecondGeneration) -> None:
     second = second_generation
-    assert [i.step for i in second.interruptions] == ["postgres-install", "synapse-install"]
+    assert [i.step for i in second.interruptions] == ["postgres-install", "postgres-install", "synapse-install"]
     for interruption in second.interruptions:
         assert interruption.killed_while_running, f"{interruption.step} finished before it could be interrupted"
         assert interruption.returncode == -9
@@ -707,12 +799,22 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     server_log = deployment.ssh(f"cat /var/log/matrix-stack-postgres-upgrade-{old_major}.log")
     assert "database system was shut down at" in server_log, server_log[-2000:]
     assert "automatic recovery in progress" not in server_log and "not properly shut down" not in server_log
-    assert volume_mounts(deployment) == [paths.DATA_MOUNT]  # a replaced droplet: no /mnt mount
+    assert volume_mounts(deployment) == OUR_MOUNTS  # a replaced droplet: no /mnt mount
+
+    # The volume came in the layout before (clusters at its root, postgres owning it): moved in place.
+    volume_log = step_log(second, "volume-mount")
+    assert f"moving {old_major} into {paths.POSTGRES_VOLUME_DIR}" in volume_log, volume_log[-2000:]
+    assert deployment.ssh(f"stat -c '%U %a' {paths.DATA_MOUNT}").strip() == "root 755"
 
     # Debian 13's PostgreSQL 17 holds the data now, verified table by table; 15's cluster is kept.
     postgres_log = step_log(second, "postgres-install")
     assert f"upgrading: PostgreSQL {old_major}'s cluster on the volume" in postgres_log, postgres_log[-2000:]
     assert "rows, equal in both clusters" in postgres_log, postgres_log[-2000:]
+    # The upgrade that died midway (see the interruptions) was started again from the beginning, its
+    # new cluster discarded and its half-unpacked PostgreSQL 15 made again.
+    finished = [r.stderr for results in second.passes for r in results if r.name == "postgres-install"][-1]
+    assert f"an earlier upgrade from PostgreSQL {old_major} did not finish" in finished, finished[-3000:]
+    assert f"unpacking PostgreSQL {old_major} from Debian" in finished, finished[-3000:]
     marker = dict(line.split("=", 1) for line in deployment.ssh(
         f"cat /var/lib/postgresql/{new_major}/matrix-stack-upgraded-from-{old_major}").splitlines()
         if "=" in line and not line.startswith("#"))
@@ -724,9 +826,9 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     assert f"upgraded from PostgreSQL {old_major}" in selfcheck, selfcheck[-2000:]
     synapse_log = step_log(second, "synapse-config")
     assert "placed the generated signing key" not in synapse_log
-    assert deployment.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip() == first.signing_key_stat
+    assert signing_key_identity(deployment) == first.signing_key_stat
     assert server_keys(deployment) == first.keys
-    deployment.ssh(f"cd {first.backup} && sha256sum --check --quiet --strict SHA256SUMS")  # the backup came along
+    deployment.ssh(f"cd {paths.BACKUP_DIR}/{first.backup} && sha256sum --check --quiet --strict SHA256SUMS")  # came along
 
     assert login(deployment, "admin", deployment.admin_password)[1]  # the same admin password works
 
@@ -736,6 +838,23 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
     lost = [m for m in release.acknowledged if m not in bodies]
     assert not lost, f"{len(lost)} of {len(release.acknowledged)} acknowledged messages were lost: {lost[:5]}"
     assert "keep.bin" in bodies
+    assert hashlib.sha256(blob).hexdigest() == first.media_sha256
+
+
+def test_a_volume_in_the_layout_before_is_moved_in_place(second_generation: SecondGeneration) -> None:
+    """The first host ran on the layout before (the volume at /var/lib/postgresql, owned by postgres)
+    with users and media; the steps, run again on that same droplet, moved it: services stopped, the
+    volume remounted at /srv/matrix, the cluster moved into postgresql/, everything started again."""
+    first = second_generation.first
+    assert first.in_place and [r.returncode for r in first.in_place] == [0] * len(first.in_place), \
+        [(r.name, r.stderr[-1000:]) for r in first.in_place if r.returncode]
+    log = next(r.stderr for r in first.in_place if r.name == "volume-mount")
+    assert f"moving the data volume from {paths.POSTGRES_BASE} to {paths.DATA_MOUNT}" in log, log
+    assert f"stopping {paths.SYNAPSE_UNIT} for the move" in log and f"stopping {OLD.postgres_unit} for the move" in log
+    assert f"moving {OLD.postgres_major} into {paths.POSTGRES_VOLUME_DIR}" in log, log
+    assert first.in_place[-1].name == "selfcheck-verify"  # and it checks the volume's root is root's
+    bodies, blob = first.room_after_move
+    assert set(first.messages) <= set(bodies) and "keep.bin" in bodies
     assert hashlib.sha256(blob).hexdigest() == first.media_sha256
 
 
@@ -833,7 +952,7 @@ def test_a_new_stack_adopts_the_volume_a_destroyed_stack_kept(adoption: Adoption
     assert "upgrading" not in log("postgres-install")
     assert "password an earlier stack gave it" in log("admin-user")
     assert "placed the generated signing key" not in log("synapse-config")
-    assert volume_mounts(new) == [paths.DATA_MOUNT]
+    assert volume_mounts(new) == OUR_MOUNTS
 
     # Every secret converged: the admin's password is the new stack's, the old one is refused; Synapse
     # reaches PostgreSQL with the new role password (it serves at all); coturn takes credentials made
@@ -857,5 +976,5 @@ def test_a_new_stack_adopts_the_volume_a_destroyed_stack_kept(adoption: Adoption
     assert set(adoption.second.release.acknowledged) <= set(bodies)
     assert hashlib.sha256(blob).hexdigest() == first.media_sha256
     assert server_keys(new) == first.keys
-    assert new.ssh(f"stat -c '%i %Y %Z %s' {paths.SYNAPSE_SIGNING_KEY}").strip() == first.signing_key_stat
+    assert signing_key_identity(new) == first.signing_key_stat
     print(f"destroy-then-adopt cycle: {adoption.cycle_seconds:.0f} s")

@@ -658,7 +658,7 @@ def test_no_world_readable_file_holds_a_secret(deployment: Deployment) -> None:
         ("/etc/matrix-synapse/homeserver.yaml", {"640"}, "root", "matrix-synapse"),
         ("/etc/turnserver.conf", {"640"}, "root", "turnserver"),
         ("/etc/letsencrypt/cloudflare.ini", {"600"}, "root", "root"),
-        ("/var/lib/postgresql/matrix-synapse/signing.key", {"600", "400"}, "matrix-synapse", None),
+        (paths.SYNAPSE_SIGNING_KEY, {"600", "400"}, "matrix-synapse", None),
         ("/root/.matrix-stack/admin.env", {"600"}, "root", None),
     ],
 )
@@ -679,3 +679,21 @@ def test_nginx_does_not_name_its_version(deployment: Deployment) -> None:
     servers = [line.split(":", 1)[1].strip() for line in headers.splitlines() if line.lower().startswith("server:")]
     print(f"\n  {deployment.settings.droplet_image}: Server: {servers}")
     assert servers == ["nginx"], headers
+
+
+def test_the_volume_root_and_the_backups_are_roots_and_each_service_has_its_own_directory(deployment: Deployment) -> None:
+    """No service user owns the volume's root, so none can swap root's backups directory for a symlink."""
+    listing = deployment.ssh(f"stat -c '%n %U %G %a' {paths.DATA_MOUNT} {paths.BACKUP_DIR} {paths.POSTGRES_VOLUME_DIR} "
+                             f"{paths.SYNAPSE_DATA} {paths.POSTGRES_BASE}")
+    print("\n  " + listing.replace("\n", "\n  "))
+    owners = {line.split()[0]: line.split()[1:] for line in listing.splitlines()}
+    assert owners[paths.DATA_MOUNT] == ["root", "root", "755"]
+    assert owners[paths.BACKUP_DIR] == ["root", "root", "700"]
+    assert owners[paths.POSTGRES_VOLUME_DIR][:2] == ["postgres", "postgres"]
+    assert owners[paths.SYNAPSE_DATA][0] == "matrix-synapse"
+    # /var/lib/postgresql is the volume's postgresql/ directory, not the root disk's.
+    same = deployment.ssh(f"stat -c '%d:%i' {paths.POSTGRES_BASE} {paths.POSTGRES_VOLUME_DIR}").split()
+    assert len(same) == 2 and same[0] == same[1]
+    as_postgres = deployment.ssh(f"runuser -u postgres -- sh -c 'touch {paths.DATA_MOUNT}/x 2>&1; "
+                                 f"mv {paths.BACKUP_DIR} {paths.DATA_MOUNT}/y 2>&1' || true")
+    assert "Permission denied" in as_postgres and deployment.ssh(f"test -d {paths.BACKUP_DIR} && echo ok").strip() == "ok"

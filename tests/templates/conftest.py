@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -120,6 +121,13 @@ def verify_timer_units(tmp: Path, files: dict[str, Any], command: str, service: 
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp / timer), str(tmp / service)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def as_postgres(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:

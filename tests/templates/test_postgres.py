@@ -11,9 +11,9 @@ import pytest
 
 from components import paths
 from components.services import postgres
-from tests.templates.conftest import FAKE_SECRETS, as_postgres, make_context, postgres_server
+from tests.templates.conftest import FAKE_SECRETS, as_postgres, free_tcp_port, make_context, postgres_server
 
-PORT = 54329
+PORT = free_tcp_port()  # not a fixed one: another test session may run a server too
 
 
 def rendered_files(**config: str) -> dict[str, str]:
@@ -58,17 +58,17 @@ def test_synapse_role_logs_in_over_tcp_with_scram_only(server: tuple[Path, Path]
     assert psql(sock, "-q", stdin=rendered_files()["postgres-role.sql"]).returncode == 0
     env = {**os.environ, "PGPASSWORD": FAKE_SECRETS["postgres_password"]}
     ok = subprocess.run(
-        ["psql", "-X", "-h", "127.0.0.1", "-p", "54329", "-U", paths.POSTGRES_USER, "-d", "synapse", "-Atc", "SELECT 1"],
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(PORT), "-U", paths.POSTGRES_USER, "-d", "synapse", "-Atc", "SELECT 1"],
         capture_output=True, text=True, env=env,
     )
     assert ok.stdout.strip() == "1", ok.stderr
     bad = subprocess.run(
-        ["psql", "-X", "-h", "127.0.0.1", "-p", "54329", "-U", paths.POSTGRES_USER, "-d", "synapse", "-Atc", "SELECT 1"],
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(PORT), "-U", paths.POSTGRES_USER, "-d", "synapse", "-Atc", "SELECT 1"],
         capture_output=True, text=True, env={**os.environ, "PGPASSWORD": "wrong"},
     )
     assert bad.returncode != 0 and "password authentication failed" in bad.stderr
     other_db = subprocess.run(
-        ["psql", "-X", "-h", "127.0.0.1", "-p", "54329", "-U", paths.POSTGRES_USER, "-d", "postgres", "-Atc", "SELECT 1"],
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(PORT), "-U", paths.POSTGRES_USER, "-d", "postgres", "-Atc", "SELECT 1"],
         capture_output=True, text=True, env=env,
     )
     assert other_db.returncode != 0  # pg_hba allows the synapse database only

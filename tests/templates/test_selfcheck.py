@@ -84,7 +84,7 @@ _database: dict[str, Path] = {}
 @pytest.fixture(autouse=True, scope="module")
 def _database_server() -> Iterator[None]:
     """A real PostgreSQL of this machine's release: the check asks it which version runs."""
-    with postgres_server(DATABASE_PORT) as (data, sock):
+    with postgres_server(DATABASE_PORT, {"conf.d/socket-only.conf": "listen_addresses = ''\n"}) as (data, sock):
         _database.update(data=data, sock=sock)
         yield
         _database.clear()
@@ -122,7 +122,9 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
     loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
     script = re.sub(r"(?m)^volume_device=.*$", f"volume_device={loop}", script)
     script = script.replace(f"data_mount={paths.DATA_MOUNT}\n", f"data_mount={data}\n")
-    script = script.replace(f"postgres_base={paths.POSTGRES_BASE}\n", f"postgres_base={data}\n")
+    pgbase = tmp / "pgbase"  # where the volume's postgresql/ is bound, as at /var/lib/postgresql
+    pgbase.mkdir(exist_ok=True)
+    script = script.replace(f"postgres_base={paths.POSTGRES_BASE}\n", f"postgres_base={pgbase}\n")
     client = tmp / "origin-pull-client.pem"
     client.write_text(ORIGIN_PULL_CLIENT)
     client.chmod(0o600)
@@ -133,7 +135,8 @@ def run_script(script: str, tmp: Path, server: str | None = None, extra_mount: b
     hosts.write_text("127.0.0.1 localhost " + " ".join(make_context().settings.hostnames) + " "
                      + " ".join(make_context(**CONFIGS[1]).settings.hostnames) + "\n")
     mounts = f"mount --bind {hosts} /etc/hosts\nexport CURL_CA_BUNDLE={tmp}/cert.pem\n"
-    mounts += f"mount {loop} {data}\n" + (f"mount {loop} {other}\n" if extra_mount else "")
+    mounts += f"mount {loop} {data}\nmkdir -p {data}/postgresql\nmount --bind {data}/postgresql {pgbase}\n"
+    mounts += f"mount {loop} {other}\n" if extra_mount else ""
     mounts += f"export PGHOST={_database['sock']} PGPORT={DATABASE_PORT}\n{before}\n"
     if fill_percent:
         mounts += (f"read -r used avail < <(df -B1 --output=used,avail {data} | tail -n 1)\n"
@@ -414,8 +417,9 @@ def test_a_second_mount_of_the_data_volume_fails_the_check(tmp_path: Path) -> No
     result = run_script(script, tmp_path, server, extra_mount=True)
     assert result.returncode != 0
     lines = failures(result)
-    assert lines == [f"SELF-CHECK FAILED: data volume: mounted at '{tmp_path}/data {tmp_path}/mnt-auto', "
-                     f"expected exactly once at {tmp_path}/data"], result.stderr
+    assert lines == [f"SELF-CHECK FAILED: data volume: mounted at '{tmp_path}/data {tmp_path}/pgbase[/postgresql] "
+                     f"{tmp_path}/mnt-auto', expected exactly once at {tmp_path}/data with its postgresql/ at "
+                     f"{tmp_path}/pgbase"], result.stderr
 
 
 def test_a_volume_filling_up_warns_at_80_percent_and_fails_at_95_naming_the_biggest_user(tmp_path: Path) -> None:
@@ -450,9 +454,8 @@ def _upgrade_marker(tmp: Path, system_identifier: str, tables: list[str]) -> str
             f"tables={len(tables)}\nrows=7\nsystem_identifier={system_identifier}\n"
             + "".join(f"{t} 7\n" for t in tables))
     (tmp / "marker").write_text(body)
-    return (f"data=$(findmnt -rn -o TARGET -S $(losetup -j {tmp}/volume-*.img | cut -d: -f1) | head -n 1)\n"
-            f"mkdir -p $data/{major} $data/14/main && echo 14 > $data/14/main/PG_VERSION\n"
-            f"cp {tmp}/marker $data/{major}/matrix-stack-upgraded-from-14\n")
+    return (f"mkdir -p {tmp}/pgbase/{major} {tmp}/pgbase/14/main && echo 14 > {tmp}/pgbase/14/main/PG_VERSION\n"
+            f"cp {tmp}/marker {tmp}/pgbase/{major}/matrix-stack-upgraded-from-14\n")
 
 
 def test_an_upgraded_database_is_reported_with_its_verified_counts(tmp_path: Path) -> None:

@@ -276,7 +276,7 @@ def test_systemd_unit(jemalloc: bool, tmp_path: Path, synapse_python: Path) -> N
     shutil.which("systemd-analyze") or pytest.fail("systemd-analyze is missing")
     text = files[synapse.UNIT_PATH].replace(f"{paths.SYNAPSE_VENV}/bin/python", str(synapse_python))
     (tmp_path / "matrix-synapse.service").write_text(text)
-    (tmp_path / paths.MOUNT_UNIT).write_text("[Mount]\nWhat=/dev/vdb\nWhere=/var/lib/postgresql\n")
+    (tmp_path / paths.MOUNT_UNIT).write_text(f"[Mount]\nWhat=/dev/vdb\nWhere={paths.DATA_MOUNT}\n")
     (tmp_path / "postgresql.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
     verify = subprocess.run(
         ["systemd-analyze", "verify", str(tmp_path / "matrix-synapse.service")],

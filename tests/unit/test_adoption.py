@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from components import paths
 from components.cloud.adoption import volume_description
 from components.settings import SettingsError
 from tests.harness import CloudMocks, Recording, changed_steps, parse_bundle, record, registered_resources
@@ -45,7 +46,7 @@ def test_a_kept_volume_is_imported_not_created_and_keeps_its_name_and_protection
 
 def test_the_steps_mount_the_adopted_volume_by_its_own_name() -> None:
     files, _ = parse_bundle(adopt().named("volume-mount").inputs["stdin"])
-    (unit,) = [f for f in files if f.path.endswith("var-lib-postgresql.mount")]
+    (unit,) = [f for f in files if f.path.endswith(paths.MOUNT_UNIT)]
     assert f"What=/dev/disk/by-id/scsi-0DO_Volume_{KEPT}\n" in unit.content
     assert "/dev/disk/by-id/scsi-0DO_Volume_matrix-test-example-org-data" not in unit.content
 
