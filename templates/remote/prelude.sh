@@ -115,8 +115,27 @@ ms_step_done() {
 }
 
 # Run apt-get non-interactively, waiting for other apt/dpkg users (cloud-init, unattended-upgrades).
+# DPkg::Lock::Timeout makes apt wait for dpkg's locks only; the package lists' lock (held by an
+# `apt-get update` a fresh droplet's apt-daily or cloud-init runs) and the archives' lock fail at
+# once with "Could not get lock", so those are waited for here, up to MS_APT_LOCK_WAIT seconds.
+MS_APT_LOCK_WAIT=${MS_APT_LOCK_WAIT:-600}
 ms_apt() {
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold -y -q "$@"
+  local err rc waited=0
+  err=$(mktemp)
+  while :; do
+    rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout="$MS_APT_LOCK_WAIT" \
+      -o Dpkg::Options::=--force-confold -y -q "$@" 2>"$err" || rc=$?
+    if [ "$rc" -ne 0 ] && grep -q '^E: Could not get lock' "$err" && [ "$waited" -lt "$MS_APT_LOCK_WAIT" ]; then
+      [ "$waited" -gt 0 ] || ms_log "another apt is running ($(grep -m1 -o 'held by process.*' "$err" || echo 'lock held')); waiting for it"
+      sleep 3
+      waited=$((waited + 3))
+      continue
+    fi
+    cat "$err" >&2
+    rm -f "$err"
+    return "$rc"
+  done
 }
 
 # One step at a time on this server. A lost SSH session (a killed `pulumi up`, a dropped network)

@@ -135,9 +135,12 @@ def test_the_weekly_database_upkeep_is_scheduled_and_vacuums_synapses_tables(dep
 
 
 def test_first_boot_package_activity_overlapped_the_first_apt_step(deployment: Deployment) -> None:
-    """The model's first-boot apt held dpkg's lock while base-packages wanted it: apt waited, nothing failed."""
+    """The model's first-boot apt held the package lists' lock, then dpkg's, while base-packages wanted
+    them: its `apt-get update` waited for the first, apt itself for the second, nothing failed."""
     (base,) = [r for r in deployment.provisioning if r.name == "base-packages"]
-    assert "Waiting for cache lock" in base.stderr + base.stdout, base.stderr[-3000:]
+    output = base.stderr + base.stdout
+    assert "another apt is running" in output, base.stderr[-3000:]
+    assert "Waiting for cache lock" in output, base.stderr[-3000:]
     assert deployment.ssh("test -e /var/lib/e2e-first-boot-apt.done && echo done").strip() == "done"
 
 

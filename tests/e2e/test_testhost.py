@@ -55,7 +55,14 @@ def test_ssh_and_systemd(host: TestHost) -> None:
     assert _ok(host, "id -u").strip() == "0"
 
 
+def _first_boot_apt_done(host: TestHost) -> None:
+    """Wait (bounded) for the droplet model's first-boot apt activity, which holds apt's locks."""
+    _ok(host, "for _ in $(seq 120); do [ -e /var/lib/e2e-first-boot-apt.done ] && exit 0; sleep 1; done; exit 1",
+        timeout=150)
+
+
 def test_apt_through_proxy(host: TestHost) -> None:
+    _first_boot_apt_done(host)
     _ok(host, "apt-get update -q", timeout=300)
 
 
@@ -89,8 +96,8 @@ def test_outsider_reaches_guest(host: TestHost) -> None:
 
 
 def test_certbot_dns_cloudflare(host: TestHost, tmp_path: Path) -> None:
-    # -o DPkg::Lock::Timeout: as on a fresh droplet, first-boot apt activity may still hold the lock.
-    _ok(host, "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q "
+    _first_boot_apt_done(host)
+    _ok(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
               "certbot python3-certbot-dns-cloudflare", timeout=600)
     _ok(host, "install -m 600 /dev/null /root/cloudflare.ini && "
               "echo 'dns_cloudflare_api_token = dummy-token' > /root/cloudflare.ini")

@@ -78,3 +78,59 @@ def test_a_secret_carrying_step_prints_only_its_own_lines_and_keeps_tool_output_
     log = (tmp_path / "log").read_text()
     assert "password=TOOLECHOEDSECRET" in log and "stdout TOOLECHOEDSECRET" in log and "configured the thing" in log
     assert (tmp_path / "mode").read_text().split() == ["600", "root"]
+
+
+# A stand-in for a fresh droplet's `apt-get update` (apt-daily, cloud-init): the package lists' lock,
+# the same fcntl lock apt takes, held for $2 seconds; its release time written to $work/released.
+APT_LOCK_DRIVER = r"""
+set -uo pipefail
+work=$1 hold=$2 bundle=$3
+mkdir -p /var/lib/apt/lists
+python3 - "$work" "$hold" <<'PY' &
+import fcntl, sys, time
+work, hold = sys.argv[1], float(sys.argv[2])
+with open("/var/lib/apt/lists/lock", "w") as lock:
+    fcntl.lockf(lock, fcntl.LOCK_EX)
+    open(f"{work}/held", "w").close()
+    time.sleep(hold)
+    open(f"{work}/released", "w").write(repr(time.time()))
+PY
+holder=$!
+for _ in $(seq 100); do [ -e "$work/held" ] && break; sleep 0.1; done
+bash "$bundle" > "$work/out" 2>&1
+echo $? > "$work/rc"
+kill "$holder" 2>/dev/null
+wait
+"""
+
+# An `apt-get update` with no sources: offline, it only takes the lists' lock and rebuilds the cache.
+APT_UPDATE = ("ms_apt -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/var/empty update\n"
+              "python3 -c 'import time; print(repr(time.time()))' > \"$MS_TEST_WORK/finished\"\n")
+
+
+def _apt_bundle(tmp_path: Path, wait: int) -> Path:
+    script = f"export MS_TEST_WORK={tmp_path}\nMS_APT_LOCK_WAIT={wait}\n" + APT_UPDATE
+    bundle = tmp_path / "apt.sh"
+    bundle.write_text(bundle_text(StepSpec(name="test-apt", script=script, files=[]), []))
+    return bundle
+
+
+def test_apt_waits_for_an_update_another_apt_is_running(tmp_path: Path) -> None:
+    bundle = _apt_bundle(tmp_path, wait=60)
+    proc = run_in_sandbox(tmp_path, APT_LOCK_DRIVER, [str(tmp_path), "6", str(bundle)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = (tmp_path / "out").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "0", out
+    assert "another apt is running" in out and "waiting for it" in out, out
+    assert "Could not get lock" not in out, out  # the retried attempts' errors are not reported
+    assert float((tmp_path / "finished").read_text()) >= float((tmp_path / "released").read_text())
+
+
+def test_apt_gives_up_on_a_lock_held_past_its_wait(tmp_path: Path) -> None:
+    bundle = _apt_bundle(tmp_path, wait=3)
+    proc = run_in_sandbox(tmp_path, APT_LOCK_DRIVER, [str(tmp_path), "60", str(bundle)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = (tmp_path / "out").read_text()
+    assert (tmp_path / "rc").read_text().strip() != "0", out
+    assert "E: Could not get lock /var/lib/apt/lists/lock" in out, out
+    assert not (tmp_path / "finished").exists()

@@ -18,8 +18,10 @@ Each piece says where the behaviour is stated (DigitalOcean's documentation) and
    which does this on a droplet, ignores /dev/disk/by-id devices inside a container).
 3. First-boot package activity. Debian's unattended-upgrades (installed and enabled on DigitalOcean's
    Debian images) and cloud-init run apt right after the first boot, while our first steps arrive.
-   Here: a first-boot unit runs a real `apt-get update` and then holds dpkg's frontend lock (the same
-   fcntl lock apt and dpkg take) for a while, so the program's first apt call must wait for it.
+   Here: a first-boot unit runs a real `apt-get update` and then holds the locks apt and dpkg take (the
+   same fcntl locks) for a while: the package lists' lock first, as a slow `apt-get update` does (apt
+   fails at once on it, whatever DPkg::Lock::Timeout says), then dpkg's, as an install does. The
+   program's first apt calls must wait for both.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from .guestconfig import write_file
 
-FIRST_BOOT_APT_SECONDS = 25
+FIRST_BOOT_APT_SECONDS = 30  # dpkg's locks held this long
+FIRST_BOOT_LISTS_SECONDS = 15  # the package lists' lock held for the first part of it
 FSTAB_MOUNT_UNIT = "e2e-droplet-fstab-volumes.service"
 FIRST_BOOT_APT_UNIT = "e2e-droplet-first-boot-apt.service"
 
@@ -98,14 +101,18 @@ def write(root: Path, model: DropletModel) -> None:
 
     write_file(root, "/usr/local/sbin/e2e-first-boot-apt",
            "#!/usr/bin/python3\n"
-           "# e2e: first-boot package activity (unattended-upgrades / cloud-init on a fresh droplet).\n"
+           "# e2e: first-boot package activity (unattended-upgrades / cloud-init on a fresh droplet):\n"
+           "# the package lists' lock as a slow `apt-get update` holds it, then dpkg's as an install does.\n"
            "import fcntl, subprocess, time\n"
            "subprocess.run(['apt-get', '-q', 'update'], check=False)\n"
            "with open('/var/lib/dpkg/lock-frontend', 'w') as frontend, open('/var/lib/dpkg/lock', 'w') as lock:\n"
            "    fcntl.lockf(frontend, fcntl.LOCK_EX)\n"
            "    fcntl.lockf(lock, fcntl.LOCK_EX)\n"
-           "    open('/run/e2e-first-boot-apt.locked', 'w').close()\n"
-           f"    time.sleep({FIRST_BOOT_APT_SECONDS})\n", 0o755)
+           "    with open('/var/lib/apt/lists/lock', 'w') as lists:\n"
+           "        fcntl.lockf(lists, fcntl.LOCK_EX)\n"
+           "        open('/run/e2e-first-boot-apt.locked', 'w').close()\n"
+           f"        time.sleep({FIRST_BOOT_LISTS_SECONDS})\n"
+           f"    time.sleep({FIRST_BOOT_APT_SECONDS - FIRST_BOOT_LISTS_SECONDS})\n", 0o755)
     write_file(root, f"/etc/systemd/system/{FIRST_BOOT_APT_UNIT}",
            "[Unit]\n"
            "Description=e2e: apt activity right after a droplet's first boot\n"
