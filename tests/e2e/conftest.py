@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"))
+
+
+# The end-to-end suite's own duration (CI must stay under an hour; the unit and template tests that run
+# before it are not part of this figure): from the first e2e test's setup to the last one's teardown.
+_e2e_clock: dict[str, float] = {}
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _e2e_clock.setdefault("start", time.monotonic())
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _e2e_clock["end"] = time.monotonic()
+    _e2e_clock["tests"] = _e2e_clock.get("tests", 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "end" in _e2e_clock:
+        seconds = _e2e_clock["end"] - _e2e_clock["start"]
+        terminalreporter.write_line(f"end-to-end suite: {_e2e_clock['tests']:.0f} tests in {seconds:.0f} s "
+                                    f"({seconds / 60:.1f} min)")

@@ -135,12 +135,16 @@ def test_the_weekly_database_upkeep_is_scheduled_and_vacuums_synapses_tables(dep
 
 
 def test_first_boot_package_activity_overlapped_the_first_apt_step(deployment: Deployment) -> None:
-    """The model's first-boot apt held the package lists' lock, then dpkg's, while base-packages wanted
-    them: its `apt-get update` waited for the first, apt itself for the second, nothing failed."""
+    """The model's first-boot apt held dpkg's lock while base-packages wanted it: apt waited, nothing failed.
+
+    The model holds the package lists' lock before dpkg's, but in every run here the step's
+    `apt-get update` came only after that phase (what delays it in this container was not pinned
+    down), so the steps' wait for the lists' lock is proven against a real apt in
+    tests/templates/test_prelude.py instead."""
     (base,) = [r for r in deployment.provisioning if r.name == "base-packages"]
     output = base.stderr + base.stdout
-    assert "another apt is running" in output, base.stderr[-3000:]
-    assert "Waiting for cache lock" in output, base.stderr[-3000:]
+    model = deployment.ssh("journalctl -o short-precise --no-pager -u e2e-droplet-first-boot-apt")
+    assert "Waiting for cache lock" in output, output[:3000] + model
     assert deployment.ssh("test -e /var/lib/e2e-first-boot-apt.done && echo done").strip() == "done"
 
 

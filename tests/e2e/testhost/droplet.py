@@ -18,10 +18,11 @@ Each piece says where the behaviour is stated (DigitalOcean's documentation) and
    which does this on a droplet, ignores /dev/disk/by-id devices inside a container).
 3. First-boot package activity. Debian's unattended-upgrades (installed and enabled on DigitalOcean's
    Debian images) and cloud-init run apt right after the first boot, while our first steps arrive.
-   Here: a first-boot unit runs a real `apt-get update` and then holds the locks apt and dpkg take (the
-   same fcntl locks) for a while: the package lists' lock first, as a slow `apt-get update` does (apt
-   fails at once on it, whatever DPkg::Lock::Timeout says), then dpkg's, as an install does. The
-   program's first apt calls must wait for both.
+   Here: a first-boot unit runs a real `apt-get update` at boot; then, once cloud-init is done (as
+   apt-daily's run follows it, and as the program's first apt step waits for cloud-init), it holds the
+   locks apt and dpkg take (the same fcntl locks) for a while: the package lists' lock first, as a slow
+   `apt-get update` does (apt fails at once on it, whatever DPkg::Lock::Timeout says), then dpkg's, as
+   an install does. The program's first apt calls must wait for both.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from pathlib import Path
 
 from .guestconfig import write_file
 
-FIRST_BOOT_APT_SECONDS = 30  # dpkg's locks held this long
-FIRST_BOOT_LISTS_SECONDS = 15  # the package lists' lock held for the first part of it
+FIRST_BOOT_CLOUD_INIT_MAX_SECONDS = 180  # the locks are taken once cloud-init is done, or after this
+FIRST_BOOT_LISTS_SECONDS = 10  # the package lists' lock held this long (dpkg's locks with it)
+FIRST_BOOT_DPKG_SECONDS = 15  # dpkg's locks alone, after the lists' lock is released
 FSTAB_MOUNT_UNIT = "e2e-droplet-fstab-volumes.service"
 FIRST_BOOT_APT_UNIT = "e2e-droplet-first-boot-apt.service"
 
@@ -101,10 +103,14 @@ def write(root: Path, model: DropletModel) -> None:
 
     write_file(root, "/usr/local/sbin/e2e-first-boot-apt",
            "#!/usr/bin/python3\n"
-           "# e2e: first-boot package activity (unattended-upgrades / cloud-init on a fresh droplet):\n"
-           "# the package lists' lock as a slow `apt-get update` holds it, then dpkg's as an install does.\n"
-           "import fcntl, subprocess, time\n"
+           "# e2e: first-boot package activity on a fresh droplet: a real `apt-get update` at boot, then, once\n"
+           "# cloud-init is done (as apt-daily's run follows it), the package lists' lock as a slow update\n"
+           "# holds it, then dpkg's as an install does.\n"
+           "import fcntl, os, subprocess, time\n"
            "subprocess.run(['apt-get', '-q', 'update'], check=False)\n"
+           f"deadline = time.monotonic() + {FIRST_BOOT_CLOUD_INIT_MAX_SECONDS}\n"
+           "while time.monotonic() < deadline and not os.path.exists('/var/lib/cloud/instance/boot-finished'):\n"
+           "    time.sleep(0.2)\n"
            "with open('/var/lib/dpkg/lock-frontend', 'w') as frontend, open('/var/lib/dpkg/lock', 'w') as lock:\n"
            "    fcntl.lockf(frontend, fcntl.LOCK_EX)\n"
            "    fcntl.lockf(lock, fcntl.LOCK_EX)\n"
@@ -112,7 +118,7 @@ def write(root: Path, model: DropletModel) -> None:
            "        fcntl.lockf(lists, fcntl.LOCK_EX)\n"
            "        open('/run/e2e-first-boot-apt.locked', 'w').close()\n"
            f"        time.sleep({FIRST_BOOT_LISTS_SECONDS})\n"
-           f"    time.sleep({FIRST_BOOT_APT_SECONDS - FIRST_BOOT_LISTS_SECONDS})\n", 0o755)
+           f"    time.sleep({FIRST_BOOT_DPKG_SECONDS})\n", 0o755)
     write_file(root, f"/etc/systemd/system/{FIRST_BOOT_APT_UNIT}",
            "[Unit]\n"
            "Description=e2e: apt activity right after a droplet's first boot\n"
