@@ -116,8 +116,8 @@ ms_step_done() {
 
 # Run apt-get non-interactively, waiting for other apt/dpkg users (cloud-init, unattended-upgrades).
 # DPkg::Lock::Timeout makes apt wait for dpkg's locks only; the package lists' lock (held by an
-# `apt-get update` a fresh droplet's apt-daily or cloud-init runs) and the archives' lock fail at
-# once with "Could not get lock", so those are waited for here, up to MS_APT_LOCK_WAIT seconds.
+# `apt-get update` a fresh droplet's apt-daily or cloud-init runs) fails at once with "Could not get
+# lock", so any such failure is retried here, up to MS_APT_LOCK_WAIT seconds.
 MS_APT_LOCK_WAIT=${MS_APT_LOCK_WAIT:-600}
 ms_apt() {
   local err rc waited=0

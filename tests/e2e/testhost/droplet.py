@@ -22,7 +22,8 @@ Each piece says where the behaviour is stated (DigitalOcean's documentation) and
    apt-daily's run follows it, and as the program's first apt step waits for cloud-init), it holds the
    locks apt and dpkg take (the same fcntl locks) for a while: the package lists' lock first, as a slow
    `apt-get update` does (apt fails at once on it, whatever DPkg::Lock::Timeout says), then dpkg's, as
-   an install does. The program's first apt calls must wait for both.
+   an install does. The program's first apt calls must wait for whichever they meet (in this container
+   the first apt step has so far met only dpkg's: see test_deployment.py).
 """
 
 from __future__ import annotations
@@ -116,7 +117,6 @@ def write(root: Path, model: DropletModel) -> None:
            "    fcntl.lockf(lock, fcntl.LOCK_EX)\n"
            "    with open('/var/lib/apt/lists/lock', 'w') as lists:\n"
            "        fcntl.lockf(lists, fcntl.LOCK_EX)\n"
-           "        open('/run/e2e-first-boot-apt.locked', 'w').close()\n"
            f"        time.sleep({FIRST_BOOT_LISTS_SECONDS})\n"
            f"    time.sleep({FIRST_BOOT_DPKG_SECONDS})\n", 0o755)
     write_file(root, f"/etc/systemd/system/{FIRST_BOOT_APT_UNIT}",
