@@ -18,6 +18,8 @@ pulumi.export("elementUrl", settings.element_url)
 pulumi.export("serverName", settings.domain)
 pulumi.export("dropletIpv4", droplet.ipv4_address)
 pulumi.export("dropletIpv6", droplet.ipv6_address)
+if stack.host.turn is not None:
+    pulumi.export("turnDropletIpv4", stack.host.turn.droplet.ipv4_address)
 pulumi.export("adminUserId", settings.admin_user_id)
 pulumi.export("adminPassword", stack.secrets.admin_password)
 pulumi.export("sshCommand", droplet.ipv4_address.apply(lambda ip: f"ssh root@{ip}"))

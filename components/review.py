@@ -7,13 +7,14 @@ and are not needed), renders every step exactly as `pulumi up` would, and writes
 OUT_DIR/<step>/script.sh, OUT_DIR/<step>/files/<absolute path> and OUT_DIR/<step>/bundle.sh.
 Generated secrets and host facts that only exist in a deployment (addresses, Cloudflare's ranges)
 are placeholders: `<secret:postgres_password>` and the like, documentation addresses (192.0.2.1,
-2001:db8::1 for the droplet; 198.51.100.0/24, 2001:db8:cf::/48 for Cloudflare), so the output is
+2001:db8::1 for the droplet, 192.0.2.2 for the TURN droplet; 198.51.100.0/24, 2001:db8:cf::/48 for Cloudflare), so the output is
 safe to share. Without Cloudflare access the zone is assumed to have no website on the server name.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import yaml
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, release
 from components.settings import PROJECT, load
-from components.stack import SERVICE_ORDER
+from components.stack import SERVICE_ORDER, turn_steps
 
 SECRET_FIELDS = ("postgres_password", "registration_shared_secret", "macaroon_secret", "form_secret",
                  "turn_shared_secret", "admin_password")
@@ -45,13 +46,18 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
         origin_pull_ca="<origin-pull CA certificate (pulumi-tls)>\n",
         origin_pull_client="<secret:origin_pull_client certificate and key>\n",
         website_on_server_name=False,  # what the zone holds is only known with Cloudflare access
+        role="main",
         **{name: f"<secret:{name}>" for name in SECRET_FIELDS},
     )
 
 
 def all_steps(ctx: ServiceContext) -> list[StepSpec]:
     """Every step in the order the stack runs them (the volume guard first)."""
-    return [spec for module in (release, *SERVICE_ORDER) for spec in module.steps(ctx)]
+    main = [spec for module in (release, *SERVICE_ORDER) for spec in module.steps(ctx)]
+    if not ctx.settings.turn_droplet:
+        return main
+    # The TURN droplet's address stands in as the next documentation address.
+    return main + turn_steps(dataclasses.replace(ctx, droplet_ipv4="192.0.2.2", droplet_ipv6="", role="turn"))
 
 
 def write(out: Path, ctx: ServiceContext) -> list[str]:

@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     "federation": "open",
     "federationAllowlist": [],
     "turnRelayPorts": "49152-49251",
+    # coturn on a droplet of its own (README "A TURN droplet"): TURN exposes its host's address, as
+    # Cloudflare does not proxy it, so this keeps the main droplet's address out of every call.
+    "turnDroplet": False,
+    "turnDropletSize": "s-1vcpu-512mb-10gb",
     "adminUser": "admin",
     "sshPublicKeys": [],
     "enableUrlPreviews": False,
@@ -188,6 +192,8 @@ class Settings:
     federation: str
     federation_allowlist: tuple[str, ...]
     turn_relay_ports: tuple[int, int]
+    turn_droplet: bool  # coturn on its own droplet; the main droplet opens no TURN port
+    turn_droplet_size: str
     admin_user: str
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
@@ -301,6 +307,13 @@ def _slug(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _SLUG_RE.match(value):
         raise invalid(key, value, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
     return value
+
+
+def _droplet_size(key: str, value: Any) -> str:
+    slug = _slug(key, value)
+    if not _MEMORY_RE.search(slug):
+        raise invalid(key, value, "a DigitalOcean size slug naming its memory, e.g. s-1vcpu-512mb-10gb")
+    return slug
 
 
 def _debian_image(key: str, value: Any) -> str:
@@ -489,6 +502,8 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "federation": _federation,
     "federationAllowlist": _string_list(_domain),
     "turnRelayPorts": _relay_ports,
+    "turnDroplet": _bool,
+    "turnDropletSize": _droplet_size,
     "adminUser": _localpart,
     "sshPublicKeys": _string_list(_ssh_key),
     "enableUrlPreviews": _bool,
@@ -595,6 +610,8 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         federation=v["federation"],
         federation_allowlist=v["federationAllowlist"],
         turn_relay_ports=v["turnRelayPorts"],
+        turn_droplet=v["turnDroplet"],
+        turn_droplet_size=v["turnDropletSize"],
         admin_user=v["adminUser"],
         ssh_public_keys=v["sshPublicKeys"],
         enable_url_previews=v["enableUrlPreviews"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import ModuleType
 
 import pulumi
@@ -13,6 +14,7 @@ from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
 from components.cloud.secrets import Secrets
 from components.cloud.zone import Zone
+from components.remote import StepSpec
 from components.services import (
     Service,
     ServiceContext,
@@ -49,6 +51,16 @@ SERVICE_ORDER: tuple[ModuleType, ...] = (
     admin,
     selfcheck,
 )
+# The TURN droplet (turnDroplet): the same services in role "turn" (services/__init__.py ServiceContext).
+TURN_SERVICE_ORDER: tuple[ModuleType, ...] = (base, certificates, coturn, selfcheck)
+
+
+def turn_steps(turn_context: ServiceContext) -> list[StepSpec]:
+    """The TURN droplet's steps (a context in role "turn"), each named turn-<step> so that `pulumi up`
+    and the state tell them from the main droplet's."""
+    assert turn_context.role == "turn"
+    return [dataclasses.replace(spec, name=f"turn-{spec.name}")
+            for module in TURN_SERVICE_ORDER for spec in module.steps(turn_context)]
 
 
 class MatrixStack(pulumi.ComponentResource):
@@ -58,6 +70,7 @@ class MatrixStack(pulumi.ComponentResource):
     edge: Edge
     secrets: Secrets
     services: list[Service]
+    turn: Service | None  # the TURN droplet's steps, named turn-<step>
 
     def __init__(
         self,
@@ -84,7 +97,9 @@ class MatrixStack(pulumi.ComponentResource):
             rules=inbound_rules(settings, cloudflare_cidrs),
             opts=child,
         )
-        self.edge = Edge("edge", settings, zone, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address, opts=child)
+        turn_droplet = self.host.turn.droplet if self.host.turn else droplet
+        self.edge = Edge("edge", settings, zone, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address,
+                         turn_ipv4=turn_droplet.ipv4_address, opts=child)
 
         context = ServiceContext(
             settings=settings,
@@ -122,4 +137,21 @@ class MatrixStack(pulumi.ComponentResource):
             service = Service(kind, module.steps(context), self.host.connection, after=after, opts=child, watch=watch)
             self.services.append(service)
             previous = service.last or previous
+        self.turn = self._turn_droplet_steps(settings, context, cloudflare_cidrs, child)
         self.register_outputs({})
+
+    def _turn_droplet_steps(self, settings: Settings, context: ServiceContext,
+                            cloudflare_cidrs: pulumi.Output[list[str]],
+                            child: pulumi.ResourceOptions) -> Service | None:
+        """With `turnDroplet`: its firewall (TURN and SSH only), then base, certificate, coturn and its
+        self-check on it. They start once the main droplet's certificate is issued, so the two droplets
+        never run ACME orders for turn. at the same time."""
+        turn = self.host.turn
+        if turn is None:
+            return None
+        firewall = Firewall("turn-firewall", settings, droplet_id=turn.droplet.id.apply(int),
+                            rules=inbound_rules(settings, cloudflare_cidrs, "turn"), opts=child, suffix="turn-fw")
+        turn_context = dataclasses.replace(context, droplet_ipv4=turn.droplet.ipv4_address,
+                                           droplet_ipv6="", role="turn")
+        issued = next(s for s in self.services if s.kind == "certificates").last
+        return Service("turn", turn_steps(turn_context), turn.connection, after=[firewall, *issued], opts=child)

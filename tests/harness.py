@@ -208,11 +208,13 @@ class CloudMocks(pulumi_mocks.Mocks):
         self,
         droplet_ipv4: str = "203.0.113.10",
         droplet_ipv6: str = "2001:db8::10",
+        turn_ipv4: str = "203.0.113.20",
         cloudflare_ipv4: list[str] | None = None,
         cloudflare_ipv6: list[str] | None = None,
         deploy_key: tuple[str, str] | None = None,
         secret_seed: str = "",
         host_key: tuple[str, str] | None = None,
+        turn_host_key: tuple[str, str] | None = None,
         volumes: Mapping[str, Mapping[str, Any]] | None = None,
         droplet_names: Mapping[int, str] | None = None,
         zones: Sequence[str] | Mapping[str, str] = ("example.org",),
@@ -220,12 +222,15 @@ class CloudMocks(pulumi_mocks.Mocks):
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
+        self.turn_ipv4 = turn_ipv4  # the TURN droplet's (turnDroplet), which has no IPv6
         self.cloudflare_ipv4 = cloudflare_ipv4 if cloudflare_ipv4 is not None else CLOUDFLARE_IPV4
         self.cloudflare_ipv6 = cloudflare_ipv6 if cloudflare_ipv6 is not None else CLOUDFLARE_IPV6
         # (private OpenSSH PEM, public OpenSSH line); fake unless a real key is given (e2e).
         self.deploy_key = deploy_key or ("-----FAKE PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeDeployKey deploy")
         # The droplet's SSH host key (cloud-init user data, pinned in every connection).
         self.host_key = host_key or ("-----FAKE HOST PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeHostKey\n")
+        # The TURN droplet's (turnDroplet): another key, so a test can tell which droplet a step pins.
+        self.turn_host_key = turn_host_key or ("-----FAKE TURN HOST PRIVATE KEY-----\n", "ssh-ed25519 AAAAfakeTurnKey\n")
         # Another seed is another stack life: every generated secret differs (a stack re-created on a kept volume).
         self.secret_seed = secret_seed
         # Volumes already in the account, by name ({"id", "size", "filesystemType", "dropletIds", "region"}),
@@ -243,9 +248,10 @@ class CloudMocks(pulumi_mocks.Mocks):
             # A droplet of another image, size or user data is another droplet: another id.
             replaced_by = {k: args.inputs.get(k) for k in ("image", "size", "region", "userData")}
             droplet_id = str(int(_stable(identity(name, replaced_by), 8, "0123456789")) + 10_000_000)
+            turn = name.endswith("-turn-droplet")
             outputs.update(
-                ipv4Address=self.droplet_ipv4,
-                ipv6Address=self.droplet_ipv6,
+                ipv4Address=self.turn_ipv4 if turn else self.droplet_ipv4,
+                ipv6Address="" if turn else self.droplet_ipv6,
                 dropletUrn=f"do:droplet:{droplet_id}",
                 memory=1024,
             )
@@ -283,7 +289,8 @@ class CloudMocks(pulumi_mocks.Mocks):
         """What pulumi-tls returns: the SSH keys the test gives (deploy, host), real PKI for the rest."""
         plain = unwrap(dict(inputs))
         if typ == "tls:index/privateKey:PrivateKey" and plain.get("algorithm") == "ED25519":
-            private, public = self.host_key if name.endswith("-host-key") else self.deploy_key
+            private, public = (self.turn_host_key if name.endswith("-turn-host-key") else
+                               self.host_key if name.endswith("-host-key") else self.deploy_key)
             return {"privateKeyOpenssh": rpc.wrap_rpc_secret(private), "publicKeyOpenssh": public}
         if typ == "tls:index/privateKey:PrivateKey":
             private = pki.private_key_pem(seed)

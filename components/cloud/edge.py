@@ -2,7 +2,8 @@
 own names, and Authenticated Origin Pulls with its own certificate. Nothing zone-wide but Bot Fight Mode.
 
 - DNS: A/AAAA for the server name (unless the user's website owns it), matrix. and chat., proxied;
-  A for turn., DNS only (Cloudflare does not proxy TURN). Each carries the stack's ownership comment.
+  A for turn., DNS only (Cloudflare does not proxy TURN), at the droplet that runs coturn. Each carries
+  the stack's ownership comment.
 - Rules (edge_rules.py), each a ZoneRule of its own: strict SSL, HTTPS only, TLS 1.2+, Matrix paths
   never challenged, and .well-known delegation beside a website.
 - Bot Fight Mode off: the Free plan's Bot Fight Mode challenges other homeservers and cannot be skipped
@@ -39,6 +40,7 @@ class Edge(pulumi.ComponentResource):
         zone: Zone,
         ipv4: pulumi.Input[str],
         ipv6: pulumi.Input[str],
+        turn_ipv4: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("matrix-stack:cloud:Edge", name, {}, opts)
@@ -67,7 +69,7 @@ class Edge(pulumi.ComponentResource):
             zone_id=zone.id,
             name=settings.turn_host,
             type="A",
-            content=ipv4,
+            content=turn_ipv4,
             ttl=300,
             proxied=False,
             comment=comment,

@@ -1,9 +1,11 @@
-"""The DigitalOcean cloud firewall: web only via Cloudflare, SSH only from the operators."""
+"""The DigitalOcean cloud firewalls: web only via Cloudflare, SSH only from the operators, TURN open to
+everyone on the droplet that runs coturn (the main one, or the TURN droplet with `turnDroplet`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import pulumi
 import pulumi_digitalocean as do
@@ -23,12 +25,22 @@ class InboundRule:
     sources: pulumi.Input[Sequence[str]]
 
 
-def inbound_rules(settings: Settings, cloudflare_cidrs: pulumi.Input[Sequence[str]]) -> list[InboundRule]:
-    """Exactly what may reach the droplet; nothing else is allowed in."""
+Role = Literal["main", "turn"]
+
+
+def inbound_rules(settings: Settings, cloudflare_cidrs: pulumi.Input[Sequence[str]],
+                  role: Role = "main") -> list[InboundRule]:
+    """Exactly what may reach a droplet of this role; nothing else is allowed in.
+
+    The main droplet serves the web through Cloudflare, and TURN unless the TURN droplet does; the TURN
+    droplet serves TURN alone.
+    """
     rules = [InboundRule("tcp", "22", list(settings.ssh_allowed_cidrs))]
-    rules += [InboundRule("tcp", port, cloudflare_cidrs) for port in ("80", "443")]
-    rules += [InboundRule(proto, port, ANYWHERE) for port in TURN_PORTS for proto in ("tcp", "udp")]
-    rules.append(InboundRule("udp", settings.relay_port_range, ANYWHERE))
+    if role == "main":
+        rules += [InboundRule("tcp", port, cloudflare_cidrs) for port in ("80", "443")]
+    if role == "turn" or not settings.turn_droplet:
+        rules += [InboundRule(proto, port, ANYWHERE) for port in TURN_PORTS for proto in ("tcp", "udp")]
+        rules.append(InboundRule("udp", settings.relay_port_range, ANYWHERE))
     return rules
 
 
@@ -42,11 +54,12 @@ class Firewall(pulumi.ComponentResource):
         droplet_id: pulumi.Input[int],
         rules: Sequence[InboundRule],
         opts: pulumi.ResourceOptions | None = None,
+        suffix: str = "fw",
     ) -> None:
         super().__init__("matrix-stack:cloud:Firewall", name, {}, opts)
         self.firewall = do.Firewall(
             f"{name}-firewall",
-            name=f"{settings.resource_prefix}-fw",
+            name=f"{settings.resource_prefix}-{suffix}",
             droplet_ids=[droplet_id],
             inbound_rules=[
                 do.FirewallInboundRuleArgs(protocol=r.protocol, port_range=r.ports, source_addresses=r.sources)

@@ -14,6 +14,7 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
+from components.cloud.firewall import Role
 from components.remote import StepSpec, remote_step
 from components.render import render
 from components.settings import Settings
@@ -40,6 +41,7 @@ class ServiceContext:
     origin_pull_ca: pulumi.Input[str]  # the CA nginx requires Cloudflare's client certificate to chain to
     origin_pull_client: pulumi.Input[str]  # secret: that client certificate and key (the self-check's requests)
     website_on_server_name: bool  # the user's website owns the server name: delegation is redirected
+    role: Role = "main"  # "turn": the TURN droplet (droplet_ipv4/ipv6 are then its addresses)
 
 
 def rendered(template: str, **values: Any) -> pulumi.Input[str]:
@@ -72,6 +74,7 @@ class Service(pulumi.ComponentResource):
         replace_with: Sequence[pulumi.Output[Any]] | None = None,
     ) -> None:
         super().__init__(f"matrix-stack:service:{kind.capitalize()}", kind, {}, opts)
+        self.kind = kind
         self.commands = []
         previous = list(after)
         for spec in steps:

@@ -17,7 +17,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
     )
     ufw_rules = rendered(
         "base/ufw.rules.j2",
-        rules_for=lambda cloudflare: inbound_rules(settings, cloudflare),
+        rules_for=lambda cloudflare: inbound_rules(settings, cloudflare, ctx.role),
         cloudflare_ipv4=ctx.cloudflare_ipv4,
         cloudflare_ipv6=ctx.cloudflare_ipv6,
     )

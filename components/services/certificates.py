@@ -1,7 +1,8 @@
 """TLS certificate: certbot with the Cloudflare DNS-01 plugin, renewal timer and a deploy hook.
 
 One lineage named after the apex covers the apex, matrix., chat. and turn. (DNS-01 works although
-80/443 only accept Cloudflare). The API token lives only in a 0600 root file. The deploy hook
+80/443 only accept Cloudflare); on the TURN droplet (`turnDroplet`) the same lineage name covers turn.
+alone. The API token lives only in a 0600 root file. The deploy hook
 reloads nginx and hands coturn a readable copy of the certificate.
 """
 
@@ -13,13 +14,19 @@ from components.render import read, render
 from components.services import ServiceContext, rendered
 
 
+def names(ctx: ServiceContext) -> list[str]:
+    """The names the droplet's certificate covers: turn. alone on the TURN droplet."""
+    s = ctx.settings
+    return [s.turn_host] if ctx.role == "turn" else list(s.hostnames)
+
+
 def steps(ctx: ServiceContext) -> list[StepSpec]:
     s = ctx.settings
     common = {"domain": s.domain, "live_dir": paths.CERT_LIVE_DIR}
     hook = render("certificates/deploy-hook.sh.j2", coturn_tls_dir=paths.COTURN_TLS_DIR, **common)
     issue = render(
         "certificates/issue.sh.j2",
-        names=list(s.hostnames),
+        names=names(ctx),
         email=s.letsencrypt_email,
         acme_server=s.acme_server,
         credentials=paths.CERTBOT_CREDENTIALS,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
-from components.services import ServiceContext, rendered
+from components.services import ServiceContext, certificates, rendered
 
 # Synapse docs/setup/turn/coturn.md, in its order: peers a relay must never reach.
 DENIED_PEER_IPS: tuple[str, ...] = (
@@ -70,12 +70,16 @@ def config(ctx: ServiceContext) -> RemoteFile:
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
     settings = ctx.settings
+    if ctx.role == "main" and settings.turn_droplet:
+        # The TURN droplet runs coturn: stop and disable a coturn this droplet ran before (switching
+        # `turnDroplet` on), keeping its package and config for the way back.
+        return [StepSpec(name="coturn-off", script=read("coturn/off.sh"))]
     config_script = render(
         "coturn/config.sh.j2",
         live_dir=f"{paths.CERT_LIVE_DIR}/{settings.domain}",
         tls_dir=paths.COTURN_TLS_DIR,
         deploy_hook=paths.CERT_DEPLOY_HOOK,
-        hostnames=settings.hostnames,
+        hostnames=certificates.names(ctx),
     )
     return [
         # Package, /etc/default/coturn and /etc/services; creates the turnserver group first.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from components import paths
 from components.remote import StepSpec
 from components.render import render
-from components.services import ServiceContext, backup
+from components.services import ServiceContext, backup, coturn
 
 # Fail while the certificate still has a week left, long before users see an expiry error.
 MIN_CERT_DAYS = 7
@@ -29,12 +29,24 @@ DISK_FAIL_PERCENT = 95
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
     settings = ctx.settings
+    if ctx.role == "turn":
+        turn_check = render(
+            "selfcheck/turn.sh.j2",
+            turn_host=settings.turn_host,
+            cert=f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem",
+            min_cert_days=MIN_CERT_DAYS,
+            listening_port=coturn.LISTENING_PORT,
+            tls_listening_port=coturn.TLS_LISTENING_PORT,
+        )
+        return [StepSpec(name="selfcheck-verify", script=turn_check)]
     script = render(
         "selfcheck/verify.sh.j2",
         domain=settings.domain,
         matrix_host=settings.matrix_host,
         chat_host=settings.chat_host,
         turn_host=settings.turn_host,
+        # With a TURN droplet coturn must be off here; the TURN droplet's own check (turn-verify) covers it.
+        local_coturn=not settings.turn_droplet,
         homeserver_url=settings.homeserver_url,
         admin_credentials=paths.ADMIN_CREDENTIALS,
         cert=f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem",

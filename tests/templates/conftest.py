@@ -91,6 +91,7 @@ def make_context(**config: Any) -> ServiceContext:
         origin_pull_ca=ORIGIN_PULL_CA,
         origin_pull_client=ORIGIN_PULL_CLIENT,
         website_on_server_name=False,
+        role="main",
         **FAKE_SECRETS,
     )
 

@@ -6,9 +6,8 @@ import subprocess
 
 import pytest
 
+from components import review
 from components.remote import bundle_text
-from components.services import release
-from components.stack import SERVICE_ORDER
 from tests.templates.conftest import make_context
 
 CONFIGS = [
@@ -23,6 +22,7 @@ CONFIGS = [
         "turnRelayPorts": "50000-50999",
         "sshPublicKeys": '["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserOne a@b"]',
     },
+    {"turnDroplet": "true"},  # the main droplet's coturn-off and the TURN droplet's own steps
 ]
 
 
@@ -32,16 +32,14 @@ def is_script(path: str, content: str) -> bool:
 
 def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     """(name, text) of every step's bundle and of every script file a step installs."""
-    ctx = make_context(**config)
     out = []
-    for module in (release, *SERVICE_ORDER):
-        for spec in module.steps(ctx):
-            out.append((spec.name, bundle_text(spec, [str(f.content) for f in spec.files])))
-            out += [(f"{spec.name}:{f.path}", str(f.content)) for f in spec.files if is_script(f.path, str(f.content))]
+    for spec in review.all_steps(make_context(**config)):
+        out.append((spec.name, bundle_text(spec, [str(f.content) for f in spec.files])))
+        out += [(f"{spec.name}:{f.path}", str(f.content)) for f in spec.files if is_script(f.path, str(f.content))]
     return out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet"])
 def test_every_bundle_passes_shellcheck(config: dict[str, str]) -> None:
     for name, bundle in all_steps(config):
         result = subprocess.run(
