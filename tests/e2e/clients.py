@@ -7,6 +7,7 @@ pebble's issuing root, so TLS is verified exactly as it would be against Let's E
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import ssl
@@ -65,6 +66,15 @@ async def http_get(
 def run(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one client conversation to the end (a fresh event loop each time)."""
     return asyncio.run(coroutine_factory())
+
+
+def turn_server(homeserver: str, access_token: str, address: str, ca_file: Path) -> dict[str, Any]:
+    """Synapse's answer to a user's GET /voip/turnServer (uris, username, password, ttl), as a client asks
+    before a call."""
+    status, _, body = run(lambda: http_get(f"{homeserver}/_matrix/client/v3/voip/turnServer", address, ca_file,
+                                           {"Authorization": f"Bearer {access_token}"}))
+    assert status == 200, body[:500]
+    return dict(json.loads(body))
 
 
 @dataclass

@@ -34,11 +34,11 @@ DOMAIN = "example.test"
 HOMESERVER = f"https://matrix.{DOMAIN}"
 # Each concurrent test session needs its own host indexes (network 198.18.<index>.0/30): the shared
 # deployment uses E2E_INDEX, the lifecycle tests' replaced-droplet hosts E2E_INDEX + 100 and + 101, the
-# federation tests' other servers E2E_INDEX + 102 and + 103.
+# federation tests' other servers E2E_INDEX + 102 and + 103, the TURN droplet's E2E_INDEX + 104.
 E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
-if not 0 <= E2E_INDEX <= 152:
-    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..152 (the lifecycle and federation tests also "
-                     "take index + 100 to + 103)")
+if not 0 <= E2E_INDEX <= 151:
+    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..151 (the lifecycle, federation and TURN droplet "
+                     "tests also take index + 100 to + 104)")
 # The shared deployment's droplet image follows the test hosts' default release (MATRIX_STACK_E2E_RELEASE).
 E2E_IMAGE = rootfs.DEFAULT_IMAGE
 ELEMENT_PORT = 8088
@@ -64,6 +64,7 @@ class Deployment:
     secret_seed: str = ""  # another seed is another stack life: every generated secret differs
     kept_volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # what getVolume finds in the account
     edge: Edge | None = None  # Cloudflare's edge: every web request of the tests goes through it
+    turn_host: TestHost | None = None  # the TURN droplet (turnDroplet), when a test has one
 
     @property
     def domain(self) -> str:
@@ -90,6 +91,9 @@ class Deployment:
             cloudflare_ipv6=[],
             deploy_key=(self.key_file.read_text(), self.public_key),
             host_key=(self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text()),
+            # The TURN droplet: its own address; the same generated host key serves it here.
+            turn_ipv4=self.turn_host.address if self.turn_host is not None else "192.0.2.20",
+            turn_host_key=(self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text()),
             secret_seed=self.secret_seed,
             volumes=self.kept_volumes,
         )

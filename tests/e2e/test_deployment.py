@@ -28,7 +28,7 @@ from components import paths, synapse_lock
 from components.services import maintenance, nginx
 from components.settings import DEFAULTS
 from tests.e2e.accounts import create_user, login
-from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay
+from tests.e2e.clients import http_get, matrix_client, run, session, turn_relay, turn_server
 from tests.e2e.deployment import DOMAIN, ELEMENT_TAMPERED, HOMESERVER, Deployment
 from tests.e2e.runner import StepFailed, run_all, run_step
 from tests.e2e.testhost import droplet
@@ -306,20 +306,8 @@ async def _plain_http_get(deployment: Deployment, host: str, path: str) -> tuple
 
 
 def turn_credentials(deployment: Deployment, users: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    async def go() -> dict[str, Any]:
-        client = matrix_client(HOMESERVER, "bob", deployment.edge_address, deployment.ca_file)
-        try:
-            await client.login(users["bob"][1])
-            async with (
-                session(deployment.edge_address, deployment.ca_file, {"Authorization": f"Bearer {client.access_token}"}) as s,
-                s.get(f"{HOMESERVER}/_matrix/client/v3/voip/turnServer") as response,
-            ):
-                assert response.status == 200
-                return dict(await response.json())
-        finally:
-            await client.close()
-
-    return run(go)
+    _, token = login(deployment, "bob", users["bob"][1])
+    return turn_server(HOMESERVER, token, deployment.edge_address, deployment.ca_file)
 
 
 def test_turn_credentials_allocate_a_relay(deployment: Deployment, users: dict[str, tuple[str, str]]) -> None:

@@ -37,6 +37,7 @@ class GuestSettings:
     pebble_tls_ca: bytes
     pebble_root: bytes
     edge_ca: bytes = b""
+    direct: tuple[str, ...] = ()  # more addresses reached without the proxy (another host's ACME, Cloudflare)
 
 
 def write_file(root: Path, path: str, text: str | bytes, mode: int = 0o644) -> None:
@@ -51,7 +52,7 @@ def write_file(root: Path, path: str, text: str | bytes, mode: int = 0o644) -> N
 
 def no_proxy(s: GuestSettings) -> str:
     """Destinations that must not go through the registry proxy (ACME, Cloudflare, the guest itself)."""
-    return ",".join(["localhost", "127.0.0.1", "::1", s.host_address, s.guest_address,
+    return ",".join(["localhost", "127.0.0.1", "::1", s.host_address, s.guest_address, *s.direct,
                      s.domain, f".{s.domain}"])
 
 

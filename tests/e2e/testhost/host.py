@@ -53,6 +53,7 @@ class TestHost:
         volume_filesystem: str | None = "xfs",
         edge_ca: str = "",
         release: str = rootfs.DEFAULT_RELEASE,
+        services_of: TestHost | None = None,
     ) -> None:
         self.addr = network.Addresses(index)
         self.index = index
@@ -82,6 +83,9 @@ class TestHost:
         self.volume_filesystem = volume_filesystem
         self.edge_ca = edge_ca  # the edge stand-in's CA, trusted in the guest like Cloudflare's certificates
         self.release = release  # the Debian codename of the droplet's image
+        # Another droplet of the same stack (the TURN droplet): it uses that host's ACME server and
+        # Cloudflare stand-in (one zone, one ACME account's server) instead of starting its own.
+        self.services_of = services_of
 
     # -- addresses and files --------------------------------------------------------------------
     @property
@@ -105,15 +109,21 @@ class TestHost:
     @property
     def client_ca_file(self) -> Path:
         """pebble's issuing root: test clients trust this to verify the guest's certificates."""
+        if self.services_of is not None:
+            return self.services_of.client_ca_file
         return self.state / "pebble-root.pem"
 
     @property
     def pebble_tls_ca_file(self) -> Path:
         """CA of pebble's own TLS endpoint (ACME directory, management API)."""
+        if self.services_of is not None:
+            return self.services_of.pebble_tls_ca_file
         return self.state / "tls-ca.pem"
 
     @property
     def cloudflare_api_url(self) -> str:
+        if self.services_of is not None:
+            return self.services_of.cloudflare_api_url
         return f"http://{self.addr.host_side}:{CLOUDFLARE_PORT}/client/v4"
 
     @property
@@ -160,15 +170,18 @@ class TestHost:
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"e2e-{self.index}",
                  "-f", str(self.identity_file)])
         network.create(self.addr)
+        if self.services_of is not None:
+            network.share_operator(self.addr, self.services_of.addr)
         if self.with_outsider:
             network.create_outsider(self.addr)
         self.proxy = ForwardProxy(self.addr.host_side, PROXY_PORT, hostconfig.registry_hosts())
         self.proxy.start()
-        self.pebble = Pebble(self.addr.host_side, self.state)
-        self.pebble.start()
-        self.cloudflare = CloudflareStandin(self.addr.host_side, CLOUDFLARE_PORT, self.domain,
-                                            self.pebble.challtestsrv_url)
-        self.cloudflare.start()
+        if self.services_of is None:
+            self.pebble = Pebble(self.addr.host_side, self.state)
+            self.pebble.start()
+            self.cloudflare = CloudflareStandin(self.addr.host_side, CLOUDFLARE_PORT, self.domain,
+                                                self.pebble.challtestsrv_url)
+            self.cloudflare.start()
         keys = [self.authorized_key]
         if self._own_identity:
             keys.append(Path(f"{self.identity_file}.pub").read_text())
@@ -178,7 +191,8 @@ class TestHost:
             cloudflare_api_url=self.cloudflare_api_url, domain=self.domain,
             authorized_keys=tuple(k for k in keys if k.strip()),
             pebble_tls_ca=self.pebble_tls_ca_file.read_bytes(),
-            pebble_root=self.client_ca_file.read_bytes(), edge_ca=self.edge_ca.encode()))
+            pebble_root=self.client_ca_file.read_bytes(), edge_ca=self.edge_ca.encode(),
+            direct=(self.services_of.host_side_address,) if self.services_of is not None else ()))
         created = volume.ensure_image(self.volume_image, self.volume_size, self.volume_filesystem)
         droplet.write(self.root, droplet.DropletModel(
             user_data=self.user_data, instance_id=self.instance_id, hostname=self.addr.netns,

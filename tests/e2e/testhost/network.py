@@ -100,6 +100,13 @@ def create_outsider(addr: Addresses) -> None:
     _ip("-n", addr.outsider_netns, "route", "add", addr.guest_subnet, "via", addr.guest_outsider_side)
 
 
+def share_operator(addr: Addresses, other: Addresses) -> None:
+    """Another droplet of the same operator: the host reaches this guest from `other`'s host-side address
+    (the one address sshAllowedCidrs names), and the guest reaches that address (ACME, Cloudflare API)."""
+    _ip("route", "replace", addr.guest_subnet, "dev", addr.host_if, "src", other.host_side)
+    _ip("-n", addr.netns, "route", "add", f"{other.host_side}/32", "via", addr.host_side)
+
+
 def destroy(addr: Addresses) -> None:
     """Remove both namespaces and the host-side veth if present (deleting one end removes the pair)."""
     for ns in (addr.outsider_netns, addr.netns):
