@@ -202,6 +202,33 @@ def test_the_turn_droplet_opens_only_turn_and_ssh(turn: TurnSwitch) -> None:
     assert {p.split("/")[0] for p in allowed} == {"22", "3478", "5349", f"{low}:{high}"}
 
 
+def coturn_invocation(host: TestHost) -> str:
+    return host.ssh("systemctl show -p InvocationID --value coturn.service", check=True).stdout.decode().strip()
+
+
+def test_re_running_the_turn_droplets_steps_changes_nothing(turn: TurnSwitch) -> None:
+    """Every TURN droplet step run again on the running droplet (as a replaced step would): all pass,
+    coturn is not restarted."""
+    assert turn.host is not None and turn.deployment.recording is not None
+    before = coturn_invocation(turn.host)
+    results = run_all(turn.deployment.recording, only=TURN_STEPS)
+    assert [r.name for r in results] == [c.name for c in turn.deployment.recording.commands() if c.name in TURN_STEPS]
+    assert coturn_invocation(turn.host) == before
+    print(f"\nTURN droplet re-run: {sum(r.seconds for r in results):.1f} s for {len(results)} steps")
+
+
+def test_a_renewal_on_the_turn_droplet_reaches_coturn(turn: TurnSwitch) -> None:
+    assert turn.host is not None
+    d = turn.deployment
+    before = served_certificate(turn.host.address, f"turn.{d.domain}", d.origin_ca_file)
+    turn.host.ssh(f"certbot renew --force-renewal --no-random-sleep-on-renew --cert-name {d.domain} --quiet",
+                  timeout=300, check=True)
+    after = served_certificate(turn.host.address, f"turn.{d.domain}", d.origin_ca_file)
+    live = turn.host.ssh(f"openssl x509 -in /etc/letsencrypt/live/{d.domain}/cert.pem -outform DER",
+                         check=True).stdout
+    assert after != before and after == live
+
+
 def test_switching_off_converges_back_to_coturn_on_the_main_droplet(turn: TurnSwitch) -> None:
     turn.switch_off()
     assert turn.off is not None

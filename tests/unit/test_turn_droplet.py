@@ -157,3 +157,12 @@ def test_a_new_turn_size_replaces_only_the_turn_droplet(turn_graph: Recording) -
     assert droplets(bigger)["host-droplet"].id == droplets(turn_graph)["host-droplet"].id
     assert "size" in droplets(bigger)["host-turn-droplet"].replace_on_changes
     assert changed_steps(turn_graph, bigger) == set()  # the same address here: nothing else changes
+
+
+def test_the_turn_droplets_host_key_is_pinned_by_name_and_inputs(turn_graph: Recording) -> None:
+    """A renamed or changed key would be a new key, so new user data: a new TURN droplet (secret identity,
+    as tests/unit/test_secret_identity.py pins the others)."""
+    (key,) = [r for r in turn_graph.of_type("tls:index/privateKey:PrivateKey") if r.name == "host-turn-host-key"]
+    assert key.inputs["algorithm"] == "ED25519"
+    assert key.inputs == turn_graph.named("host-host-key").inputs  # made exactly like the main droplet's
+    assert key.parent == turn_graph.named("host").urn
