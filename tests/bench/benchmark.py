@@ -290,12 +290,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"latency: {args.samples} interleaved sends per path, in the guest ...", flush=True)
             latency = measure_latency(deployment, users[args.clients:], args.samples)
             load_users = users[: args.clients]
-            steady = asyncio.run(run_load(HOMESERVER, deployment.host.address, deployment.ca_file, load_users,
+            steady = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
                                           LoadConfig(duration=args.duration, rate=args.rate)))
             print(steady.summary(), flush=True)
             saturated = None
             if not args.no_saturate:
-                saturated = asyncio.run(run_load(HOMESERVER, deployment.host.address, deployment.ca_file, load_users,
+                saturated = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
                                                  LoadConfig(duration=args.duration, rate=0)))
                 print(saturated.summary(), flush=True)
     finally:
