@@ -20,6 +20,12 @@ pulumi.export("dropletIpv4", droplet.ipv4_address)
 pulumi.export("dropletIpv6", droplet.ipv6_address)
 if stack.host.turn is not None:
     pulumi.export("turnDropletIpv4", stack.host.turn.droplet.ipv4_address)
+if stack.database is not None:
+    cluster = stack.database.cluster
+    pulumi.export("databaseHost", cluster.private_host)
+    # Retained like the volume (components/cloud/database.py): what to run to delete it for good.
+    pulumi.export("databaseKeptOnDestroy", cluster.id.apply(
+        lambda cluster_id: f"pulumi destroy keeps this cluster; delete it for good with: doctl databases delete {cluster_id}"))
 pulumi.export("adminUserId", settings.admin_user_id)
 pulumi.export("adminPassword", stack.secrets.admin_password)
 pulumi.export("sshCommand", droplet.ipv4_address.apply(lambda ip: f"ssh root@{ip}"))

@@ -22,6 +22,14 @@ SYNAPSE_LISTEN = ("127.0.0.1", 8008)
 SYNAPSE_UNIT = "matrix-synapse.service"
 POSTGRES_DB = "synapse"
 POSTGRES_USER = "synapse_user"
+# Runs a PostgreSQL client against Synapse's database as matrix-stack's tools do, local or managed.
+DATABASE_COMMAND = "/usr/local/sbin/matrix-stack-db"
+# database: managed. On the volume: the managed cluster holds Synapse's data (written when it became
+# the live database); the local cluster on the volume is then out of date and never used again.
+DATABASE_MANAGED_MARKER = f"{DATA_MOUNT}/matrix-stack/database-managed"
+MANAGED_DB_CA = "/etc/matrix-stack/database-ca.pem"  # the cluster's CA: sslmode=verify-full
+MANAGED_DB_SERVICES = "/etc/matrix-stack/pg_service.conf"  # libpq services "synapse" and "admin"
+MANAGED_DB_PASSWORDS = "/etc/matrix-stack/pgpass"  # 0600 root: both roles' passwords
 CERTBOT_CREDENTIALS = "/etc/letsencrypt/cloudflare.ini"
 CERT_LIVE_DIR = "/etc/letsencrypt/live"  # + /<domain>/{fullchain,privkey}.pem
 CERT_DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/matrix-stack.sh"

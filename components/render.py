@@ -42,6 +42,14 @@ def _conf_value(value: Any) -> str:
     return text
 
 
+def _pgpass_field(value: Any) -> str:
+    """One field of a libpq password file: ':' and '\\' escaped; a line break cannot be stored."""
+    text = str(value)
+    if any(c in text for c in "\n\r"):
+        raise ValueError("a value with a line break cannot be placed in a password file")
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -56,6 +64,7 @@ def environment() -> jinja2.Environment:
     env.filters["shquote"] = _shquote
     env.filters["nginxq"] = _nginx_quote
     env.filters["confval"] = _conf_value
+    env.filters["pgpass"] = _pgpass_field
     return env
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from components import paths
+from components.cloud.database import DatabaseEndpoint
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, release
 from components.settings import PROJECT, load
@@ -47,6 +49,12 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
         origin_pull_client="<secret:origin_pull_client certificate and key>\n",
         website_on_server_name=False,  # what the zone holds is only known with Cloudflare access
         role="main",
+        database=DatabaseEndpoint(
+            host="private-<cluster>.db.ondigitalocean.com", port=25060, user=paths.POSTGRES_USER,
+            password="<secret:managed database password>", admin_user="doadmin",
+            admin_password="<secret:managed database admin password>",
+            ca_certificate="<the cluster's CA certificate (getDatabaseCa)>\n",
+        ) if settings.managed_database else None,
         **{name: f"<secret:{name}>" for name in SECRET_FIELDS},
     )
 

@@ -56,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
     # Cloudflare does not proxy it, so this keeps the main droplet's address out of every call.
     "turnDroplet": False,
     "turnDropletSize": "s-1vcpu-512mb-10gb",
+    # Synapse's database: "local" (PostgreSQL on the droplet, data on the volume) or "managed" (a
+    # DigitalOcean Managed PostgreSQL cluster of databaseSize; README "Managed PostgreSQL").
+    "database": "local",
+    "databaseSize": "db-s-1vcpu-1gb",
     "adminUser": "admin",
     "sshPublicKeys": [],
     "enableUrlPreviews": False,
@@ -111,6 +115,17 @@ _SSH_KEY_RE = re.compile(
 # DigitalOcean volume names: lower-case letters, digits and dashes, a letter first, at most 64.
 _VOLUME_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 _MEMORY_RE = re.compile(r"-(\d+)(gb|mb)(?:-|$)")
+_DATABASE_SIZE_RE = re.compile(r"^db-[a-z0-9-]*?(\d+)gb$")
+# DigitalOcean Managed PostgreSQL allows 25 connections per GiB of the node's memory, 3 of them
+# reserved for its own maintenance (DigitalOcean's PostgreSQL limits and connection-pool docs: the
+# 1 GiB size offers 22).
+MANAGED_CONNECTIONS_PER_GIB = 25
+MANAGED_RESERVED_CONNECTIONS = 3
+# Connections the droplet's tools may hold next to Synapse's pool: the backup's pg_dump, the weekly
+# VACUUM, the self-check's probe (and, once, the move of the data).
+TOOL_CONNECTIONS = 3
+SYNAPSE_POOL_MAX = 10  # Synapse's cp_max on the local database
+SYNAPSE_POOL_MIN = 5
 
 
 class SettingsError(ValueError):
@@ -194,6 +209,8 @@ class Settings:
     turn_relay_ports: tuple[int, int]
     turn_droplet: bool  # coturn on its own droplet; the main droplet opens no TURN port
     turn_droplet_size: str
+    database: str  # "local" | "managed"
+    database_size: str  # the managed cluster's size slug (used only when database is managed)
     admin_user: str
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
@@ -277,6 +294,28 @@ class Settings:
         return f"{self.element_tarball_url}.asc"
 
     @property
+    def managed_database(self) -> bool:
+        return self.database == "managed"
+
+    @property
+    def database_connection_limit(self) -> int:
+        """Connections the managed cluster grants its users: 25 per GiB, less the 3 it reserves."""
+        match = _DATABASE_SIZE_RE.match(self.database_size)
+        assert match is not None  # _database_size
+        return int(match.group(1)) * MANAGED_CONNECTIONS_PER_GIB - MANAGED_RESERVED_CONNECTIONS
+
+    @property
+    def synapse_pool_max(self) -> int:
+        """Synapse's connection pool (cp_max): what the database grants, less what the tools hold.
+
+        Local: 10 (PostgreSQL on the droplet allows tuning.pg_max_connections). Managed:
+        min(10, 25 x GiB - 3 - 3); 19 on the smallest size, so one Synapse process always fits.
+        """
+        if not self.managed_database:
+            return SYNAPSE_POOL_MAX
+        return min(SYNAPSE_POOL_MAX, self.database_connection_limit - TOOL_CONNECTIONS)
+
+    @property
     def relay_port_range(self) -> str:
         return f"{self.turn_relay_ports[0]}-{self.turn_relay_ports[1]}"
 
@@ -313,6 +352,20 @@ def _droplet_size(key: str, value: Any) -> str:
     slug = _slug(key, value)
     if not _MEMORY_RE.search(slug):
         raise invalid(key, value, "a DigitalOcean size slug naming its memory, e.g. s-1vcpu-512mb-10gb")
+    return slug
+
+
+def _database(key: str, value: Any) -> str:
+    if value not in ("local", "managed"):
+        raise invalid(key, value, "local (PostgreSQL on the droplet) or managed (a DigitalOcean Managed PostgreSQL cluster)")
+    return str(value)
+
+
+def _database_size(key: str, value: Any) -> str:
+    slug = _slug(key, value)
+    match = _DATABASE_SIZE_RE.match(slug)
+    if not match or int(match.group(1)) < 1:
+        raise invalid(key, value, "a DigitalOcean database size slug ending in its memory, e.g. db-s-1vcpu-1gb")
     return slug
 
 
@@ -504,6 +557,8 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "turnRelayPorts": _relay_ports,
     "turnDroplet": _bool,
     "turnDropletSize": _droplet_size,
+    "database": _database,
+    "databaseSize": _database_size,
     "adminUser": _localpart,
     "sshPublicKeys": _string_list(_ssh_key),
     "enableUrlPreviews": _bool,
@@ -612,6 +667,8 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         turn_relay_ports=v["turnRelayPorts"],
         turn_droplet=v["turnDroplet"],
         turn_droplet_size=v["turnDropletSize"],
+        database=v["database"],
+        database_size=v["databaseSize"],
         admin_user=v["adminUser"],
         ssh_public_keys=v["sshPublicKeys"],
         enable_url_previews=v["enableUrlPreviews"],

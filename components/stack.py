@@ -9,6 +9,7 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 
 from components.cloud.adoption import VolumePlan
+from components.cloud.database import ManagedDatabase
 from components.cloud.edge import Edge
 from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
@@ -71,6 +72,7 @@ class MatrixStack(pulumi.ComponentResource):
     secrets: Secrets
     services: list[Service]
     turn: Service | None  # the TURN droplet's steps, named turn-<step>
+    database: ManagedDatabase | None  # database: managed
 
     def __init__(
         self,
@@ -98,6 +100,9 @@ class MatrixStack(pulumi.ComponentResource):
             opts=child,
         )
         turn_droplet = self.host.turn.droplet if self.host.turn else droplet
+        self.database = ManagedDatabase("database", settings, droplet_id=droplet.id,
+                                        project_id=self.host.project.id,
+                                        opts=child) if settings.managed_database else None
         self.edge = Edge("edge", settings, zone, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address,
                          turn_ipv4=turn_droplet.ipv4_address, opts=child)
 
@@ -119,6 +124,7 @@ class MatrixStack(pulumi.ComponentResource):
             origin_pull_ca=self.edge.origin_pull_ca_pem,
             origin_pull_client=self.edge.origin_pull_client_pem,
             website_on_server_name=zone.has_website,
+            database=self.database.endpoint if self.database else None,
         )
         # The volume guard comes first, right after the attachment (and the firewall): every other
         # step depends on it, and it is replaced, its delete command stopping the writers and
@@ -134,6 +140,9 @@ class MatrixStack(pulumi.ComponentResource):
             watch = [c.triggers for s in self.services for c in s.commands] if module is selfcheck else []
             # nginx starts requiring Cloudflare's client certificate only once Cloudflare presents it.
             after = [*previous, self.edge.origin_pulls] if module is nginx else previous
+            # The managed cluster's steps connect only once it trusts the droplet.
+            if module is postgres and self.database is not None:
+                after = [*after, self.database.firewall]
             service = Service(kind, module.steps(context), self.host.connection, after=after, opts=child, watch=watch)
             self.services.append(service)
             previous = service.last or previous

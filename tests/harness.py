@@ -201,6 +201,18 @@ def identity(name: str, inputs: Mapping[str, Any], seed: str = "") -> str:
     return f"{seed}|{name}|{json.dumps(unwrap(dict(inputs)), sort_keys=True, default=str)}"
 
 
+@dataclass(frozen=True)
+class ManagedDbAnswers:
+    """What DigitalOcean answers for a managed PostgreSQL cluster (database: managed): its private host
+    name, its CA (getDatabaseCa) and the passwords it generates for doadmin and Synapse's user."""
+
+    host: str = "private-matrix-db-mock.b.db.ondigitalocean.com"
+    port: int = 25060
+    ca_pem: str = "-----BEGIN CERTIFICATE-----\nRkFLRSBDQQ==\n-----END CERTIFICATE-----\n"
+    admin_password: str = "AVNS_fakeAdminPassword0"
+    user_password: str = "AVNS_fakeUserPassword00"
+
+
 class CloudMocks(pulumi_mocks.Mocks):
     """Answers for DigitalOcean, Cloudflare, random and tls, shaped like the real providers'."""
 
@@ -219,6 +231,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         droplet_names: Mapping[int, str] | None = None,
         zones: Sequence[str] | Mapping[str, str] = ("example.org",),
         dns_records: Sequence[Mapping[str, Any]] = (),
+        managed_db: ManagedDbAnswers | None = None,
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
@@ -240,6 +253,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         # The Cloudflare account: its zones, and records already in them ({name, type, content, comment}).
         self.zones = dict(zones) if isinstance(zones, Mapping) else {name: zone_id(name) for name in zones}
         self.dns_records = [dict(r) for r in dns_records]
+        self.managed_db = managed_db or ManagedDbAnswers()
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -266,6 +280,16 @@ class CloudMocks(pulumi_mocks.Mocks):
         if typ == "digitalocean:index/sshKey:SshKey":
             outputs.update(fingerprint=":".join(_stable(name, 16, "0123456789abcdef")[i : i + 2] for i in range(0, 16, 2)))
             return "1234", outputs
+        if typ == "digitalocean:index/databaseCluster:DatabaseCluster":
+            db = self.managed_db
+            cluster_id = f"db-{_stable(identity(name, {k: args.inputs.get(k) for k in ('region', 'engine')}), 8)}"
+            outputs.update(host=db.host.removeprefix("private-"), privateHost=db.host, port=db.port,
+                           user="doadmin", password=rpc.wrap_rpc_secret(db.admin_password), database="defaultdb",
+                           urn=f"do:dbaas:{cluster_id}")
+            return cluster_id, outputs
+        if typ == "digitalocean:index/databaseUser:DatabaseUser":
+            outputs.update(password=rpc.wrap_rpc_secret(self.managed_db.user_password), role="normal")
+            return f"{args.inputs['clusterId']},{args.inputs['name']}", outputs
         seed = identity(name, args.inputs, self.secret_seed)
         if typ.startswith("tls:index/"):
             return f"{name}-id", {**outputs, **self._tls(typ, name, seed, args.inputs)}
@@ -323,6 +347,8 @@ class CloudMocks(pulumi_mocks.Mocks):
                     "tags": [], "urn": f"do:volume:{found['id']}", **found}
         if args.token == "digitalocean:index/getDroplet:getDroplet":
             return {"id": args.args["id"], "name": self.droplet_names[int(args.args["id"])]}
+        if args.token == "digitalocean:index/getDatabaseCa:getDatabaseCa":
+            return {"clusterId": args.args["clusterId"], "certificate": self.managed_db.ca_pem, "id": args.args["clusterId"]}
         if args.token == "cloudflare:index/getIpRanges:getIpRanges":
             return {"ipv4Cidrs": self.cloudflare_ipv4, "ipv6Cidrs": self.cloudflare_ipv6, "etag": "e", "jdcloudCidrs": []}
         return {}

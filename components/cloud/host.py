@@ -54,6 +54,7 @@ class Host(pulumi.ComponentResource):
     deploy_key: tls.PrivateKey
     host_key: tls.PrivateKey
     connection: remote.ConnectionArgs
+    project: do.Project
 
     def __init__(self, name: str, settings: Settings, volume_plan: VolumePlan,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -128,7 +129,7 @@ class Host(pulumi.ComponentResource):
         # On destroy the provider first moves the project's members to the default project (the
         # retained volume among them) and retries the delete until DigitalOcean has done so; that
         # can take longer than the 3-minute default (terraform-provider-digitalocean #943, #1608).
-        do.Project(
+        self.project = do.Project(
             f"{name}-project",
             name=prefix,
             description=f"Matrix server {settings.domain} (matrix-stack, stack {settings.stack})",

@@ -14,6 +14,7 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
+from components.cloud.database import DatabaseEndpoint
 from components.cloud.firewall import Role
 from components.remote import StepSpec, remote_step
 from components.render import render
@@ -42,6 +43,7 @@ class ServiceContext:
     origin_pull_client: pulumi.Input[str]  # secret: that client certificate and key (the self-check's requests)
     website_on_server_name: bool  # the user's website owns the server name: delegation is redirected
     role: Role = "main"  # "turn": the TURN droplet (droplet_ipv4/ipv6 are then its addresses)
+    database: DatabaseEndpoint | None = None  # database: managed; None: PostgreSQL on the droplet
 
 
 def rendered(template: str, **values: Any) -> pulumi.Input[str]:

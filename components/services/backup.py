@@ -12,6 +12,7 @@ from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext
+from components.services.maintenance import local_postgres_unit
 
 TIMER = "matrix-stack-backup.timer"
 SERVICE = "matrix-stack-backup.service"
@@ -28,6 +29,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         backup_dir=paths.BACKUP_DIR,
         data_mount=paths.DATA_MOUNT,
         database=paths.POSTGRES_DB,
+        database_command=paths.DATABASE_COMMAND,
         keep_days=ctx.settings.backup_keep_days,
         reserve_percent=FREE_RESERVE_PERCENT,
         copies=[paths.SYNAPSE_SIGNING_KEY, paths.SYNAPSE_CONFIG, paths.SYNAPSE_LOG_CONFIG],
@@ -42,11 +44,12 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         synapse_user=paths.SYNAPSE_USER,
         health_url=f"http://{host}:{port}/health",
         reserve_percent=FREE_RESERVE_PERCENT,
+        managed_marker=paths.DATABASE_MANAGED_MARKER,
     )
     service = render(
         "backup/matrix-stack-backup.service.j2",
         backup_command=paths.BACKUP_COMMAND,
-        postgres_unit=ctx.settings.platform.postgres_unit,
+        postgres_unit=local_postgres_unit(ctx),
         data_mount=paths.DATA_MOUNT,
     )
     script = render(

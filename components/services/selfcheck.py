@@ -29,11 +29,12 @@ DISK_FAIL_PERCENT = 95
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
     settings = ctx.settings
+    cert = f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem"
     if ctx.role == "turn":
         turn_check = render(
             "selfcheck/turn.sh.j2",
             turn_host=settings.turn_host,
-            cert=f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem",
+            cert=cert,
             min_cert_days=MIN_CERT_DAYS,
             listening_port=coturn.LISTENING_PORT,
             tls_listening_port=coturn.TLS_LISTENING_PORT,
@@ -49,7 +50,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         local_coturn=not settings.turn_droplet,
         homeserver_url=settings.homeserver_url,
         admin_credentials=paths.ADMIN_CREDENTIALS,
-        cert=f"{paths.CERT_LIVE_DIR}/{settings.domain}/cert.pem",
+        cert=cert,
         min_cert_days=MIN_CERT_DAYS,
         backup_timer=backup.TIMER,
         backup_service=backup.SERVICE,
@@ -61,5 +62,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         disk_fail_percent=DISK_FAIL_PERCENT,
         postgres_major=settings.platform.postgres_major,
         postgres_base=paths.POSTGRES_BASE,
+        managed_database=ctx.database is not None,
+        database_command=paths.DATABASE_COMMAND,
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

@@ -14,7 +14,7 @@ from typing import Any
 from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.services import ServiceContext, rendered
-from components.settings import Settings
+from components.settings import SYNAPSE_POOL_MIN, Settings
 from components.synapse_lock import lock_path
 
 SYNAPSE_HOME = "/var/lib/matrix-synapse"  # the system user's home; data lives on the volume
@@ -73,6 +73,18 @@ def _trusted_key_servers(settings: Settings) -> list[str]:
     return []
 
 
+def _database_values(ctx: ServiceContext) -> dict[str, Any]:
+    """PostgreSQL on the droplet over loopback, or the managed cluster over verified TLS."""
+    s = ctx.settings
+    common = {"db_name": paths.POSTGRES_DB, "db_pool_min": SYNAPSE_POOL_MIN, "db_pool_max": s.synapse_pool_max}
+    if ctx.database is None:
+        return {**common, "db_user": paths.POSTGRES_USER, "db_password": ctx.postgres_password,
+                "db_host": "127.0.0.1", "db_port": 5432, "db_ca_file": ""}
+    endpoint = ctx.database
+    return {**common, "db_user": endpoint.user, "db_password": endpoint.password, "db_host": endpoint.host,
+            "db_port": endpoint.port, "db_ca_file": paths.MANAGED_DB_CA}
+
+
 def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
     """Everything homeserver.yaml.j2 needs (secrets may be Outputs)."""
     s = ctx.settings
@@ -87,9 +99,7 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
         "pid_file": PID_FILE,
         "bind_address": paths.SYNAPSE_LISTEN[0],
         "port": paths.SYNAPSE_LISTEN[1],
-        "db_user": paths.POSTGRES_USER,
-        "db_name": paths.POSTGRES_DB,
-        "db_password": ctx.postgres_password,
+        **_database_values(ctx),
         "log_config": paths.SYNAPSE_LOG_CONFIG,
         "media_store_path": paths.SYNAPSE_MEDIA_STORE,
         "signing_key_path": paths.SYNAPSE_SIGNING_KEY,
@@ -158,6 +168,8 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         data_dir=paths.SYNAPSE_DATA,
         log_dir=paths.SYNAPSE_LOG_DIR,
         jemalloc_soname=JEMALLOC_SONAME if s.enable_jemalloc else "",
+        # database: managed: the droplet's PostgreSQL is off, Synapse must not pull it in.
+        local_database=ctx.database is None,
     )
     group = paths.SYNAPSE_USER
     lock = lock_path(s.synapse_version, s.platform.python).read_text()

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from components import paths
+from components.cloud.database import DatabaseEndpoint
 from components.platform import PLATFORMS
 from components.services import ServiceContext
 from components.settings import load
@@ -77,6 +79,15 @@ def parse_unit(text: str) -> configparser.ConfigParser:
 ORIGIN_PULL_CA, ORIGIN_PULL_CLIENT = origin_pull_pair("template tests")
 
 
+# database: managed: the cluster as the provider describes it (a password with the characters a libpq
+# password file must escape).
+MANAGED_ENDPOINT = DatabaseEndpoint(
+    host="private-matrix-db-test.b.db.ondigitalocean.com", port=25060, user=paths.POSTGRES_USER,
+    password="AVNS_user:pass\\word", admin_user="doadmin", admin_password="AVNS_adminPassword123",
+    ca_certificate="-----BEGIN CERTIFICATE-----\nRkFLRSBDQQ==\n-----END CERTIFICATE-----\n",
+)
+
+
 def make_context(**config: Any) -> ServiceContext:
     """A context for `config` overrides (raw strings, as `pulumi config` stores them)."""
     settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
@@ -92,6 +103,7 @@ def make_context(**config: Any) -> ServiceContext:
         origin_pull_client=ORIGIN_PULL_CLIENT,
         website_on_server_name=False,
         role="main",
+        database=MANAGED_ENDPOINT if settings.managed_database else None,
         **FAKE_SECRETS,
     )
 

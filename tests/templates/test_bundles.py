@@ -23,6 +23,7 @@ CONFIGS = [
         "sshPublicKeys": '["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserOne a@b"]',
     },
     {"turnDroplet": "true"},  # the main droplet's coturn-off and the TURN droplet's own steps
+    {"database": "managed"},  # postgres-managed, and the tools through matrix-stack-db
 ]
 
 
@@ -39,7 +40,7 @@ def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet", "managed-db"])
 def test_every_bundle_passes_shellcheck(config: dict[str, str]) -> None:
     for name, bundle in all_steps(config):
         result = subprocess.run(

@@ -25,6 +25,7 @@ SYNAPSE_PY = ROOT / "build" / "synapse-venv" / "bin" / "python"
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "managed-database": {"database": "managed", "databaseSize": "db-s-2vcpu-4gb"},
     "allowlist-registration-previews": {
         "federation": "allowlist",
         "federationAllowlist": '["friends.example.net", "matrix.org"]',
@@ -208,8 +209,16 @@ def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synap
 
     assert got["db_engine"] == "psycopg2"
     db = got["db"]
-    assert (db["user"], db["dbname"], db["host"], db["port"]) == (paths.POSTGRES_USER, paths.POSTGRES_DB, "127.0.0.1", 5432)
-    assert db["password"] == FAKE_SECRETS["postgres_password"]
+    if ctx.database is None:
+        assert (db["user"], db["dbname"], db["host"], db["port"]) == (paths.POSTGRES_USER, paths.POSTGRES_DB, "127.0.0.1", 5432)
+        assert db["password"] == FAKE_SECRETS["postgres_password"]
+        assert "sslmode" not in db
+    else:  # database: managed: the cluster's private host over TLS verified against its CA
+        endpoint = ctx.database
+        assert (db["user"], db["dbname"], db["host"], db["port"]) == (
+            endpoint.user, paths.POSTGRES_DB, endpoint.host, endpoint.port)
+        assert db["password"] == endpoint.password
+        assert (db["sslmode"], db["sslrootcert"]) == ("verify-full", paths.MANAGED_DB_CA)
     assert (db["cp_min"], db["cp_max"], db["keepalives_idle"]) == (5, 10, 10)
     assert got["signing_key_ids"] == [FAKE_SECRETS["signing_key"].split()[1]]
     day_ms = 86400 * 1000
@@ -247,9 +256,9 @@ def test_blocklist_covers_synapse_defaults(synapse_python: Path) -> None:
         assert any(net.version == o.version and net.subnet_of(o) for o in ours), default  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("jemalloc", [True, False])
-def test_systemd_unit(jemalloc: bool, tmp_path: Path, synapse_python: Path) -> None:
-    files = _files(_steps(enableJemalloc=str(jemalloc).lower())["synapse-config"])
+@pytest.mark.parametrize(("jemalloc", "database"), [(True, "local"), (False, "local"), (True, "managed")])
+def test_systemd_unit(jemalloc: bool, database: str, tmp_path: Path, synapse_python: Path) -> None:
+    files = _files(_steps(enableJemalloc=str(jemalloc).lower(), database=database)["synapse-config"])
     unit = parse_unit(files[synapse.UNIT_PATH])
     svc = unit["Service"]
     assert svc["User"] == svc["Group"] == paths.SYNAPSE_USER
@@ -257,7 +266,9 @@ def test_systemd_unit(jemalloc: bool, tmp_path: Path, synapse_python: Path) -> N
     assert svc["Restart"] == "on-failure" and svc["NoNewPrivileges"] == "yes" and svc["PrivateTmp"] == "yes"
     assert ("LD_PRELOAD=libjemalloc.so.2" in svc.get("Environment", "")) is jemalloc
     for key in ("After", "Requires"):
-        assert {"postgresql.service", paths.MOUNT_UNIT} <= set(unit["Unit"][key].split())
+        assert paths.MOUNT_UNIT in unit["Unit"][key].split()
+        # database: managed: this droplet's PostgreSQL is off, and Synapse must not start it.
+        assert ("postgresql.service" in unit["Unit"][key].split()) is (database == "local")
     # Everything Synapse writes is writable under ProtectSystem=strict.
     writable = svc["ReadWritePaths"].split()
     hs = yaml.safe_load(files[paths.SYNAPSE_CONFIG])
