@@ -35,10 +35,10 @@ def deployment(volume_image: Path) -> Iterator[Deployment]:
         yield deployed
 
 
-# Modules that federate the shared host with others, rewind its database, re-install Synapse, reboot
-# and re-provision it: they run, in this order, after every other test, which expects the host as
-# first provisioned.
-RUN_LAST = ("test_federation.py", "test_backup.py", "test_lifecycle.py")
+# Modules that move the shared host's database to a managed cluster and back, federate it with others,
+# rewind its database, re-install Synapse, reboot and re-provision it: they run, in this order, after
+# every other test, which expects the host as first provisioned.
+RUN_LAST = ("test_managed_database.py", "test_federation.py", "test_backup.py", "test_lifecycle.py")
 
 
 @pytest.fixture(autouse=True)

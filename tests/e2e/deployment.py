@@ -28,7 +28,7 @@ from tests.e2e.runner import StepResult, run_all
 from tests.e2e.standins import ElementRelease, build_releases, release_server
 from tests.e2e.testhost import TestHost, rootfs
 from tests.e2e.testhost.cloudflare_standin import zone_id_of
-from tests.harness import CloudMocks, Recording, changed_steps, config_strings, record
+from tests.harness import CloudMocks, ManagedDbAnswers, Recording, changed_steps, config_strings, record
 
 DOMAIN = "example.test"
 HOMESERVER = f"https://matrix.{DOMAIN}"
@@ -36,9 +36,9 @@ HOMESERVER = f"https://matrix.{DOMAIN}"
 # deployment uses E2E_INDEX, the lifecycle tests' replaced-droplet hosts E2E_INDEX + 100 and + 101, the
 # federation tests' other servers E2E_INDEX + 102 and + 103, the TURN droplet's E2E_INDEX + 104.
 E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
-if not 0 <= E2E_INDEX <= 151:
-    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..151 (the lifecycle, federation and TURN droplet "
-                     "tests also take index + 100 to + 104)")
+if not 0 <= E2E_INDEX <= 150:
+    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..150 (the lifecycle, federation, TURN droplet "
+                     "and managed database tests also take index + 100 to + 105)")
 # The shared deployment's droplet image follows the test hosts' default release (MATRIX_STACK_E2E_RELEASE).
 E2E_IMAGE = rootfs.DEFAULT_IMAGE
 ELEMENT_PORT = 8088
@@ -65,6 +65,7 @@ class Deployment:
     kept_volumes: dict[str, dict[str, Any]] = field(default_factory=dict)  # what getVolume finds in the account
     edge: Edge | None = None  # Cloudflare's edge: every web request of the tests goes through it
     turn_host: TestHost | None = None  # the TURN droplet (turnDroplet), when a test has one
+    managed_db: ManagedDbAnswers | None = None  # what DigitalOcean answers for the cluster (database: managed)
 
     @property
     def domain(self) -> str:
@@ -82,6 +83,7 @@ class Deployment:
     def mocks(self) -> CloudMocks:
         zone = self.host.cloudflare
         records = [dict(r) for r in zone.records.values()] if zone is not None else []
+        host_key = (self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text())
         return CloudMocks(
             zones={self.domain: zone_id_of(self.domain)},
             dns_records=records,
@@ -90,12 +92,13 @@ class Deployment:
             cloudflare_ipv4=[f"{self.host.host_side_address}/32"],
             cloudflare_ipv6=[],
             deploy_key=(self.key_file.read_text(), self.public_key),
-            host_key=(self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text()),
+            host_key=host_key,
             # The TURN droplet: its own address; the same generated host key serves it here.
             turn_ipv4=self.turn_host.address if self.turn_host is not None else "192.0.2.20",
-            turn_host_key=(self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text()),
+            turn_host_key=host_key,
             secret_seed=self.secret_seed,
             volumes=self.kept_volumes,
+            managed_db=self.managed_db,
         )
 
     def record(self, **changes: Any) -> Recording:

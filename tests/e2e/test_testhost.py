@@ -57,8 +57,7 @@ def test_ssh_and_systemd(host: TestHost) -> None:
 
 def _first_boot_apt_done(host: TestHost) -> None:
     """Wait (bounded) for the droplet model's first-boot apt activity, which holds apt's locks."""
-    _ok(host, "for _ in $(seq 180); do [ -e /var/lib/e2e-first-boot-apt.done ] && exit 0; sleep 1; done; exit 1",
-        timeout=210)
+    host.wait_first_boot_apt(timeout=180)
 
 
 def test_apt_through_proxy(host: TestHost) -> None:

@@ -221,6 +221,19 @@ class TestHost:
 
         wait_until(f"guest {self.address} to finish booting", ready, timeout, interval=1)
 
+    def wait_first_boot_apt(self, timeout: int = 300) -> str:
+        """Wait until the droplet model's first-boot apt run (it holds apt's locks for a while) is over;
+        returns its unit's final state. The unit's state, not its .done marker: under nspawn the unit
+        has been seen to end "failed" (systemd: "Failed to spawn 'stop-post' task"), marker unwritten."""
+        unit = droplet.FIRST_BOOT_APT_UNIT
+        proc = self.ssh(f"for _ in $(seq {timeout}); do s=$(systemctl is-active {unit}); "
+                        'case "$s" in active|activating|deactivating|reloading) sleep 1 ;; *) echo "$s"; exit 0 ;; esac; '
+                        "done; echo timeout; exit 1", timeout=timeout + 60)
+        if proc.returncode != 0:
+            status = self.ssh(f"systemctl status --no-pager {unit}; ps axf", timeout=60).stdout.decode()
+            raise RuntimeError(f"{self.address}: the first-boot apt run is still going after {timeout} s:\n{status}")
+        return proc.stdout.decode().strip()
+
     def ssh(self, cmd: str, stdin: bytes | None = None, timeout: float = 600,
             check: bool = False) -> subprocess.CompletedProcess[bytes]:
         """Run `cmd` as root in the guest over real SSH (fresh host keys are not pinned)."""
