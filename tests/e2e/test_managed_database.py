@@ -96,6 +96,8 @@ class ManagedSwitch:
         self.room = ""
         self.before: list[str] = []
         self.on: tuple[set[str], list[StepResult]] = (set(), [])
+        # The first try, with the cluster refusing every write of Synapse's role: what it left behind.
+        self.failed_move: dict[str, str] = {}
 
     def boot_cluster(self) -> ManagedCluster:
         """DigitalOcean creates the cluster, its user and its trusted source before any step runs."""
@@ -113,12 +115,30 @@ class ManagedSwitch:
         return self.cluster
 
     def switch_on(self) -> None:
+        """`pulumi up` with database: managed, twice: the first move fails (the cluster takes no writes
+        from Synapse's role, so the restore is rolled back), the second, with writes allowed, works."""
         d = self.deployment
         self.before = [f"before the move {i}" for i in range(5)]
         self.room = send(d, None, self.before)
-        self.boot_cluster()
+        cluster = self.boot_cluster()
         d.managed_db = self.answers
-        self.on = d.apply_changes(database="managed")
+        assert d.recording is not None
+        before = d.recording
+        after = d.record(database="managed")
+        d.apply_cloud()
+        changed = changed_steps(before, after)
+        read_only = f"ALTER ROLE {paths.POSTGRES_USER} SET default_transaction_read_only = "
+        cluster.sql(read_only + "on")
+        with pytest.raises(StepFailed) as failed:
+            run_all(after, only=changed)
+        self.failed_move = {
+            "step": failed.value.result.name,
+            "log": d.ssh("cat /var/log/matrix-stack/postgres-managed.log"),
+            "history": "\n".join(history(d, self.room)),
+            "marker": d.ssh(f"test -e {paths.DATABASE_MANAGED_MARKER} && echo present || echo absent").strip(),
+        }
+        cluster.sql(read_only + "off")
+        self.on = (changed, run_all(after, only=changed))
 
     def switch_back(self) -> tuple[str, set[str], list[StepResult]]:
         """The README's way back: refused while the marker exists; then backup, marker removed, up, restore."""
@@ -164,6 +184,14 @@ def test_the_switch_runs_only_the_database_steps(managed: ManagedSwitch) -> None
     assert {r.name for r in results} == SWITCH_STEPS and all(r.returncode == 0 for r in results)
     for result in results:
         print(f"  {result.name:24s} {result.seconds:6.1f} s")
+
+
+def test_a_failed_move_leaves_synapse_on_the_local_database(managed: ManagedSwitch) -> None:
+    failed = managed.failed_move
+    assert failed["step"] == "postgres-managed"
+    assert "the restore into the managed cluster failed and was rolled back" in failed["log"]
+    assert failed["history"].split("\n") == managed.before  # Synapse answered again, from its own data
+    assert failed["marker"] == "absent"
 
 
 def test_the_data_moved_without_loss(managed: ManagedSwitch) -> None:
