@@ -13,6 +13,10 @@ from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext, rendered
 
+# certbot's DNS propagation waits, tried in turn until one works: the dns-cloudflare plugin's own
+# default first, then longer ones (templates/certificates/issue.sh.j2).
+PROPAGATION_WAITS_S = (10, 30, 90)
+
 
 def names(ctx: ServiceContext) -> list[str]:
     """The names the droplet's certificate covers: turn. alone on the TURN droplet."""
@@ -31,6 +35,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         acme_server=s.acme_server,
         credentials=paths.CERTBOT_CREDENTIALS,
         deploy_hook=paths.CERT_DEPLOY_HOOK,
+        propagation_waits=PROPAGATION_WAITS_S,
         **common,
     )
     return [

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from components.services.certificates import PROPAGATION_WAITS_S
 from components.settings import load
 from tests.e2e.accounts import login
 from tests.e2e.clients import Relay, turn_relay, turn_server
@@ -31,6 +32,9 @@ from tests.harness import changed_steps, config_strings
 pytestmark = pytest.mark.e2e
 
 TURN_INDEX = E2E_INDEX + 104
+# While the TURN droplet gets its certificate, the zone's TXT records become visible this long after
+# they are made: longer than certbot's first wait, shorter than its second (PROPAGATION_WAITS_S).
+SLOW_DNS_S = 15.0
 TURN_STEPS = {"turn-base-packages", "turn-base-firewall", "turn-certificates-install", "turn-certificates-issue",
               "turn-coturn-install", "turn-coturn-config", "turn-selfcheck-verify"}
 # Both ways the same steps change: the TURN droplet's, and the main droplet's firewall, coturn and self-check.
@@ -120,7 +124,14 @@ class TurnSwitch:
         self.host.boot()
         d.apply_cloud()
         changed = changed_steps(before, after)
-        self.on = (changed, run_all(after, only=changed))
+        # DNS slower than the first propagation wait: the TURN droplet's certificate step must try again.
+        zone = d.host.cloudflare
+        assert zone is not None
+        zone.txt_delay = SLOW_DNS_S
+        try:
+            self.on = (changed, run_all(after, only=changed))
+        finally:
+            zone.txt_delay = 0.0
 
     def switch_off(self) -> None:
         """`pulumi up` with turnDroplet removed: the main droplet's steps run, then the TURN droplet goes."""
@@ -162,6 +173,19 @@ def test_switching_on_runs_the_turn_droplets_steps_and_only_the_main_steps_it_ch
         print(f"  {result.name:24s} {result.seconds:6.1f} s")
     assert turn.host is not None
     assert turn_a_record(turn.deployment) == turn.host.address
+
+
+def test_slow_dns_makes_the_certificate_step_wait_longer_and_try_again(turn: TurnSwitch) -> None:
+    """The TXT records showed up after SLOW_DNS_S: the first try (the plugin's 10 s wait) failed at the CA,
+    the second (30 s) got the certificate, and certbot keeps that wait for renewals."""
+    (issue,) = [r for r in turn.on[1] if r.name == "turn-certificates-issue"]
+    waits = PROPAGATION_WAITS_S
+    assert waits[0] < SLOW_DNS_S < waits[1]
+    assert f"certbot failed after a {waits[0]} s DNS propagation wait (try 1 of {len(waits)})" in issue.stderr
+    assert "try 2 of" not in issue.stderr
+    assert turn.host is not None
+    renewal = turn.host.ssh(f"cat /etc/letsencrypt/renewal/{turn.deployment.domain}.conf").stdout.decode()
+    assert f"dns_cloudflare_propagation_seconds = {waits[1]}" in renewal
 
 
 def test_a_call_relays_through_the_turn_droplet(turn: TurnSwitch) -> None:

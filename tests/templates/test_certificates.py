@@ -54,8 +54,9 @@ def test_certbot_command(overrides: dict[str, str]) -> None:
 
     assert "--dns-cloudflare" in args
     assert value("--dns-cloudflare-credentials") == paths.CERTBOT_CREDENTIALS
-    assert value("--dns-cloudflare-propagation-seconds") == "30"
+    assert value("--dns-cloudflare-propagation-seconds") == "$wait"
     script = _steps(ctx)["certificates-issue"].script
+    assert re.search(r"^waits=\(10 30 90\)$", script, re.M)  # the plugin's default first
 
     def assigned(var: str) -> str:
         (line,) = [x for x in script.splitlines() if x.startswith(f"{var}=")]
@@ -114,6 +115,12 @@ def test_shellcheck_bundles_and_hook() -> None:
 # Stand-ins, recording every call in $WORK/calls.
 CERTBOT = r"""#!/bin/bash
 echo "certbot $*" >> "$WORK/calls"
+failures=$(cat "$WORK/failures" 2>/dev/null || echo 0)
+if [ "$failures" -gt 0 ]; then  # the CA found no TXT record yet
+  echo $((failures - 1)) > "$WORK/failures"
+  echo "Some challenges have failed." >&2
+  exit 1
+fi
 name= server= force=
 while [ $# -gt 0 ]; do
   case $1 in
@@ -157,12 +164,13 @@ for bundle in "$@"; do
   echo $? > "$work/rc.$i"
   echo "--- end of run $i" >> "$work/calls"
   stat -c '%n %U:%G %a' CRED "$work"/../tls-missing /etc/coturn/tls /etc/coturn/tls/* > "$work/stat.$i" 2>/dev/null
-  sha256sum /etc/coturn/tls/fullchain.pem /etc/letsencrypt/live/DOMAIN/fullchain.pem > "$work/sum.$i" 2>/dev/null
+  sha256sum /etc/coturn/tls/fullchain.pem /etc/letsencrypt/live/DOMAIN/fullchain.pem > "$work/sum.$i" 2>/dev/null || true
 done
 """
 
 
-def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, ...]) -> list[dict[str, Any]]:
+def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, ...],
+         failures: int = 0) -> list[dict[str, Any]]:
     assert subprocess.run(["getent", "passwd", "turnserver"], stdout=subprocess.DEVNULL).returncode == 0, (
         "coturn must be installed"
     )
@@ -173,6 +181,7 @@ def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, 
         (work / "bin" / name).chmod(0o755)
     for unit in active:
         (work / f"active-{unit}").touch()
+    (work / "failures").write_text(f"{failures}\n")  # certbot's first `failures` tries fail
     args = []
     for i, text in enumerate(bundles, 1):
         if text == "other-lineage":
@@ -247,3 +256,20 @@ def test_hook_without_nginx_or_coturn_running_only_copies(tmp_path: Path) -> Non
     calls = run["calls"]
     assert "reload" not in calls and "restart" not in calls and "nginx -t" not in calls
     assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in run["stat"]
+
+
+@pytest.mark.parametrize("failures", [2, 3])
+def test_a_failed_try_is_made_again_with_a_longer_dns_wait(tmp_path: Path, failures: int) -> None:
+    """certbot's tries use the waits in turn, stopping at the first that works; all failing fails the step."""
+    ctx = make_context(acmeServer=PEBBLE)
+    (run,) = _run(tmp_path, ctx, [_bundle(ctx)], active=("nginx",), failures=failures)
+    tries = [c for c in run["calls"].splitlines() if c.startswith("certbot certonly")]
+    waits = [int(c.split("--dns-cloudflare-propagation-seconds ")[1].split()[0]) for c in tries]
+    assert waits == list(certificates.PROPAGATION_WAITS_S[: failures + 1][:3])
+    if failures < len(certificates.PROPAGATION_WAITS_S):
+        assert run["rc"] == "0", run["out"]
+        assert "systemctl reload nginx" in run["calls"]
+        assert "try 2 of 3" in run["out"]
+    else:
+        assert run["rc"] != "0" and "reload" not in run["calls"]
+        assert "certbot failed 3 times" in run["out"]

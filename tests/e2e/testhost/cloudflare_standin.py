@@ -55,6 +55,10 @@ class CloudflareStandin:
         self.origin_pull_certificates: dict[str, dict[str, str]] = {}  # id -> {certificate, private_key}
         self.origin_pull_hostnames: dict[str, dict[str, Any]] = {}  # hostname -> {cert_id, enabled}
         self.calls: list[str] = []
+        # Seconds before a new TXT record is visible to DNS (the CA's resolver): 0 publishes at once.
+        # Cloudflare's records are usually live within seconds; a test sets a longer delay to see the
+        # certificate step wait longer and try again.
+        self.txt_delay = 0.0
         self._lock = threading.Lock()
         self._next_id = 1
         self._server = ThreadingHTTPServer((bind, port), self._handler_class())
@@ -94,6 +98,10 @@ class CloudflareStandin:
             if rec["type"] == "TXT" and rec["name"] == name:
                 self._challtestsrv("/set-txt", {"host": fqdn, "value": rec["content"]})
 
+    def _sync_txt_locked(self, name: str) -> None:
+        with self._lock:
+            self._sync_txt(name)
+
     # -- API ------------------------------------------------------------------------------------
     def _zone(self) -> dict[str, Any]:
         return {"id": self.zone_id, "name": self.domain, "status": "active"}
@@ -123,7 +131,12 @@ class CloudflareStandin:
                        "content": str(body.get("content", "")), "ttl": body.get("ttl", 1),
                        "proxied": bool(body.get("proxied", False)), "comment": str(body.get("comment") or "")}
                 self.records[rid] = rec
-                if rec["type"] == "TXT":
+                if rec["type"] == "TXT" and self.txt_delay > 0:
+                    # At that time challtestsrv serves what the zone then holds (a deleted record: nothing).
+                    timer = threading.Timer(self.txt_delay, self._sync_txt_locked, [rec["name"]])
+                    timer.daemon = True
+                    timer.start()
+                elif rec["type"] == "TXT":
                     self._sync_txt(rec["name"])
             return 200, rec
         if len(parts) == 4 and parts[2] == "dns_records" and method == "DELETE":
