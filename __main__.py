@@ -34,3 +34,10 @@ pulumi.export("dataVolume", stack.host.volume.name)
 pulumi.export("dataVolumeId", stack.host.volume.id)
 pulumi.export("dataVolumeKeptOnDestroy", stack.host.volume.id.apply(
     lambda volume_id: f"pulumi destroy keeps this volume; delete it for good with: doctl compute volume delete {volume_id}"))
+if stack.media is not None:
+    bucket = stack.media.bucket
+    pulumi.export("mediaBucket", bucket.name)
+    # Retained like the volume (components/cloud/media_bucket.py): the users' files stay in it.
+    pulumi.export("mediaBucketKeptOnDestroy", pulumi.Output.all(bucket.name, bucket.region).apply(
+        lambda v: f"pulumi destroy keeps this bucket and its files; empty and delete it for good in DigitalOcean's "
+                  f"control panel (Spaces, {v[0]} in {v[1]}) or with an S3 client"))

@@ -30,6 +30,13 @@ DATABASE_MANAGED_MARKER = f"{DATA_MOUNT}/matrix-stack/database-managed"
 MANAGED_DB_CA = "/etc/matrix-stack/database-ca.pem"  # the cluster's CA: sslmode=verify-full
 MANAGED_DB_SERVICES = "/etc/matrix-stack/pg_service.conf"  # libpq services "synapse" and "admin"
 MANAGED_DB_PASSWORDS = "/etc/matrix-stack/pgpass"  # 0600 root: both roles' passwords
+# mediaStorage: spaces. The bucket's address and key (0600 root, read by systemd for the media units
+# and by matrix-stack-spaces), and the command that copies backups to the bucket and brings media back.
+SPACES_ENV = "/etc/matrix-stack/spaces.env"
+SPACES_COMMAND = "/usr/local/sbin/matrix-stack-spaces"
+# On the volume: media may exist only in the bucket (written when Synapse began storing there); a
+# switch back to local media is refused until `matrix-stack-spaces fetch-media` brought them all back.
+MEDIA_SPACES_MARKER = f"{DATA_MOUNT}/matrix-stack/media-on-spaces"
 CERTBOT_CREDENTIALS = "/etc/letsencrypt/cloudflare.ini"
 CERT_LIVE_DIR = "/etc/letsencrypt/live"  # + /<domain>/{fullchain,privkey}.pem
 CERT_DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/matrix-stack.sh"

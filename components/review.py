@@ -23,6 +23,7 @@ import yaml
 
 from components import paths
 from components.cloud.database import DatabaseEndpoint
+from components.cloud.media_bucket import MediaBucketEndpoint
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, release
 from components.settings import PROJECT, load
@@ -55,6 +56,11 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
             admin_password="<secret:managed database admin password>",
             ca_certificate="<the cluster's CA certificate (getDatabaseCa)>\n",
         ) if settings.managed_database else None,
+        media=MediaBucketEndpoint(
+            bucket=settings.spaces_bucket_name, region=settings.spaces_bucket_region,
+            endpoint_url=f"https://{settings.spaces_bucket_region}.digitaloceanspaces.com",
+            access_key="<Spaces access key>", secret_key="<secret:Spaces secret key>",
+        ) if settings.media_on_spaces else None,
         **{name: f"<secret:{name}>" for name in SECRET_FIELDS},
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ DEFAULTS: dict[str, Any] = {
     # DigitalOcean Managed PostgreSQL cluster of databaseSize; README "Managed PostgreSQL").
     "database": "local",
     "databaseSize": "db-s-1vcpu-1gb",
+    # Synapse's media: "local" (on the volume) or "spaces" (a DigitalOcean Spaces bucket the stack
+    # creates, through synapse-s3-storage-provider; the daily backup is copied there too; README
+    # "Media and backups on Spaces"). Local copies unused for mediaCacheDays are removed.
+    "mediaStorage": "local",
+    "mediaCacheDays": 14,
+    # Empty: the droplet's region (it must have Spaces), else a Spaces region.
+    "spacesRegion": "",
+    # Empty: matrix-<domain with dashes>; bucket names are global, so a taken one needs a new name.
+    "mediaBucket": "",
     "adminUser": "admin",
     "sshPublicKeys": [],
     "enableUrlPreviews": False,
@@ -120,6 +130,10 @@ _DATABASE_SIZE_RE = re.compile(r"^db-[a-z0-9-]*?(\d+)gb$")
 # reserved for its own maintenance (DigitalOcean's PostgreSQL limits and connection-pool docs: the
 # 1 GiB size offers 22).
 MANAGED_CONNECTIONS_PER_GIB = 25
+# Regions with Spaces Standard Storage (DigitalOcean's Spaces availability page, March 2026).
+SPACES_REGIONS = ("nyc3", "ams3", "sfo2", "sfo3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1", "atl1")
+# S3 bucket names: 3-63 lower-case letters, digits and dashes, a letter or digit at both ends.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 MANAGED_RESERVED_CONNECTIONS = 3
 # Connections the droplet's tools may hold next to Synapse's pool: the backup's pg_dump, the weekly
 # VACUUM, the self-check's probe (and, once, the move of the data).
@@ -211,6 +225,10 @@ class Settings:
     turn_droplet_size: str
     database: str  # "local" | "managed"
     database_size: str  # the managed cluster's size slug (used only when database is managed)
+    media_storage: str  # "local" | "spaces"
+    media_cache_days: int  # spaces: local copies unused this long are removed (they are in the bucket)
+    spaces_region: str  # "" = region (used only when media_storage is spaces)
+    media_bucket: str  # "" = derived from domain (used only when media_storage is spaces)
     admin_user: str
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
@@ -316,6 +334,21 @@ class Settings:
         return min(SYNAPSE_POOL_MAX, self.database_connection_limit - TOOL_CONNECTIONS)
 
     @property
+    def media_on_spaces(self) -> bool:
+        return self.media_storage == "spaces"
+
+    @property
+    def spaces_bucket_region(self) -> str:
+        return self.spaces_region or self.region
+
+    @property
+    def spaces_bucket_name(self) -> str:
+        """mediaBucket, or matrix-<domain with dashes>, cut to 63 characters without a dash at the end."""
+        if self.media_bucket:
+            return self.media_bucket
+        return ("matrix-" + self.domain.replace(".", "-"))[:63].rstrip("-")
+
+    @property
     def relay_port_range(self) -> str:
         return f"{self.turn_relay_ports[0]}-{self.turn_relay_ports[1]}"
 
@@ -358,6 +391,25 @@ def _droplet_size(key: str, value: Any) -> str:
 def _database(key: str, value: Any) -> str:
     if value not in ("local", "managed"):
         raise invalid(key, value, "local (PostgreSQL on the droplet) or managed (a DigitalOcean Managed PostgreSQL cluster)")
+    return str(value)
+
+
+def _media_storage(key: str, value: Any) -> str:
+    if value not in ("local", "spaces"):
+        raise invalid(key, value, "local (media on the data volume) or spaces (a DigitalOcean Spaces bucket)")
+    return str(value)
+
+
+def _optional_spaces_region(key: str, value: Any) -> str:
+    if value != "" and value not in SPACES_REGIONS:
+        raise invalid(key, value, f"a region with Spaces ({', '.join(SPACES_REGIONS)}), or empty for the droplet's region")
+    return str(value)
+
+
+def _optional_bucket(key: str, value: Any) -> str:
+    if value != "" and not (isinstance(value, str) and _BUCKET_RE.match(value)):
+        raise invalid(key, value, "a bucket name of 3-63 lower-case letters, digits and dashes (a letter or digit at "
+                      "both ends), or empty for matrix-<domain>")
     return str(value)
 
 
@@ -559,6 +611,10 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "turnDropletSize": _droplet_size,
     "database": _database,
     "databaseSize": _database_size,
+    "mediaStorage": _media_storage,
+    "mediaCacheDays": _int_range(1, 3650),
+    "spacesRegion": _optional_spaces_region,
+    "mediaBucket": _optional_bucket,
     "adminUser": _localpart,
     "sshPublicKeys": _string_list(_ssh_key),
     "enableUrlPreviews": _bool,
@@ -639,6 +695,12 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
     platform = platform_of(v["dropletImage"])
     assert platform is not None  # _debian_image
     _locked_synapse_version(v["synapseVersion"], platform)
+    if v["mediaStorage"] == "spaces" and not lock_path(v["synapseVersion"], platform.python, s3=True).is_file():
+        raise invalid("mediaStorage", "spaces", f"a synapseVersion whose lock includes the S3 storage provider; "
+                      f"{v['synapseVersion']} has none (python -m components.synapse_lock {v['synapseVersion']})")
+    if v["mediaStorage"] == "spaces" and not v["spacesRegion"] and v["region"] not in SPACES_REGIONS:
+        raise invalid("spacesRegion", "", f"a region with Spaces for the media bucket: region {v['region']} has none "
+                      f"({', '.join(SPACES_REGIONS)} do)")
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(
@@ -669,6 +731,10 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         turn_droplet_size=v["turnDropletSize"],
         database=v["database"],
         database_size=v["databaseSize"],
+        media_storage=v["mediaStorage"],
+        media_cache_days=v["mediaCacheDays"],
+        spaces_region=v["spacesRegion"],
+        media_bucket=v["mediaBucket"],
         admin_user=v["adminUser"],
         ssh_public_keys=v["sshPublicKeys"],
         enable_url_previews=v["enableUrlPreviews"],
@@ -685,6 +751,27 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
     )
 
 
+# The DigitalOcean provider creates buckets through the Spaces API: it needs a Spaces key of the
+# account's own beside the API token, as provider config or environment (its README).
+SPACES_PROVIDER_CREDENTIALS = (("digitalocean:spacesAccessId", "SPACES_ACCESS_KEY_ID"),
+                               ("digitalocean:spacesSecretKey", "SPACES_SECRET_ACCESS_KEY"))
+
+
+def check_spaces_provider_credentials(settings: Settings, config: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """mediaStorage: spaces without the provider's Spaces key would fail at the bucket, after other
+    resources exist: refuse first, naming both ways to give it."""
+    if not settings.media_on_spaces:
+        return
+    missing = [key for key, variable in SPACES_PROVIDER_CREDENTIALS if not config.get(key) and not environ.get(variable)]
+    if missing:
+        raise SettingsError(
+            f"config {PROJECT}:mediaStorage=spaces needs the DigitalOcean provider's Spaces key to create the bucket; "
+            f"{' and '.join(missing)} not set (fix: pulumi config set digitalocean:spacesAccessId <id>; pulumi config "
+            "set --secret digitalocean:spacesSecretKey <secret>; or export SPACES_ACCESS_KEY_ID and "
+            "SPACES_SECRET_ACCESS_KEY)"
+        )
+
+
 def from_pulumi_config() -> tuple[Settings, str]:
     """Read the stack's config (namespace `matrix-stack`) and validate it."""
     import pulumi
@@ -698,4 +785,6 @@ def from_pulumi_config() -> tuple[Settings, str]:
                 f"config {PROJECT}:{key} is stored in plain text: it must be a secret "
                 f"(fix: pulumi config set --secret {key} <value>)"
             )
-    return load(raw, pulumi.get_stack())
+    settings, token = load(raw, pulumi.get_stack())
+    check_spaces_provider_credentials(settings, CONFIG.get(), os.environ)
+    return settings, token

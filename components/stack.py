@@ -13,6 +13,7 @@ from components.cloud.database import ManagedDatabase
 from components.cloud.edge import Edge
 from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
+from components.cloud.media_bucket import MediaBucket
 from components.cloud.secrets import Secrets
 from components.cloud.zone import Zone
 from components.remote import StepSpec
@@ -26,6 +27,7 @@ from components.services import (
     coturn,
     element,
     maintenance,
+    media,
     nginx,
     postgres,
     release,
@@ -46,6 +48,7 @@ SERVICE_ORDER: tuple[ModuleType, ...] = (
     maintenance,
     certificates,
     synapse,
+    media,
     coturn,
     element,
     nginx,
@@ -73,6 +76,7 @@ class MatrixStack(pulumi.ComponentResource):
     services: list[Service]
     turn: Service | None  # the TURN droplet's steps, named turn-<step>
     database: ManagedDatabase | None  # database: managed
+    media: MediaBucket | None  # mediaStorage: spaces
 
     def __init__(
         self,
@@ -103,6 +107,7 @@ class MatrixStack(pulumi.ComponentResource):
         self.database = ManagedDatabase("database", settings, droplet_id=droplet.id,
                                         project_id=self.host.project.id,
                                         opts=child) if settings.managed_database else None
+        self.media = MediaBucket("media", settings, opts=child) if settings.media_on_spaces else None
         self.edge = Edge("edge", settings, zone, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address,
                          turn_ipv4=turn_droplet.ipv4_address, opts=child)
 
@@ -125,6 +130,7 @@ class MatrixStack(pulumi.ComponentResource):
             origin_pull_client=self.edge.origin_pull_client_pem,
             website_on_server_name=zone.has_website,
             database=self.database.endpoint if self.database else None,
+            media=self.media.endpoint if self.media else None,
         )
         # The volume guard comes first, right after the attachment (and the firewall): every other
         # step depends on it, and it is replaced, its delete command stopping the writers and
@@ -143,7 +149,10 @@ class MatrixStack(pulumi.ComponentResource):
             # The managed cluster's steps connect only once it trusts the droplet.
             if module is postgres and self.database is not None:
                 after = [*after, self.database.firewall]
-            service = Service(kind, module.steps(context), self.host.connection, after=after, opts=child, watch=watch)
+            specs = module.steps(context)
+            if not specs:  # an option that is off (mediaStorage: local): no component at all
+                continue
+            service = Service(kind, specs, self.host.connection, after=after, opts=child, watch=watch)
             self.services.append(service)
             previous = service.last or previous
         self.turn = self._turn_droplet_steps(settings, context, cloudflare_cidrs, child)

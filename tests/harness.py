@@ -213,6 +213,16 @@ class ManagedDbAnswers:
     user_password: str = "AVNS_fakeUserPassword00"
 
 
+@dataclass(frozen=True)
+class SpacesAnswers:
+    """What DigitalOcean answers for a Spaces bucket and key (mediaStorage: spaces): the endpoint
+    host (`<region>.digitaloceanspaces.com` for real; the e2e's S3 stand-in) and the key's pair."""
+
+    endpoint: str = ""  # "" = <region>.digitaloceanspaces.com, as DigitalOcean answers
+    access_key: str = "DO00FAKEACCESSKEY000"
+    secret_key: str = "fakeSpacesSecretKey0000000000000000000000000"
+
+
 class CloudMocks(pulumi_mocks.Mocks):
     """Answers for DigitalOcean, Cloudflare, random and tls, shaped like the real providers'."""
 
@@ -232,6 +242,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         zones: Sequence[str] | Mapping[str, str] = ("example.org",),
         dns_records: Sequence[Mapping[str, Any]] = (),
         managed_db: ManagedDbAnswers | None = None,
+        spaces: SpacesAnswers | None = None,
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
@@ -254,6 +265,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         self.zones = dict(zones) if isinstance(zones, Mapping) else {name: zone_id(name) for name in zones}
         self.dns_records = [dict(r) for r in dns_records]
         self.managed_db = managed_db or ManagedDbAnswers()
+        self.spaces = spaces or SpacesAnswers()
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -290,6 +302,15 @@ class CloudMocks(pulumi_mocks.Mocks):
         if typ == "digitalocean:index/databaseUser:DatabaseUser":
             outputs.update(password=rpc.wrap_rpc_secret(self.managed_db.user_password), role="normal")
             return f"{args.inputs['clusterId']},{args.inputs['name']}", outputs
+        if typ == "digitalocean:index/spacesBucket:SpacesBucket":
+            region = args.inputs["region"]
+            endpoint = self.spaces.endpoint or f"{region}.digitaloceanspaces.com"
+            outputs.update(endpoint=endpoint, bucketDomainName=f"{args.inputs['name']}.{endpoint}",
+                           bucketUrn=f"do:space:{args.inputs['name']}")
+            return f"{region},{args.inputs['name']}", outputs
+        if typ == "digitalocean:index/spacesKey:SpacesKey":
+            outputs.update(accessKey=self.spaces.access_key, secretKey=rpc.wrap_rpc_secret(self.spaces.secret_key))
+            return self.spaces.access_key, outputs
         seed = identity(name, args.inputs, self.secret_seed)
         if typ.startswith("tls:index/"):
             return f"{name}-id", {**outputs, **self._tls(typ, name, seed, args.inputs)}
@@ -373,10 +394,13 @@ def record(
     stack: str = "test",
     plain_keys: tuple[str, ...] = (),
     into: Recording | None = None,
+    spaces_credentials: bool = True,
 ) -> Recording:
     """Run __main__.py under mocks with `config` (merged over DEFAULT_CONFIG) and record it all.
 
     Keys in `plain_keys` are stored as plain config (not secret), to test that mistake.
+    `spaces_credentials`: the DigitalOcean provider's Spaces key is configured, as a user of
+    mediaStorage: spaces has it.
     `into` receives the registrations even when the program fails.
     """
     merged = {**DEFAULT_CONFIG, **(config or {})}
@@ -387,6 +411,10 @@ def record(
     strings = config_strings(merged)
     secret_keys = [f"{PROJECT}:certbotCloudflareToken"]
     secret_keys = [k for k in secret_keys if k in strings and k.split(":", 1)[1] not in plain_keys]
+    if spaces_credentials:
+        strings.update({"digitalocean:spacesAccessId": "DO00PROVIDERSPACESKEY",
+                        "digitalocean:spacesSecretKey": "provider-secret"})
+        secret_keys.append("digitalocean:spacesSecretKey")
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(strings, secret_keys=secret_keys)
 

@@ -10,6 +10,7 @@ as two `pulumi up`s would.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from typing import Any
 
 from cryptography import x509
@@ -115,6 +116,14 @@ def origin_pull_pair(identity: str = "tests") -> tuple[str, str]:
     return ca, client.rstrip("\n") + "\n" + client_key.rstrip("\n") + "\n"
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address, a DNS name SAN otherwise."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def server_cert(identity: str, ca_key_pem: str, ca_cert_pem: str, names: list[str]) -> tuple[str, str]:
     """(certificate, key) for TLS servers named `names`, signed by the CA (the edge's certificates)."""
     def make() -> tuple[str, str]:
@@ -126,7 +135,7 @@ def server_cert(identity: str, ca_key_pem: str, ca_cert_pem: str, names: list[st
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
                    .not_valid_before(_NOT_BEFORE).not_valid_after(_NOT_BEFORE + datetime.timedelta(days=3650))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+                   .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
                    # Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a certificate without it,
                    # as Debian 13's clients do; publicly trusted certificates (Cloudflare's) carry it.
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]

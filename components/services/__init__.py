@@ -16,6 +16,7 @@ from pulumi_command import remote
 
 from components.cloud.database import DatabaseEndpoint
 from components.cloud.firewall import Role
+from components.cloud.media_bucket import MediaBucketEndpoint
 from components.remote import StepSpec, remote_step
 from components.render import render
 from components.settings import Settings
@@ -44,6 +45,12 @@ class ServiceContext:
     website_on_server_name: bool  # the user's website owns the server name: delegation is redirected
     role: Role = "main"  # "turn": the TURN droplet (droplet_ipv4/ipv6 are then its addresses)
     database: DatabaseEndpoint | None = None  # database: managed; None: PostgreSQL on the droplet
+    media: MediaBucketEndpoint | None = None  # mediaStorage: spaces; None: media on the volume only
+
+    @property
+    def local_postgres_unit(self) -> str:
+        """The droplet's PostgreSQL unit the database tools wait for; "" with database: managed."""
+        return self.settings.platform.postgres_unit if self.database is None else ""
 
 
 def rendered(template: str, **values: Any) -> pulumi.Input[str]:

@@ -3,7 +3,9 @@ and the commands to take one by hand and to restore one.
 
 The step runs right after PostgreSQL, so the backup command exists before `synapse-install`, which
 takes a backup before every Synapse version change. Backups live on the volume, so they outlive
-the droplet; they do not protect against losing the volume itself (see the README).
+the droplet; they do not protect against losing the volume itself (see the README), unless
+`mediaStorage: spaces` copies each one to the bucket as well (`matrix-stack-spaces`), from where
+`matrix-stack-restore spaces:<name>` restores it on any droplet of the stack.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from components import paths
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext
-from components.services.maintenance import local_postgres_unit
+from components.services.media import spaces_files
 
 TIMER = "matrix-stack-backup.timer"
 SERVICE = "matrix-stack-backup.service"
@@ -33,6 +35,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         keep_days=ctx.settings.backup_keep_days,
         reserve_percent=FREE_RESERVE_PERCENT,
         copies=[paths.SYNAPSE_SIGNING_KEY, paths.SYNAPSE_CONFIG, paths.SYNAPSE_LOG_CONFIG],
+        spaces_command=paths.SPACES_COMMAND if ctx.media else "",
     )
     restore = render(
         "backup/restore.sh.j2",
@@ -45,11 +48,12 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         health_url=f"http://{host}:{port}/health",
         reserve_percent=FREE_RESERVE_PERCENT,
         managed_marker=paths.DATABASE_MANAGED_MARKER,
+        spaces_command=paths.SPACES_COMMAND if ctx.media else "",
     )
     service = render(
         "backup/matrix-stack-backup.service.j2",
         backup_command=paths.BACKUP_COMMAND,
-        postgres_unit=local_postgres_unit(ctx),
+        postgres_unit=ctx.local_postgres_unit,
         data_mount=paths.DATA_MOUNT,
     )
     script = render(
@@ -68,6 +72,8 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
                 RemoteFile(paths.RESTORE_COMMAND, restore, mode="0755"),
                 RemoteFile(SERVICE_PATH, service, mode="0644"),
                 RemoteFile(TIMER_PATH, read("backup/matrix-stack-backup.timer"), mode="0644"),
+                # mediaStorage: spaces: the backup's copy goes to the bucket (services/media.py).
+                *spaces_files(ctx),
             ],
         )
     ]

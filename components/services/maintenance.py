@@ -19,18 +19,13 @@ TIMER_PATH = f"/etc/systemd/system/{TIMER}"
 SERVICE_PATH = f"/etc/systemd/system/{SERVICE}"
 
 
-def local_postgres_unit(ctx: ServiceContext) -> str:
-    """The droplet's PostgreSQL unit the database tools wait for; "" with database: managed."""
-    return ctx.settings.platform.postgres_unit if ctx.database is None else ""
-
-
 def steps(ctx: ServiceContext) -> list[StepSpec]:
     command = render("maintenance/maintenance.sh.j2", database=paths.POSTGRES_DB,
                      database_command=paths.DATABASE_COMMAND)
     service = render(
         "maintenance/matrix-stack-maintenance.service.j2",
         command=COMMAND,
-        postgres_unit=local_postgres_unit(ctx),
+        postgres_unit=ctx.local_postgres_unit,
         data_mount=paths.DATA_MOUNT,
     )
     return [

@@ -64,5 +64,6 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         postgres_base=paths.POSTGRES_BASE,
         managed_database=ctx.database is not None,
         database_command=paths.DATABASE_COMMAND,
+        spaces_command=paths.SPACES_COMMAND if ctx.media is not None else "",
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

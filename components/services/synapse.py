@@ -12,8 +12,10 @@ import hashlib
 from typing import Any
 
 from components import paths
+from components.cloud.media_bucket import MEDIA_PREFIX
 from components.remote import RemoteFile, StepSpec
 from components.services import ServiceContext, rendered
+from components.services.media import CA_BUNDLE
 from components.settings import SYNAPSE_POOL_MIN, Settings
 from components.synapse_lock import lock_path
 
@@ -85,6 +87,15 @@ def _database_values(ctx: ServiceContext) -> dict[str, Any]:
             "db_port": endpoint.port, "db_ca_file": paths.MANAGED_DB_CA}
 
 
+def _media_storage_values(ctx: ServiceContext) -> dict[str, Any]:
+    """mediaStorage: spaces: synapse-s3-storage-provider's settings; none with local media."""
+    media = ctx.media
+    if media is None:
+        return {"s3_bucket": ""}
+    return {"s3_bucket": media.bucket, "s3_region": media.region, "s3_endpoint_url": media.endpoint_url,
+            "s3_access_key": media.access_key, "s3_secret_key": media.secret_key, "s3_prefix": MEDIA_PREFIX}
+
+
 def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
     """Everything homeserver.yaml.j2 needs (secrets may be Outputs)."""
     s = ctx.settings
@@ -104,6 +115,7 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
         "media_store_path": paths.SYNAPSE_MEDIA_STORE,
         "signing_key_path": paths.SYNAPSE_SIGNING_KEY,
         "max_upload_size": f"{s.max_upload_size_mb}M",
+        **_media_storage_values(ctx),
         "enable_registration": s.enable_registration,
         "url_previews": s.enable_url_previews,
         "ip_range_blocklist": list(IP_RANGE_BLOCKLIST),
@@ -154,6 +166,9 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         "signing_key_staged": SIGNING_KEY_STAGED,
         "unit_name": paths.SYNAPSE_UNIT,
         "backup_command": paths.BACKUP_COMMAND,
+        "s3": s.media_on_spaces,
+        "media_marker": paths.MEDIA_SPACES_MARKER,
+        "spaces_command": paths.SPACES_COMMAND,
         "lock": LOCK_FILE,
         "health_url": f"http://{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}/health",
         "health_timeout": HEALTH_TIMEOUT_S,
@@ -170,9 +185,11 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         jemalloc_soname=JEMALLOC_SONAME if s.enable_jemalloc else "",
         # database: managed: the droplet's PostgreSQL is off, Synapse must not pull it in.
         local_database=ctx.database is None,
+        # mediaStorage: spaces: boto3 verifies the bucket against the droplet's trust store.
+        aws_ca_bundle=CA_BUNDLE if s.media_on_spaces else "",
     )
     group = paths.SYNAPSE_USER
-    lock = lock_path(s.synapse_version, s.platform.python).read_text()
+    lock = lock_path(s.synapse_version, s.platform.python, s3=s.media_on_spaces).read_text()
     # A new lock for the same version (a dependency fixed) re-installs and restarts, as a new version does.
     versions = {"synapse": s.synapse_version, "lock": hashlib.sha256(lock.encode()).hexdigest()[:16]}
     return [

@@ -28,17 +28,26 @@ from tests.e2e.runner import StepResult, run_all
 from tests.e2e.standins import ElementRelease, build_releases, release_server
 from tests.e2e.testhost import TestHost, rootfs
 from tests.e2e.testhost.cloudflare_standin import zone_id_of
-from tests.harness import CloudMocks, ManagedDbAnswers, Recording, changed_steps, config_strings, record
+from tests.harness import (
+    CloudMocks,
+    ManagedDbAnswers,
+    Recording,
+    SpacesAnswers,
+    changed_steps,
+    config_strings,
+    record,
+)
 
 DOMAIN = "example.test"
 HOMESERVER = f"https://matrix.{DOMAIN}"
 # Each concurrent test session needs its own host indexes (network 198.18.<index>.0/30): the shared
 # deployment uses E2E_INDEX, the lifecycle tests' replaced-droplet hosts E2E_INDEX + 100 and + 101, the
-# federation tests' other servers E2E_INDEX + 102 and + 103, the TURN droplet's E2E_INDEX + 104.
+# federation tests' other servers E2E_INDEX + 102 and + 103, the TURN droplet's E2E_INDEX + 104, the
+# managed cluster's E2E_INDEX + 105, the fresh droplet restoring from Spaces E2E_INDEX + 106.
 E2E_INDEX = int(os.environ.get("MATRIX_STACK_E2E_INDEX", "21"))
-if not 0 <= E2E_INDEX <= 150:
-    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..150 (the lifecycle, federation, TURN droplet "
-                     "and managed database tests also take index + 100 to + 105)")
+if not 0 <= E2E_INDEX <= 149:
+    raise ValueError(f"MATRIX_STACK_E2E_INDEX={E2E_INDEX}: use 0..149 (the lifecycle, federation, TURN droplet, "
+                     "managed database and Spaces tests also take index + 100 to + 106)")
 # The shared deployment's droplet image follows the test hosts' default release (MATRIX_STACK_E2E_RELEASE).
 E2E_IMAGE = rootfs.DEFAULT_IMAGE
 ELEMENT_PORT = 8088
@@ -66,6 +75,7 @@ class Deployment:
     edge: Edge | None = None  # Cloudflare's edge: every web request of the tests goes through it
     turn_host: TestHost | None = None  # the TURN droplet (turnDroplet), when a test has one
     managed_db: ManagedDbAnswers | None = None  # what DigitalOcean answers for the cluster (database: managed)
+    spaces: SpacesAnswers | None = None  # what DigitalOcean answers for the bucket and key (mediaStorage: spaces)
 
     @property
     def domain(self) -> str:
@@ -99,6 +109,7 @@ class Deployment:
             secret_seed=self.secret_seed,
             volumes=self.kept_volumes,
             managed_db=self.managed_db,
+            spaces=self.spaces,
         )
 
     def record(self, **changes: Any) -> Recording:

@@ -18,6 +18,7 @@ import pytest
 
 from components import paths
 from components.cloud.database import DatabaseEndpoint
+from components.cloud.media_bucket import MediaBucketEndpoint
 from components.platform import PLATFORMS
 from components.services import ServiceContext
 from components.settings import load
@@ -88,6 +89,14 @@ MANAGED_ENDPOINT = DatabaseEndpoint(
 )
 
 
+# mediaStorage: spaces: a bucket as the provider describes it (a secret with the characters a
+# shell-quoted env file must keep).
+SPACES_ENDPOINT = MediaBucketEndpoint(
+    bucket="matrix-example-org", region="nyc3", endpoint_url="https://nyc3.digitaloceanspaces.com",
+    access_key="DO00TESTACCESSKEY000", secret_key="abc/def+ghi'jkl$mno",
+)
+
+
 def make_context(**config: Any) -> ServiceContext:
     """A context for `config` overrides (raw strings, as `pulumi config` stores them)."""
     settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
@@ -104,6 +113,7 @@ def make_context(**config: Any) -> ServiceContext:
         website_on_server_name=False,
         role="main",
         database=MANAGED_ENDPOINT if settings.managed_database else None,
+        media=SPACES_ENDPOINT if settings.media_on_spaces else None,
         **FAKE_SECRETS,
     )
 

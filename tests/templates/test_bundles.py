@@ -24,6 +24,7 @@ CONFIGS = [
     },
     {"turnDroplet": "true"},  # the main droplet's coturn-off and the TURN droplet's own steps
     {"database": "managed"},  # postgres-managed, and the tools through matrix-stack-db
+    {"mediaStorage": "spaces"},  # media-offload, and the backup's copy to the bucket
 ]
 
 
@@ -40,7 +41,7 @@ def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet", "managed-db"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet", "managed-db", "spaces-media"])
 def test_every_bundle_passes_shellcheck(config: dict[str, str]) -> None:
     for name, bundle in all_steps(config):
         result = subprocess.run(

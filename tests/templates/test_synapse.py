@@ -26,6 +26,7 @@ SYNAPSE_PY = ROOT / "build" / "synapse-venv" / "bin" / "python"
 CONFIGS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "managed-database": {"database": "managed", "databaseSize": "db-s-2vcpu-4gb"},
+    "spaces-media": {"mediaStorage": "spaces", "mediaCacheDays": "3"},
     "allowlist-registration-previews": {
         "federation": "allowlist",
         "federationAllowlist": '["friends.example.net", "matrix.org"]',
@@ -134,6 +135,8 @@ print(json.dumps({
     "macaroon": c.key.macaroon_secret_key.decode() if isinstance(c.key.macaroon_secret_key, bytes)
                 else c.key.macaroon_secret_key,
     "form_secret": c.key.form_secret,
+    "media_providers": [[p[0].__module__ + "." + p[0].__name__, p[1], p[2].store_local, p[2].store_remote,
+                         p[2].store_synchronous] for p in c.media.media_storage_providers],
 }))
 """
 
@@ -236,6 +239,15 @@ def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synap
     assert got["registration_shared_secret"] == FAKE_SECRETS["registration_shared_secret"]
     assert got["macaroon"] == FAKE_SECRETS["macaroon_secret"]
     assert got["form_secret"] == FAKE_SECRETS["form_secret"]
+    if ctx.media is None:
+        assert got["media_providers"] == []
+    else:  # mediaStorage: spaces: the provider as Synapse loaded it, with the config it parsed
+        media = ctx.media
+        ((module, parsed, *stores),) = got["media_providers"]
+        assert module == "s3_storage_provider.S3StorageProviderBackend" and stores == [True, True, True]
+        assert (parsed["bucket"], parsed["region_name"], parsed["endpoint_url"], parsed["prefix"]) == (
+            media.bucket, media.region, media.endpoint_url, "media/")
+        assert (parsed["access_key_id"], parsed["secret_access_key"]) == (media.access_key, media.secret_key)
 
 
 def test_blocklist_covers_synapse_defaults(synapse_python: Path) -> None:
@@ -340,7 +352,7 @@ def test_a_new_lock_for_the_same_version_reinstalls_and_restarts(monkeypatch: py
     bumped = tmp_path / "lock.txt"
     python = make_context().settings.platform.python
     bumped.write_text(synapse_lock.lock_path(version, python).read_text() + "# a dependency fixed\n")
-    monkeypatch.setattr(synapse, "lock_path", lambda *_: bumped)
+    monkeypatch.setattr(synapse, "lock_path", lambda *_, **__: bumped)
     after = _steps()
     for name in ("synapse-install", "synapse-config"):
         assert after[name].versions != before[name].versions, name

@@ -36,11 +36,38 @@ def test_every_package_is_pinned_with_the_hashes_of_its_files(lock: Path) -> Non
             hashes += 1
     pins = synapse_lock.pins(text)
     assert requirements == len(pins) > 20 and hashes >= requirements
-    version, python = lock.parent.name, lock.stem.removeprefix("python")
+    version, python = lock.parent.name, lock.stem.removeprefix("python").removesuffix("-s3")
     assert pins["matrix-synapse"] == version  # the lock of its own version
     assert f"for Python {python} on x86_64" in text  # resolved for the Python it is named after
     assert "psycopg2-binary" in pins and "bleach" in pins and "beautifulsoup4" in pins  # driver, url-preview
     assert f"python -m components.synapse_lock {version}" in text
+
+
+@pytest.mark.parametrize("lock", [p for p in LOCKS if p.stem.endswith("-s3")],
+                         ids=[f"{p.parent.name}-{p.stem}" for p in LOCKS if p.stem.endswith("-s3")])
+def test_the_s3_variant_adds_the_pinned_provider_and_leaves_out_what_has_no_wheel(lock: Path) -> None:
+    """mediaStorage: spaces installs this lock with --no-deps: the provider's own runtime needs (boto3)
+    must be in it, psycopg2 (no Linux wheel) must not, and Synapse's pins stay those of a resolution."""
+    pins = synapse_lock.pins(lock.read_text())
+    assert pins["synapse-s3-storage-provider"] == synapse_lock.S3_PROVIDER.split("==")[1]
+    assert {"boto3", "botocore", "s3transfer", "humanize", "tqdm", "pyyaml"} <= set(pins)
+    assert "psycopg2" not in pins and "psycopg2-binary" in pins
+    plain = synapse_lock.pins(lock.with_name(lock.name.replace("-s3", "")).read_text())
+    assert pins["matrix-synapse"] == plain["matrix-synapse"]
+
+
+def test_spaces_media_needs_the_s3_lock_of_the_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    version = DEFAULTS["synapseVersion"]
+    plain_only = tmp_path / version / "python3.13.txt"
+    plain_only.parent.mkdir()
+    plain_only.write_text(synapse_lock.lock_path(version, "3.13").read_text())
+    monkeypatch.setattr(synapse_lock, "LOCKS", tmp_path)
+    assert not load(raw())[0].media_on_spaces
+    with pytest.raises(SettingsError) as error:
+        load(raw(mediaStorage="spaces"))
+    message = str(error.value)
+    assert "matrix-stack:mediaStorage" in message and f"components.synapse_lock {version}" in message
+    assert "\n" not in message
 
 
 def test_a_version_without_a_lock_is_refused_naming_the_command_that_makes_one() -> None:
