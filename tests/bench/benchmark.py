@@ -1,12 +1,14 @@
-"""Benchmark the stack on a test host the size of the smallest useful droplet (1 CPU, 1 GiB).
+"""Benchmark the stack on a test host the size of a droplet (default: the smallest useful one, 1 CPU, 1 GiB).
 
-    python -m tests.bench.benchmark [--index 61] [--clients 20] [--duration 60] [--no-saturate]
+    python -m tests.bench.benchmark [--size s-1vcpu-1gb] [--index 61] [--clients 20] [--duration 60] [--no-saturate]
 
-Needs root, like the end-to-end suite. Boots a local test host whose guest is capped at 1 CPU and
-1 GiB (cgroup v1 limits on the whole nspawn guest), deploys the program for real and measures:
+Needs root, like the end-to-end suite. Boots a local test host whose guest is capped at the CPUs and
+memory of `--size` (cgroup v1 limits on the whole nspawn guest), deploys the program for real with
+that `dropletSize` (so PostgreSQL's and Synapse's memory settings follow it) and measures:
 
 - provisioning: a fresh run and a forced re-run (every step again, nothing changed), total and per step;
-- memory after 30 s idle: RSS and PSS per service (all processes of its systemd unit) and the guest total;
+- memory after 30 s idle, and again right after the last load: RSS and PSS per service (all processes
+  of its systemd unit) and the guest total, and the guest cgroup's peak usage;
 - send latency (PUT /rooms/../send round trip) through nginx and directly to Synapse. Both paths are
   measured by the same small stdlib client running *inside the guest*, over loopback, with one
   keep-alive connection per path and the two paths interleaved message by message: the only
@@ -29,6 +31,7 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -38,14 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components import paths
+from components.settings import memory_mb_of
 from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment, deployed_host
 from tests.e2e.load import LoadConfig, LoadResult, LoadUser, percentile, provision_users, run_load
 from tests.e2e.runner import StepResult, run_all
 from tests.e2e.testhost import limits
 
 DEFAULT_INDEX = int(os.environ.get("MATRIX_STACK_BENCH_INDEX", "61"))
-CPU_QUOTA = 1.0
-MEMORY_MAX = 1 << 30
+DEFAULT_SIZE = "s-1vcpu-1gb"  # the seed guide's minimum droplet
+_VCPUS_RE = re.compile(r"-(\d+)vcpu-")
 OUTPUT = Path("build/benchmark.md")
 
 # Runs in the guest with the system Python: RSS and PSS (kB, from smaps_rollup) per service.
@@ -108,6 +113,8 @@ import http.client, json, socket, ssl, sys, time, urllib.parse
 args = json.loads(sys.stdin.readline())
 host = args["host"]
 context = ssl.create_default_context(cadata=args["ca"])
+# nginx answers only Cloudflare's origin-pull client certificate; the self-check's copy is it.
+context.load_cert_chain(args["client_cert"])
 
 class Nginx(http.client.HTTPSConnection):
     def connect(self):  # nginx on this host, with the public name for SNI, Host and verification
@@ -157,11 +164,16 @@ class Numbers:
     idle_seconds: float
     memory: dict[str, dict[str, Any]]
     guest_cgroup: dict[str, int]
+    loaded_memory: dict[str, dict[str, Any]]
+    loaded_cgroup: dict[str, int]
     latency: dict[str, list[float]]
     samples: int
     steady: LoadResult
     saturated: LoadResult | None
     synapse_version: str
+    size: str
+    cpus: int
+    memory_max: int
 
 
 def timed_apply(deployment: Deployment) -> tuple[list[StepResult], float]:
@@ -189,7 +201,9 @@ def guest_cgroup_memory(deployment: Deployment) -> dict[str, int]:
 
 
 def measure_latency(deployment: Deployment, users: list[LoadUser], samples: int, warmup: int = 20) -> dict[str, list[float]]:
-    args = {"host": f"matrix.{DOMAIN}", "ca": deployment.ca_file.read_text(), "samples": samples, "warmup": warmup,
+    # Straight to nginx on the droplet (not through the edge): its certificate chains to the ACME root.
+    args = {"host": f"matrix.{DOMAIN}", "ca": deployment.origin_ca_file.read_text(),
+            "client_cert": paths.ORIGIN_PULL_CLIENT, "samples": samples, "warmup": warmup,
             "tokens": [users[0].access_token, users[1].access_token], "partner": users[1].user_id}
     out = deployment.ssh(f"python3 -c {shlex.quote(LATENCY_SCRIPT)}", json.dumps(args) + "\n", timeout=600)
     times: dict[str, list[float]] = json.loads(out)
@@ -204,30 +218,43 @@ def mib(kb: float) -> str:
     return f"{kb / 1024:.0f}"
 
 
+def guest_size(slug: str) -> tuple[int, int]:
+    """CPUs and memory (bytes) of a droplet size slug such as s-2vcpu-4gb."""
+    match = _VCPUS_RE.search(slug)
+    if not match:
+        raise SystemExit(f"--size {slug}: a DigitalOcean size slug naming its vCPUs and memory, e.g. s-2vcpu-4gb")
+    return int(match.group(1)), memory_mb_of(slug) << 20
+
+
+def memory_rows(memory: dict[str, dict[str, Any]], cgroup: dict[str, int], when: str) -> list[str]:
+    rows = []
+    for service in ("synapse", "postgres", "nginx", "coturn", "all"):
+        m = memory[service]
+        label = "whole guest (all processes)" if service == "all" else f"{service} ({m['procs']} processes)"
+        rows.append(f"| memory {when}, {label}: RSS / PSS | {mib(m['rss_kb'])} MiB / {mib(m['pss_kb'])} MiB |")
+    if cgroup:
+        rows.append(f"| guest memory cgroup {when}: RSS / page cache / peak so far (limit {cgroup['limit'] >> 20} MiB) | "
+                    f"{cgroup['rss'] >> 20} MiB / {cgroup['cache'] >> 20} MiB / {cgroup['peak'] >> 20} MiB |")
+    return rows
+
+
 def render(n: Numbers, command: str) -> str:
     fresh_steps = sum(r.seconds for r in n.fresh)
     rerun_steps = sum(r.seconds for r in n.rerun)
     nginx, direct = n.latency["nginx"], n.latency["direct"]
     out = [
-        "## Benchmark: 1 CPU, 1 GiB",
+        f"## Benchmark: {n.size} ({n.cpus} CPU, {n.memory_max >> 20} MiB)",
         "",
-        f"`{command}` on {datetime.date.today().isoformat()}: a local Debian 12 test host (systemd-nspawn) whose guest "
-        f"is capped at {CPU_QUOTA:g} CPU and {MEMORY_MAX >> 20} MiB, Synapse {n.synapse_version}, "
-        f"on a machine with {os.cpu_count()} cores.",
+        f"`{command}` on {datetime.date.today().isoformat()}: a local Debian test host (systemd-nspawn) whose guest "
+        f"is capped at {n.cpus} CPU and {n.memory_max >> 20} MiB, dropletSize {n.size}, Synapse {n.synapse_version}, "
+        f"on a machine with {os.cpu_count()} cores (the load's clients run outside the guest's cap).",
         "",
         "| measurement | value |",
         "|---|---|",
         f"| fresh provisioning (all steps, wall / sum of steps) | {n.fresh_wall:.0f} s / {fresh_steps:.0f} s |",
         f"| forced re-run, nothing changed (wall / sum of steps) | {n.rerun_wall:.0f} s / {rerun_steps:.0f} s |",
     ]
-    for service in ("synapse", "postgres", "nginx", "coturn", "all"):
-        m = n.memory[service]
-        label = "whole guest (all processes)" if service == "all" else f"{service} ({m['procs']} processes)"
-        out.append(f"| idle memory after {n.idle_seconds:.0f} s, {label}: RSS / PSS | "
-                   f"{mib(m['rss_kb'])} MiB / {mib(m['pss_kb'])} MiB |")
-    if n.guest_cgroup:
-        out.append(f"| guest memory cgroup after idle: RSS / page cache (limit {n.guest_cgroup['limit'] >> 20} MiB) | "
-                   f"{n.guest_cgroup['rss'] >> 20} MiB / {n.guest_cgroup['cache'] >> 20} MiB |")
+    out += memory_rows(n.memory, n.guest_cgroup, f"idle after {n.idle_seconds:.0f} s")
     out += [
         f"| send latency through nginx (in-guest client, {n.samples} sends): p50 / p99 | "
         f"{ms(percentile(nginx, 50))} ms / {ms(percentile(nginx, 99))} ms |",
@@ -247,6 +274,7 @@ def render(n: Numbers, command: str) -> str:
             f"| load ({label}): send→receive latency via /sync p50 / p90 / p99 | "
             f"{load.latency_ms(50):.0f} ms / {load.latency_ms(90):.0f} ms / {load.latency_ms(99):.0f} ms |",
         ]
+    out += memory_rows(n.loaded_memory, n.loaded_cgroup, "right after the last load")
     out += ["", "| step | fresh (s) | re-run (s) |", "|---|---|---|"]
     rerun = {r.name: r.seconds for r in n.rerun}
     for r in n.fresh:
@@ -256,6 +284,7 @@ def render(n: Numbers, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default=DEFAULT_SIZE, help="dropletSize; the guest gets its CPUs and memory")
     parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration", type=float, default=60.0)
@@ -271,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m tests.bench.benchmark" + ("" if argv is None and len(sys.argv) == 1 else
                                                     " " + " ".join(sys.argv[1:] if argv is None else argv))
 
+    cpus, memory_max = guest_size(args.size)
     volume_dir = Path(tempfile.mkdtemp(prefix="matrix-stack-bench-", dir="/var/tmp"))
     try:
         with deployed_host(args.index, volume_dir / "volume.img", outsider=False,
-                           cpu_quota=CPU_QUOTA, memory_max=MEMORY_MAX) as deployment:
-            print(f"test host {deployment.host.address}, guest capped at {CPU_QUOTA:g} CPU / {MEMORY_MAX >> 20} MiB")
+                           cpu_quota=float(cpus), memory_max=memory_max) as deployment:
+            deployment.config["dropletSize"] = args.size  # PostgreSQL's and Synapse's memory settings follow it
+            print(f"test host {deployment.host.address}, guest capped at {cpus} CPU / {memory_max >> 20} MiB")
             print("fresh provisioning:", flush=True)
             fresh, fresh_wall = timed_apply(deployment)
             print("forced re-run (nothing changed):", flush=True)
@@ -298,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
                 saturated = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
                                                  LoadConfig(duration=args.duration, rate=0)))
                 print(saturated.summary(), flush=True)
+            loaded_memory = json.loads(deployment.ssh(f"python3 -c {shlex.quote(MEMORY_SCRIPT)}"))
+            loaded_cgroup = guest_cgroup_memory(deployment)
     finally:
         shutil.rmtree(volume_dir, ignore_errors=True)
 
-    numbers = Numbers(fresh, fresh_wall, rerun, rerun_wall, args.idle, memory, cgroup, latency, args.samples,
-                      steady, saturated, version)
+    numbers = Numbers(fresh, fresh_wall, rerun, rerun_wall, args.idle, memory, cgroup, loaded_memory, loaded_cgroup,
+                      latency, args.samples, steady, saturated, version, args.size, cpus, memory_max)
     table = render(numbers, command)
     print("\n" + table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
