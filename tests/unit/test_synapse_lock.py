@@ -36,7 +36,7 @@ def test_every_package_is_pinned_with_the_hashes_of_its_files(lock: Path) -> Non
             hashes += 1
     pins = synapse_lock.pins(text)
     assert requirements == len(pins) > 20 and hashes >= requirements
-    version, python = lock.parent.name, lock.stem.removeprefix("python").removesuffix("-s3")
+    version, python = lock.parent.name, lock.stem.removeprefix("python").split("-")[0]
     assert pins["matrix-synapse"] == version  # the lock of its own version
     assert f"for Python {python} on x86_64" in text  # resolved for the Python it is named after
     assert "psycopg2-binary" in pins and "bleach" in pins and "beautifulsoup4" in pins  # driver, url-preview
@@ -54,6 +54,17 @@ def test_the_s3_variant_adds_the_pinned_provider_and_leaves_out_what_has_no_whee
     assert "psycopg2" not in pins and "psycopg2-binary" in pins
     plain = synapse_lock.pins(lock.with_name(lock.name.replace("-s3", "")).read_text())
     assert pins["matrix-synapse"] == plain["matrix-synapse"]
+
+
+@pytest.mark.parametrize("lock", [p for p in LOCKS if "-redis" in p.stem],
+                         ids=[f"{p.parent.name}-{p.stem}" for p in LOCKS if "-redis" in p.stem])
+def test_the_redis_variant_only_adds_synapses_redis_extra(lock: Path) -> None:
+    """synapseWorkers: the same resolution as the lock without workers, plus txredisapi and hiredis, so
+    turning workers on installs two packages and moves no pin."""
+    pins = synapse_lock.pins(lock.read_text())
+    without = synapse_lock.pins(lock.with_name(lock.name.replace("-redis", "")).read_text())
+    assert set(pins) - set(without) == {"txredisapi", "hiredis"}
+    assert {name: pins[name] for name in without} == without
 
 
 def test_spaces_media_needs_the_s3_lock_of_the_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
