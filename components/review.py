@@ -17,13 +17,14 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from components import paths
 from components.cloud.database import DatabaseEndpoint
 from components.cloud.media_bucket import MediaBucketEndpoint
+from components.cloud.secrets import WorkerSecrets
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, release
 from components.settings import PROJECT, load
@@ -61,7 +62,10 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
             endpoint_url=f"https://{settings.spaces_bucket_region}.digitaloceanspaces.com",
             access_key="<Spaces access key>", secret_key="<secret:Spaces secret key>",
         ) if settings.media_on_spaces else None,
-        **{name: f"<secret:{name}>" for name in SECRET_FIELDS},
+        worker_secrets=WorkerSecrets(redis_password="<secret:redis_password>",
+                                     replication_secret="<secret:replication_secret>")
+        if settings.synapse_workers else None,
+        **cast(dict[str, Any], {name: f"<secret:{name}>" for name in SECRET_FIELDS}),
     )
 
 

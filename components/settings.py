@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from components import workers
 from components.platform import DEFAULT_IMAGE, PLATFORMS, Platform, platform_of
 from components.synapse_lock import lock_path, locked_versions
 
@@ -70,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
     "spacesRegion": "",
     # Empty: matrix-<domain with dashes>; bucket names are global, so a taken one needs a new name.
     "mediaBucket": "",
+    # Synapse as a main process plus workers (sync, client/federation, media, federation sender) with
+    # Redis, routed by nginx (components/workers.py; README "Synapse workers"). Needs a droplet of at
+    # least 2 vCPUs and 4 GB.
+    "synapseWorkers": False,
     "adminUser": "admin",
     "sshPublicKeys": [],
     "enableUrlPreviews": False,
@@ -125,6 +130,7 @@ _SSH_KEY_RE = re.compile(
 # DigitalOcean volume names: lower-case letters, digits and dashes, a letter first, at most 64.
 _VOLUME_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 _MEMORY_RE = re.compile(r"-(\d+)(gb|mb)(?:-|$)")
+_VCPUS_RE = re.compile(r"-(\d+)vcpu-")
 _DATABASE_SIZE_RE = re.compile(r"^db-[a-z0-9-]*?(\d+)gb$")
 # DigitalOcean Managed PostgreSQL allows 25 connections per GiB of the node's memory, 3 of them
 # reserved for its own maintenance (DigitalOcean's PostgreSQL limits and connection-pool docs: the
@@ -170,8 +176,10 @@ class Tuning:
     presence_enabled: bool
 
 
-def tuning_for(memory_mb: int) -> Tuning:
-    """pgtune-style Postgres sizes and Synapse cache autotuning (RAM/8 max, RAM/16 target)."""
+def tuning_for(memory_mb: int, synapse_processes: int = 1) -> Tuning:
+    """pgtune-style Postgres sizes and Synapse cache autotuning (RAM/8 max, RAM/16 target, shared
+    evenly by the Synapse processes: with workers each process has its own caches)."""
+    cache_budget_mb = memory_mb // synapse_processes
     return Tuning(
         memory_mb=memory_mb,
         pg_shared_buffers_mb=max(32, memory_mb // 8),
@@ -179,8 +187,8 @@ def tuning_for(memory_mb: int) -> Tuning:
         pg_work_mem_mb=max(2, memory_mb // 256),
         pg_maintenance_work_mem_mb=max(16, memory_mb // 16),
         pg_max_connections=50 if memory_mb <= 2048 else 100,
-        synapse_cache_max_mb=min(2048, max(64, memory_mb // 8)),
-        synapse_cache_target_mb=min(1024, max(32, memory_mb // 16)),
+        synapse_cache_max_mb=min(2048, max(64, cache_budget_mb // 8)),
+        synapse_cache_target_mb=min(1024, max(32, cache_budget_mb // 16)),
         presence_enabled=memory_mb >= 2048,
     )
 
@@ -192,6 +200,12 @@ def memory_mb_of(size_slug: str) -> int:
         raise invalid("dropletSize", size_slug, "a DigitalOcean size slug naming its memory, e.g. s-1vcpu-1gb")
     amount, unit = int(match.group(1)), match.group(2)
     return amount * 1024 if unit == "gb" else amount
+
+
+def vcpus_of(size_slug: str) -> int:
+    """vCPUs of a DigitalOcean size slug such as `s-2vcpu-4gb`; 0 when the slug does not name them."""
+    match = _VCPUS_RE.search(size_slug)
+    return int(match.group(1)) if match else 0
 
 
 @dataclass(frozen=True)
@@ -229,6 +243,7 @@ class Settings:
     media_cache_days: int  # spaces: local copies unused this long are removed (they are in the bucket)
     spaces_region: str  # "" = region (used only when media_storage is spaces)
     media_bucket: str  # "" = derived from domain (used only when media_storage is spaces)
+    synapse_workers: bool  # Synapse workers with Redis (components/workers.py)
     admin_user: str
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
@@ -323,15 +338,27 @@ class Settings:
         return int(match.group(1)) * MANAGED_CONNECTIONS_PER_GIB - MANAGED_RESERVED_CONNECTIONS
 
     @property
-    def synapse_pool_max(self) -> int:
-        """Synapse's connection pool (cp_max): what the database grants, less what the tools hold.
+    def synapse_processes(self) -> int:
+        """Synapse processes, each with its own connection pool and caches: 1, or 1 + the workers."""
+        return workers.PROCESSES if self.synapse_workers else 1
 
-        Local: 10 (PostgreSQL on the droplet allows tuning.pg_max_connections). Managed:
-        min(10, 25 x GiB - 3 - 3); 19 on the smallest size, so one Synapse process always fits.
+    @property
+    def synapse_pool_max(self) -> int:
+        """Each Synapse process's connection pool (cp_max): what the database grants, less what the
+        tools hold, shared by the processes.
+
+        Local: 10 per process (PostgreSQL on the droplet allows tuning.pg_max_connections: 50, or 100
+        from 4 GB, where workers need at most 5 x 10). Managed: min(10, (25 x GiB - 3 - 3) // processes);
+        19 on the smallest size, 3 per process with the 5 processes of synapseWorkers.
         """
         if not self.managed_database:
             return SYNAPSE_POOL_MAX
-        return min(SYNAPSE_POOL_MAX, self.database_connection_limit - TOOL_CONNECTIONS)
+        return min(SYNAPSE_POOL_MAX, (self.database_connection_limit - TOOL_CONNECTIONS) // self.synapse_processes)
+
+    @property
+    def synapse_pool_min(self) -> int:
+        """cp_min: 5, never above cp_max."""
+        return min(SYNAPSE_POOL_MIN, self.synapse_pool_max)
 
     @property
     def media_on_spaces(self) -> bool:
@@ -615,6 +642,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "mediaCacheDays": _int_range(1, 3650),
     "spacesRegion": _optional_spaces_region,
     "mediaBucket": _optional_bucket,
+    "synapseWorkers": _bool,
     "adminUser": _localpart,
     "sshPublicKeys": _string_list(_ssh_key),
     "enableUrlPreviews": _bool,
@@ -701,6 +729,8 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
     if v["mediaStorage"] == "spaces" and not v["spacesRegion"] and v["region"] not in SPACES_REGIONS:
         raise invalid("spacesRegion", "", f"a region with Spaces for the media bucket: region {v['region']} has none "
                       f"({', '.join(SPACES_REGIONS)} do)")
+    if v["synapseWorkers"]:
+        _check_workers(v, platform)
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     return Settings(
@@ -735,6 +765,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         media_cache_days=v["mediaCacheDays"],
         spaces_region=v["spacesRegion"],
         media_bucket=v["mediaBucket"],
+        synapse_workers=v["synapseWorkers"],
         admin_user=v["adminUser"],
         ssh_public_keys=v["sshPublicKeys"],
         enable_url_previews=v["enableUrlPreviews"],
@@ -747,8 +778,21 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         remote_media_retention_days=v["remoteMediaRetentionDays"],
         remote_room_max_state_events=v["remoteRoomMaxStateEvents"],
         stale_device_days=v["staleDeviceDays"],
-        tuning=tuning_for(memory_mb_of(v["dropletSize"])),
+        tuning=tuning_for(memory_mb_of(v["dropletSize"]),
+                          workers.PROCESSES if v["synapseWorkers"] else 1),
     )
+
+
+def _check_workers(v: dict[str, Any], platform: Platform) -> None:
+    """synapseWorkers needs a droplet the processes fit on, and a lock with Synapse's redis extra."""
+    size = v["dropletSize"]
+    if vcpus_of(size) < workers.MIN_VCPUS or memory_mb_of(size) < workers.MIN_MEMORY_MB:
+        raise invalid("synapseWorkers", True, f"a dropletSize of at least {workers.MIN_VCPUS} vCPUs and "
+                      f"{workers.MIN_MEMORY_MB // 1024} GB for {workers.PROCESSES} Synapse processes and Redis, "
+                      f"e.g. s-2vcpu-4gb ({size} is smaller; or set synapseWorkers false)")
+    if not lock_path(v["synapseVersion"], platform.python, s3=v["mediaStorage"] == "spaces", redis=True).is_file():
+        raise invalid("synapseWorkers", True, f"a synapseVersion whose lock includes Synapse's redis extra; "
+                      f"{v['synapseVersion']} has none (python -m components.synapse_lock {v['synapseVersion']})")
 
 
 # The DigitalOcean provider creates buckets through the Spaces API: it needs a Spaces key of the

@@ -89,7 +89,7 @@ class MatrixStack(pulumi.ComponentResource):
     ) -> None:
         super().__init__("matrix-stack:index:MatrixStack", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.secrets = Secrets("secrets", opts=child)
+        self.secrets = Secrets("secrets", opts=child, workers=settings.synapse_workers)
         self.host = Host("host", settings, volume_plan, opts=child)
         ranges = cloudflare.get_ip_ranges_output(opts=pulumi.InvokeOptions(parent=self))
         cloudflare_cidrs = pulumi.Output.all(ranges.ipv4_cidrs, ranges.ipv6_cidrs).apply(
@@ -131,6 +131,7 @@ class MatrixStack(pulumi.ComponentResource):
             website_on_server_name=zone.has_website,
             database=self.database.endpoint if self.database else None,
             media=self.media.endpoint if self.media else None,
+            worker_secrets=self.secrets.workers,
         )
         # The volume guard comes first, right after the attachment (and the firewall): every other
         # step depends on it, and it is replaced, its delete command stopping the writers and

@@ -6,6 +6,8 @@ Random resources never change unless their own inputs change, so secrets are sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_random as random
 
@@ -19,6 +21,20 @@ PASSWORDS = {
     "admin-password": 24,
 }
 
+# synapseWorkers only: created when the option is on, so a stack without workers keeps its graph.
+WORKER_PASSWORDS = {
+    "redis-password": 48,
+    "replication-secret": 64,
+}
+
+
+@dataclass(frozen=True)
+class WorkerSecrets:
+    """synapseWorkers: Redis's password and the secret of the main process's replication listener."""
+
+    redis_password: pulumi.Input[str]
+    replication_secret: pulumi.Input[str]
+
 
 class Secrets(pulumi.ComponentResource):
     """Generated secrets as secret Outputs."""
@@ -30,12 +46,13 @@ class Secrets(pulumi.ComponentResource):
     turn_shared_secret: pulumi.Output[str]
     admin_password: pulumi.Output[str]
     signing_key: pulumi.Output[str]
+    workers: WorkerSecrets | None
 
-    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, workers: bool = False) -> None:
         super().__init__("matrix-stack:cloud:Secrets", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         values: dict[str, pulumi.Output[str]] = {}
-        for secret_name, length in PASSWORDS.items():
+        for secret_name, length in {**PASSWORDS, **(WORKER_PASSWORDS if workers else {})}.items():
             password = random.RandomPassword(f"{name}-{secret_name}", length=length, special=False, opts=child)
             values[secret_name] = pulumi.Output.secret(password.result)
         self.postgres_password = values["postgres-password"]
@@ -44,6 +61,7 @@ class Secrets(pulumi.ComponentResource):
         self.form_secret = values["form-secret"]
         self.turn_shared_secret = values["turn-shared-secret"]
         self.admin_password = values["admin-password"]
+        self.workers = WorkerSecrets(values["redis-password"], values["replication-secret"]) if workers else None
 
         # Synapse's signing key file format: "ed25519 <key id> <unpadded base64 of a 32-byte seed>".
         seed = random.RandomBytes(f"{name}-signing-key-seed", length=32, opts=child)

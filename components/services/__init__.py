@@ -17,6 +17,7 @@ from pulumi_command import remote
 from components.cloud.database import DatabaseEndpoint
 from components.cloud.firewall import Role
 from components.cloud.media_bucket import MediaBucketEndpoint
+from components.cloud.secrets import WorkerSecrets
 from components.remote import StepSpec, remote_step
 from components.render import render
 from components.settings import Settings
@@ -46,6 +47,7 @@ class ServiceContext:
     role: Role = "main"  # "turn": the TURN droplet (droplet_ipv4/ipv6 are then its addresses)
     database: DatabaseEndpoint | None = None  # database: managed; None: PostgreSQL on the droplet
     media: MediaBucketEndpoint | None = None  # mediaStorage: spaces; None: media on the volume only
+    worker_secrets: WorkerSecrets | None = None  # synapseWorkers: Redis's password, the replication secret
 
     @property
     def local_postgres_unit(self) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pulumi
 
-from components import paths
+from components import paths, workers
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext, rendered
@@ -22,6 +22,7 @@ SITES_AVAILABLE = "/etc/nginx/sites-available"
 SNIPPETS = "/etc/nginx/snippets"
 SITE_NAMES = ("matrix-stack-default", "matrix-stack-apex", "matrix-stack-chat", "matrix-stack-matrix")
 HTTP_CONF = "/etc/nginx/conf.d/matrix-stack.conf"
+UPSTREAM_LOG = "/var/log/nginx/matrix-upstream.log"  # synapseWorkers: which process answered (logrotate's nginx/*.log)
 
 
 def cloudflare_cidrs(ipv4: Sequence[str], ipv6: Sequence[str]) -> list[str]:
@@ -70,6 +71,10 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
                 synapse_port=paths.SYNAPSE_LISTEN[1],
                 max_upload_size_mb=s.max_upload_size_mb,
                 apex_root=paths.APEX_ROOT,
+                # synapseWorkers: the routing map (empty: every request to the one process).
+                workers=workers.http_workers() if s.synapse_workers else (),
+                main_upstream=workers.MAIN_UPSTREAM,
+                upstream_log=UPSTREAM_LOG,
                 **names,
             ),
         ),

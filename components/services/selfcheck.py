@@ -13,10 +13,10 @@ by adding the other steps' triggers to this one), not this pure function's.
 
 from __future__ import annotations
 
-from components import paths
+from components import paths, workers
 from components.remote import StepSpec
 from components.render import render
-from components.services import ServiceContext, backup, coturn
+from components.services import ServiceContext, backup, coturn, synapse_workers
 
 # Fail while the certificate still has a week left, long before users see an expiry error.
 MIN_CERT_DAYS = 7
@@ -65,5 +65,6 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         managed_database=ctx.database is not None,
         database_command=paths.DATABASE_COMMAND,
         spaces_command=paths.SPACES_COMMAND if ctx.media is not None else "",
+        worker_units=[synapse_workers.worker_unit(w.name) for w in workers.WORKERS] if synapse_workers.enabled(ctx) else [],
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

@@ -14,9 +14,9 @@ from typing import Any
 from components import paths
 from components.cloud.media_bucket import MEDIA_PREFIX
 from components.remote import RemoteFile, StepSpec
-from components.services import ServiceContext, rendered
+from components.services import ServiceContext, rendered, synapse_workers
 from components.services.media import CA_BUNDLE
-from components.settings import SYNAPSE_POOL_MIN, Settings
+from components.settings import Settings
 from components.synapse_lock import lock_path
 
 SYNAPSE_HOME = "/var/lib/matrix-synapse"  # the system user's home; data lives on the volume
@@ -78,7 +78,7 @@ def _trusted_key_servers(settings: Settings) -> list[str]:
 def _database_values(ctx: ServiceContext) -> dict[str, Any]:
     """PostgreSQL on the droplet over loopback, or the managed cluster over verified TLS."""
     s = ctx.settings
-    common = {"db_name": paths.POSTGRES_DB, "db_pool_min": SYNAPSE_POOL_MIN, "db_pool_max": s.synapse_pool_max}
+    common = {"db_name": paths.POSTGRES_DB, "db_pool_min": s.synapse_pool_min, "db_pool_max": s.synapse_pool_max}
     if ctx.database is None:
         return {**common, "db_user": paths.POSTGRES_USER, "db_password": ctx.postgres_password,
                 "db_host": "127.0.0.1", "db_port": 5432, "db_ca_file": ""}
@@ -116,6 +116,7 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
         "signing_key_path": paths.SYNAPSE_SIGNING_KEY,
         "max_upload_size": f"{s.max_upload_size_mb}M",
         **_media_storage_values(ctx),
+        **synapse_workers.homeserver_values(ctx),
         "enable_registration": s.enable_registration,
         "url_previews": s.enable_url_previews,
         "ip_range_blocklist": list(IP_RANGE_BLOCKLIST),
@@ -172,9 +173,12 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         "lock": LOCK_FILE,
         "health_url": f"http://{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}/health",
         "health_timeout": HEALTH_TIMEOUT_S,
+        "redis_package": synapse_workers.REDIS_PACKAGE if synapse_workers.enabled(ctx) else "",
+        **synapse_workers.script_values(ctx),
     }
-    unit = rendered(
-        "synapse/matrix-synapse.service.j2",
+    unit_values = dict(
+        main_unit=paths.SYNAPSE_UNIT,
+        worker_config_dir=synapse_workers.WORKER_CONFIG_DIR,
         user=paths.SYNAPSE_USER,
         home=SYNAPSE_HOME,
         venv=paths.SYNAPSE_VENV,
@@ -188,8 +192,11 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         # mediaStorage: spaces: boto3 verifies the bucket against the droplet's trust store.
         aws_ca_bundle=CA_BUNDLE if s.media_on_spaces else "",
     )
+    unit = rendered("synapse/matrix-synapse.service.j2", worker=False, **unit_values)
+    worker_unit = rendered("synapse/matrix-synapse.service.j2", worker=True, **unit_values)
     group = paths.SYNAPSE_USER
-    lock = lock_path(s.synapse_version, s.platform.python, s3=s.media_on_spaces).read_text()
+    lock = lock_path(s.synapse_version, s.platform.python, s3=s.media_on_spaces,
+                     redis=synapse_workers.enabled(ctx)).read_text()
     # A new lock for the same version (a dependency fixed) re-installs and restarts, as a new version does.
     versions = {"synapse": s.synapse_version, "lock": hashlib.sha256(lock.encode()).hexdigest()[:16]}
     return [
@@ -199,6 +206,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
             files=[RemoteFile(LOCK_FILE, lock, mode="0644")],
             versions=versions,
         ),
+        *synapse_workers.redis_steps(ctx),
         StepSpec(
             name="synapse-config",
             script=str(rendered("synapse/config.sh.j2", **script_values)),
@@ -217,6 +225,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
                 ),
                 RemoteFile(SIGNING_KEY_STAGED, ctx.signing_key, mode="0600"),
                 RemoteFile(UNIT_PATH, unit, mode="0644"),
+                *synapse_workers.worker_files(ctx, worker_unit),
             ],
             versions=versions,
         ),

@@ -12,7 +12,10 @@ Checked: the federation tester's checks against A and B (run from the other serv
 join a room created on the other; messages, an edit, a reaction and typing both ways; a file uploaded
 on A is downloaded by B's user (remote media over federation); profiles looked up across; both servers
 fetched the other's keys through .well-known delegation on 443 (the edge saw it); with
-`federation: allowlist` naming only the peer, C is refused in both directions while A and B still talk.
+`synapseWorkers` switched on, A still does all of that and nginx's log shows its sync, inbound
+federation and media going to the workers, its outbound federation leaving from the federation sender,
+and switching off converges; with `federation: allowlist` naming only the peer, C is refused in both
+directions while A and B still talk.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -40,6 +44,7 @@ from tests.e2e.clients import run, session
 from tests.e2e.deployment import E2E_INDEX, Deployment, deployed_host
 from tests.e2e.runner import run_all
 from tests.e2e.test_cloudflare import edge_request
+from tests.e2e.workers_log import UPSTREAM_LOG, Routed, parse
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +53,13 @@ PEER_INDEX, THIRD_INDEX = E2E_INDEX + 102, E2E_INDEX + 103
 CHECKER = Path(__file__).with_name("federation_check.py")
 SYNAPSE_PYTHON = "/opt/synapse/venv/bin/python"
 WAIT = 90.0  # federation between two busy 1-core servers: bounded waits for what crosses
+# synapseWorkers needs a bigger droplet; the README's runbook resizes first, then turns workers on.
+WORKERS_SIZE = "s-2vcpu-4gb"
+# What `pulumi up` runs (tests/unit/test_synapse_workers.py checks the same sets under mocks).
+WORKERS_ON = {"synapse-install", "synapse-redis", "synapse-config", "nginx-sites", "selfcheck-verify"}
+WORKERS_OFF = WORKERS_ON - {"synapse-redis"}  # what runs: that step's resource goes, nothing runs for it
+WORKER_UNITS = ("matrix-synapse-worker@sync1", "matrix-synapse-worker@client1", "matrix-synapse-worker@media1",
+                "matrix-synapse-worker@federation_sender1")
 
 
 # -- a Matrix user, through the edge -------------------------------------------------------------------
@@ -333,6 +345,85 @@ def test_a_remote_room_over_the_size_limit_is_refused_until_the_limit_is_raised(
     while (status := alice.join(room, PEER)[0]) != 200:
         assert time.monotonic() < deadline, f"{alice.user_id} could not join at the default limit: {status}"
         time.sleep(2)
+
+
+def _messages_cross_both_ways(servers: Servers, rooms: dict[str, str], label: str) -> None:
+    for room in rooms.values():
+        for sender, reader in ((servers.alice, servers.bob), (servers.bob, servers.alice)):
+            body = f"{label} from {sender.localpart} {secrets.token_hex(4)}"
+            sender.send(room, "m.room.message", {"msgtype": "m.text", "body": body})
+            reader.wait_for(room, body, lambda e, b=body: e["content"].get("body") == b)
+
+
+def _routed_since(a: Deployment, line: int) -> list[Routed]:
+    return parse(a.ssh(f"tail -n +{line + 1} {UPSTREAM_LOG}"))
+
+
+def test_with_synapse_workers_sync_federation_and_media_go_to_the_workers(
+    servers: Servers, rooms: dict[str, str]
+) -> None:
+    """synapseWorkers on A (after a resize, as the README's runbook says): every worker runs, messages,
+    a file and syncs still cross both ways, and nginx's upstream log shows which process answered; A's
+    outbound federation leaves from the federation sender. Then off again: the workers and Redis stop,
+    and federation still works."""
+    a, alice, bob = servers.a, servers.alice, servers.bob
+    try:
+        resized, _ = a.apply_changes(dropletSize=WORKERS_SIZE)
+        print(f"\n  resize to {WORKERS_SIZE}: {sorted(resized)}")
+        sent_to_peer = f"grep -c 'PUT matrix-federation://{PEER}/_matrix/federation/v1/send/' "
+        main_sent = int(a.ssh(sent_to_peer + "/var/log/matrix-synapse/homeserver.log || true").strip() or 0)
+        changed, results = a.apply_changes(synapseWorkers=True)
+        assert changed == WORKERS_ON, changed
+        assert all(r.returncode == 0 for r in results)
+        for result in results:
+            print(f"  {result.name:24s} {result.seconds:6.1f} s")
+        active = a.ssh(f"systemctl is-active matrix-synapse redis-server {' '.join(WORKER_UNITS)}").split()
+        assert active == ["active"] * (2 + len(WORKER_UNITS)), active
+        start = int(a.ssh(f"wc -l < {UPSTREAM_LOG}").strip() or 0)
+
+        _messages_cross_both_ways(servers, rooms, "with workers")
+        alice.ok("GET", "/_matrix/client/v3/sync?timeout=0")
+        blob = os.urandom(300_000)
+        uri = alice.ok("POST", "/_matrix/media/v3/upload?filename=w.bin", data=blob,
+                       content_type="application/octet-stream")["content_uri"]
+        origin, media_id = uri.removeprefix("mxc://").split("/", 1)
+        status, body = bob.api("GET", f"/_matrix/client/v1/media/download/{origin}/{media_id}")
+        assert status == 200 and body == blob, status
+
+        routed = _routed_since(a, start)
+        by = {(r.process, r.uri.split("/")[3] if r.uri.startswith("/_matrix/") else r.uri) for r in routed}
+        print(f"  A's upstream log since the switch: {len(routed)} requests, "
+              f"{sorted({r.process for r in routed})}")
+
+        def went(process: str, pattern: str) -> bool:
+            return any(r.process == process and re.search(pattern, r.uri) and r.status < 500 for r in routed)
+
+        assert went("sync1", r"^/_matrix/client/v3/sync$"), by
+        assert went("client1", r"^/_matrix/federation/v1/send/"), by  # B's transactions into A
+        assert went("client1", r"^/_matrix/client/v3/rooms/.*/send/"), by
+        assert went("media1", r"^/_matrix/media/v3/upload$"), by
+        assert went("media1", r"^/_matrix/federation/v1/media/download/"), by  # B fetching A's file
+        assert not any(r.process == "main" and re.search(r"/sync$|/federation/v1/send/|/media/", r.uri)
+                       for r in routed), by
+        # A's transactions to B left from the federation sender: its log names them; the main process's
+        # log names no new one (Synapse flushes its log file every 5 s: wait that out first).
+        time.sleep(6)
+        sender = int(a.ssh(sent_to_peer + "/var/log/matrix-synapse/federation_sender1.log || true").strip() or 0)
+        main_after = int(a.ssh(sent_to_peer + "/var/log/matrix-synapse/homeserver.log || true").strip() or 0)
+        print(f"  transactions to {PEER}: {sender} from federation_sender1, {main_after - main_sent} from main")
+        assert sender > 0 and main_after == main_sent, (sender, main_sent, main_after)
+
+        changed, results = a.apply_changes(synapseWorkers=None)
+        assert changed == WORKERS_ON, changed  # synapse-redis is gone: its resource is deleted
+        assert {r.name for r in results} == WORKERS_OFF and all(r.returncode == 0 for r in results)
+        left = a.ssh(f"systemctl is-active redis-server {' '.join(WORKER_UNITS)} || true").split()
+        assert "active" not in left, left
+        assert a.ssh("ls /etc/matrix-synapse/workers 2>/dev/null | wc -l").strip() == "0"
+        _messages_cross_both_ways(servers, rooms, "workers off")
+    finally:
+        if a.config.get("synapseWorkers"):
+            a.apply_changes(synapseWorkers=None)
+        a.apply_changes(dropletSize=None)
 
 
 def test_an_allowlist_refuses_a_third_server_both_ways(servers: Servers, rooms: dict[str, str]) -> None:

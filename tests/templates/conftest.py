@@ -12,13 +12,14 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from components import paths
 from components.cloud.database import DatabaseEndpoint
 from components.cloud.media_bucket import MediaBucketEndpoint
+from components.cloud.secrets import WorkerSecrets
 from components.platform import PLATFORMS
 from components.services import ServiceContext
 from components.settings import load
@@ -97,6 +98,12 @@ SPACES_ENDPOINT = MediaBucketEndpoint(
 )
 
 
+# synapseWorkers: fixed, recognisable values (tests look for them where they must and must not be).
+REDIS_PASSWORD = "RedisPasswordForTestsOnly0123456789abcdefghij"
+REPLICATION_SECRET = "ReplicationSecretForTestsOnly0123456789abcdefghijklmnopqrstuvwxyz"
+WORKER_SECRETS = WorkerSecrets(redis_password=REDIS_PASSWORD, replication_secret=REPLICATION_SECRET)
+
+
 def make_context(**config: Any) -> ServiceContext:
     """A context for `config` overrides (raw strings, as `pulumi config` stores them)."""
     settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
@@ -114,7 +121,8 @@ def make_context(**config: Any) -> ServiceContext:
         role="main",
         database=MANAGED_ENDPOINT if settings.managed_database else None,
         media=SPACES_ENDPOINT if settings.media_on_spaces else None,
-        **FAKE_SECRETS,
+        worker_secrets=WORKER_SECRETS if settings.synapse_workers else None,
+        **cast(dict[str, Any], FAKE_SECRETS),
     )
 
 

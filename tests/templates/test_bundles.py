@@ -25,6 +25,8 @@ CONFIGS = [
     {"turnDroplet": "true"},  # the main droplet's coturn-off and the TURN droplet's own steps
     {"database": "managed"},  # postgres-managed, and the tools through matrix-stack-db
     {"mediaStorage": "spaces"},  # media-offload, and the backup's copy to the bucket
+    # synapse-redis, the workers' start, check and removal, the self-check's worker section
+    {"synapseWorkers": "true", "dropletSize": "s-2vcpu-4gb", "mediaStorage": "spaces"},
 ]
 
 
@@ -41,7 +43,8 @@ def all_steps(config: dict[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet", "managed-db", "spaces-media"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["defaults", "closed", "allowlist", "turn-droplet", "managed-db", "spaces-media",
+                                             "workers"])
 def test_every_bundle_passes_shellcheck(config: dict[str, str]) -> None:
     for name, bundle in all_steps(config):
         result = subprocess.run(

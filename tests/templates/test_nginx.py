@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,34 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "upload-1": {"maxUploadSizeMb": 1},
     "upload-100": {"maxUploadSizeMb": 100, "enableRegistration": "true"},
     "other-domain": {"domain": "chat-server.example.net", "maxUploadSizeMb": 50, "enableRegistration": "false"},
+    "workers": {"synapseWorkers": "true", "dropletSize": "s-2vcpu-4gb"},
 }
+WORKERS_CONFIG = CONFIGS["workers"]
+
+# synapseWorkers: requests and the process Synapse's workers documentation sends each to (written
+# out here, not derived from components/workers.py, so a wrong table there fails).
+ROUTES = [
+    ("GET", "/_matrix/client/v3/sync?since=s1&timeout=30000", "sync1"),
+    ("GET", "/_matrix/client/r0/sync", "sync1"),
+    ("GET", "/_matrix/client/v3/rooms/%21r%3Aexample.org/initialSync", "sync1"),
+    ("PUT", "/_matrix/client/v3/rooms/%21r%3Aexample.org/send/m.room.message/t%2F1", "client1"),
+    ("GET", "/_matrix/client/v3/rooms/%21r%3Aexample.org/messages?dir=b", "client1"),
+    ("POST", "/_matrix/client/v3/keys/upload", "client1"),
+    ("POST", "/_matrix/client/v3/login", "client1"),
+    ("GET", "/_matrix/client/versions", "client1"),
+    ("PUT", "/_matrix/federation/v1/send/1700000000000", "client1"),
+    ("GET", "/_matrix/federation/v1/version", "client1"),
+    ("POST", "/_matrix/key/v2/query", "client1"),
+    ("POST", "/_matrix/media/v3/upload", "media1"),
+    ("GET", "/_matrix/client/v1/media/download/example.org/abcdef", "media1"),
+    ("GET", "/_matrix/federation/v1/media/download/abcdef", "media1"),
+    ("GET", "/_matrix/key/v2/server", "main"),
+    ("PUT", "/_matrix/client/v3/pushrules/global/override/x", "main"),
+    ("PUT", "/_matrix/client/v3/sendToDevice/m.test/1", "main"),
+    ("PUT", "/_matrix/client/v3/rooms/%21r%3Aexample.org/typing/%40a%3Aexample.org", "main"),
+    ("GET", "/_synapse/client/new_user_consent", "main"),
+]
+BACKEND_PORTS = {"main": 8008, "sync1": 8083, "client1": 8084, "media1": 8085}
 
 
 def _step(ctx: ServiceContext) -> StepSpec:
@@ -59,16 +87,18 @@ def _site(ctx: ServiceContext, name: str) -> str:
 
 
 def _servers(text: str) -> list[str]:
-    """Top-level `server { ... }` blocks (brace matching; templates put no braces in strings)."""
-    blocks, depth, start = [], 0, 0
+    """Top-level `server { ... }` blocks (brace matching; templates put no braces in strings), not
+    the `map` and `upstream` blocks of synapseWorkers."""
+    blocks, depth, start, keyword = [], 0, 0, ""
     for m in re.finditer(r"[{}]", text):
         if m.group() == "{":
             if depth == 0:
                 start = m.start()
+                keyword = text[: m.start()].split("\n")[-1].split()[0]
             depth += 1
         else:
             depth -= 1
-            if depth == 0:
+            if depth == 0 and keyword == "server":
                 blocks.append(text[start : m.end()])
     return blocks
 
@@ -392,6 +422,26 @@ def test_live_nginx_serves_the_sites_as_intended(tmp_path: Path) -> None:
     assert matrix_well_known["headers"]["access-control-allow-origin"] == "*"
 
 
+def test_live_nginx_routes_each_path_to_its_worker(tmp_path: Path) -> None:
+    """synapseWorkers: the real nginx, in front of one stand-in per Synapse process, sends each request
+    where Synapse's docs say, with the raw URI (federation signatures), and logs which process answered."""
+    ctx = make_context(**WORKERS_CONFIG)
+    r = _sandbox(tmp_path, _stage(tmp_path, ctx), "routing", list(ctx.settings.hostnames))
+    assert r["rc"] == 0, r["output"]
+    got = {(method, path): port for method, path, port in r["answered_by"]}
+    assert got == {(method, path): BACKEND_PORTS[name] for method, path, name in ROUTES}
+    assert [path for _, path in r["raw_paths"]] == [path for _, path, _ in ROUTES]
+    # The upstream log: one line per request, the path without its query string, the process's address.
+    log = r["upstream_log"]
+    assert len(log) == len(ROUTES)
+    for line, (method, path, name) in zip(log, ROUTES):
+        fields = line.split()
+        assert fields[1:3] == [method, path.split("?")[0].replace("%21", "!").replace("%3A", ":")
+                               .replace("%2F", "/").replace("%40", "@")], line
+        assert fields[4] == f"127.0.0.1:{BACKEND_PORTS[name]}", line
+        assert "since=" not in line
+
+
 def test_live_nginx_answers_only_this_zones_cloudflare_for_its_own_names(tmp_path: Path) -> None:
     """Authenticated Origin Pulls: without the client certificate, or with one of another CA (another
     Cloudflare customer's zone), nginx refuses (400) and Synapse sees nothing; a name nginx does not
@@ -466,18 +516,15 @@ def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body
     return {"status": resp.status, "headers": {k.lower(): v for k, v in resp.getheaders()}, "body": data}
 
 
-def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes]) -> Any:
+    """A JSON server on 127.0.0.1:`port` in a thread; `answer(path, headers)` gives each body."""
     import http.server
     import threading
 
-    seen: list[dict[str, Any]] = []
-
-    class Synapse(http.server.BaseHTTPRequestHandler):
+    class StandIn(http.server.BaseHTTPRequestHandler):
         def _answer(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            self.rfile.read(length)
-            seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
-            body = b'{"versions": ["v1.11"]}'
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = answer(self.path, {k.lower(): v for k, v in self.headers.items()})
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -489,8 +536,19 @@ def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]
         def log_message(self, *args: Any) -> None:
             pass
 
-    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 8008), Synapse)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), StandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    seen: list[dict[str, Any]] = []
+
+    def synapse(path: str, headers: dict[str, str]) -> bytes:
+        seen.append({"path": path, "headers": headers})
+        return b'{"versions": ["v1.11"]}'
+
+    backend = _stand_in(8008, synapse)
     apex, matrix, chat = hosts[0], hosts[1], hosts[2]
     cf = {"CF-Connecting-IP": "198.51.100.23"}
     res = {
@@ -524,6 +582,27 @@ def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]
     return res, seen
 
 
+def _routing_checks(matrix: str) -> dict[str, Any]:
+    """One stand-in per Synapse process, each telling which port it listens on; every ROUTES request."""
+    raw_paths: list[tuple[int, str]] = []
+
+    def process(port: int) -> Callable[[str, dict[str, str]], bytes]:
+        def answer(path: str, headers: dict[str, str]) -> bytes:
+            raw_paths.append((port, path))
+            return json.dumps({"port": port}).encode()
+        return answer
+
+    servers = [_stand_in(port, process(port)) for port in BACKEND_PORTS.values()]
+    answered = []
+    for method, path, _ in ROUTES:
+        response = _request(matrix, path, method=method, body=b"{}" if method != "GET" else None)
+        answered.append((method, path, json.loads(response["body"])["port"] if response["status"] == 200 else None))
+    for server in servers:
+        server.shutdown()
+    return {"answered_by": answered, "raw_paths": raw_paths,
+            "upstream_log": Path(nginx.UPSTREAM_LOG).read_text().splitlines()}
+
+
 def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> None:
     _isolate(scratch)
     shutil.copytree(stage, "/", symlinks=True, dirs_exist_ok=True)
@@ -537,7 +616,7 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
         "output": test.stdout + test.stderr,
         "enabled": sorted(p.name for p in enabled.iterdir()),
     }
-    if mode == "live" and test.returncode == 0:
+    if mode in ("live", "routing") and test.returncode == 0:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         with open("/etc/hosts", "a") as hosts_file:
             hosts_file.write(f"127.0.0.1 {' '.join(hosts)} {UNKNOWN_NAME}\n")
@@ -552,7 +631,10 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
                     break
                 except OSError:
                     time.sleep(0.05)
-            result["responses"], result["backend"] = _live_checks(hosts)
+            if mode == "routing":
+                result.update(_routing_checks(hosts[1]))
+            else:
+                result["responses"], result["backend"] = _live_checks(hosts)
         finally:
             server.terminate()
             server.wait(timeout=10)

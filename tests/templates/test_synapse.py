@@ -408,6 +408,13 @@ def _run_config_script(
         unit_name="matrix-synapse.service",
         health_url="http://127.0.0.1:1/health",
         health_timeout=3,
+        # No workers; their paths point into tmp, so the script's clean-up looks only there.
+        workers=[],
+        worker_config_dir=str(tmp / "workers"),
+        worker_unit_file=str(tmp / "matrix-synapse-worker@.service"),
+        redis_conf=str(tmp / "redis-matrix-stack.conf"),
+        redis_main_conf=str(tmp / "redis.conf"),
+        redis_unit="redis-server.service",
     )
     # ms_validated's restore of rejected files is tested with the real prelude (test_prelude.py).
     prelude = ('ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'

@@ -14,14 +14,15 @@ PYTHON=${PYTHON:-python3}
 
 # shellcheck source=tests/tools/apt-ensure.sh
 . tests/tools/apt-ensure.sh
-apt_ensure nginx coturn shellcheck postgresql-15 systemd gpg gpg-agent xfsprogs
+apt_ensure nginx coturn shellcheck postgresql-15 systemd gpg gpg-agent xfsprogs redis-server
 
 synapse_version=$(.venv/bin/python -c 'from components.settings import DEFAULTS; print(DEFAULTS["synapseVersion"])')
 # The lock for this machine's Python (the host's Debian is one of the supported images), in the
-# variant with the S3 storage provider (mediaStorage: spaces), so Synapse can load that config too.
-lock=$("$PYTHON" -c 'import sys; print("templates/synapse/locks/'"$synapse_version"'/python%d.%d-s3.txt" % sys.version_info[:2])')
+# variant with Synapse's redis extra (synapseWorkers) and the S3 storage provider (mediaStorage:
+# spaces), so Synapse can load those configs too.
+lock=$("$PYTHON" -c 'import sys; print("templates/synapse/locks/'"$synapse_version"'/python%d.%d-redis-s3.txt" % sys.version_info[:2])')
 venv=build/synapse-venv
-if ! "$venv/bin/python" -c "import bs4, s3_storage_provider, synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import bs4, s3_storage_provider, txredisapi, synapse, sys; sys.exit(synapse.__version__ != '$synapse_version')" 2>/dev/null; then
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
   # Exactly what the server installs: the version's lock, hashes checked, wheels only.
