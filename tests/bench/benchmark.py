@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -37,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,16 +58,17 @@ OUTPUT = Path("build/benchmark.md")
 # Runs in the guest with the system Python: RSS and PSS (kB, from smaps_rollup) per service.
 MEMORY_SCRIPT = r"""
 import json, os, re
-SERVICES = ("synapse", "postgres", "nginx", "coturn")
+SERVICES = ("synapse", "postgres", "nginx", "coturn", "redis")
 
 def by_unit(pid):
     with open("/proc/%s/cgroup" % pid) as f:
         units = set(re.findall(r"/([^/\s]+\.service)", f.read()))
     for unit in units:
-        if unit == "matrix-synapse.service": return "synapse"
+        if unit.startswith("matrix-synapse"): return "synapse"  # the main process and any worker
         if unit.startswith("postgresql"): return "postgres"
         if unit == "nginx.service": return "nginx"
         if unit == "coturn.service": return "coturn"
+        if unit == "redis-server.service": return "redis"
     return None
 
 def by_name(pid):
@@ -73,10 +76,11 @@ def by_name(pid):
         cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
     with open("/proc/%s/comm" % pid) as f:
         comm = f.read().strip()
-    if "synapse.app.homeserver" in cmdline: return "synapse"
+    if "synapse.app." in cmdline: return "synapse"
     if comm.startswith("postgres") or cmdline.startswith("postgres:"): return "postgres"
     if comm == "nginx": return "nginx"
     if comm == "turnserver": return "coturn"
+    if comm == "redis-server": return "redis"
     return None
 
 totals = {name: {"procs": 0, "rss_kb": 0, "pss_kb": 0, "matched_by": "unit"} for name in SERVICES + ("all",)}
@@ -226,9 +230,33 @@ def guest_size(slug: str) -> tuple[int, int]:
     return int(match.group(1)), memory_mb_of(slug) << 20
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command as typed, for the report."""
+    given = sys.argv[1:] if argv is None else argv
+    return f"python -m {module}" + ("" if not given else " " + " ".join(given))
+
+
+@contextlib.contextmanager
+def capped_host(size: str, index: int) -> Iterator[tuple[Deployment, int, int]]:
+    """A test host whose guest has the CPUs and memory of `size`, the deployment's dropletSize set to
+    it (PostgreSQL's and Synapse's memory settings follow it); nothing provisioned yet. Needs root."""
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces, systemd-nspawn, cgroups, loop devices)")
+    cpus, memory_max = guest_size(size)
+    volume_dir = Path(tempfile.mkdtemp(prefix="matrix-stack-bench-", dir="/var/tmp"))
+    try:
+        with deployed_host(index, volume_dir / "volume.img", outsider=False,
+                           cpu_quota=float(cpus), memory_max=memory_max) as deployment:
+            deployment.config["dropletSize"] = size
+            print(f"test host {deployment.host.address}, guest capped at {cpus} CPU / {memory_max >> 20} MiB")
+            yield deployment, cpus, memory_max
+    finally:
+        shutil.rmtree(volume_dir, ignore_errors=True)
+
+
 def memory_rows(memory: dict[str, dict[str, Any]], cgroup: dict[str, int], when: str) -> list[str]:
     rows = []
-    for service in ("synapse", "postgres", "nginx", "coturn", "all"):
+    for service in ("synapse", "postgres", "nginx", "coturn", "redis", "all"):
         m = memory[service]
         label = "whole guest (all processes)" if service == "all" else f"{service} ({m['procs']} processes)"
         rows.append(f"| memory {when}, {label}: RSS / PSS | {mib(m['rss_kb'])} MiB / {mib(m['pss_kb'])} MiB |")
@@ -294,45 +322,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-saturate", action="store_true", help="skip the closed-loop load run")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, systemd-nspawn, cgroups, loop devices)", file=sys.stderr)
-        return 2
-    command = "python -m tests.bench.benchmark" + ("" if argv is None and len(sys.argv) == 1 else
-                                                    " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = command_line("tests.bench.benchmark", argv)
+    with capped_host(args.size, args.index) as (deployment, cpus, memory_max):
+        print("fresh provisioning:", flush=True)
+        fresh, fresh_wall = timed_apply(deployment)
+        print("forced re-run (nothing changed):", flush=True)
+        rerun, rerun_wall = timed_apply(deployment)
+        print(f"idle for {args.idle:g} s ...", flush=True)
+        time.sleep(args.idle)
+        memory = json.loads(deployment.ssh(f"python3 -c {shlex.quote(MEMORY_SCRIPT)}"))
+        cgroup = guest_cgroup_memory(deployment)
+        version = deployment.ssh("/opt/synapse/venv/bin/python -c 'import synapse; print(synapse.__version__)'").strip()
 
-    cpus, memory_max = guest_size(args.size)
-    volume_dir = Path(tempfile.mkdtemp(prefix="matrix-stack-bench-", dir="/var/tmp"))
-    try:
-        with deployed_host(args.index, volume_dir / "volume.img", outsider=False,
-                           cpu_quota=float(cpus), memory_max=memory_max) as deployment:
-            deployment.config["dropletSize"] = args.size  # PostgreSQL's and Synapse's memory settings follow it
-            print(f"test host {deployment.host.address}, guest capped at {cpus} CPU / {memory_max >> 20} MiB")
-            print("fresh provisioning:", flush=True)
-            fresh, fresh_wall = timed_apply(deployment)
-            print("forced re-run (nothing changed):", flush=True)
-            rerun, rerun_wall = timed_apply(deployment)
-            print(f"idle for {args.idle:g} s ...", flush=True)
-            time.sleep(args.idle)
-            memory = json.loads(deployment.ssh(f"python3 -c {shlex.quote(MEMORY_SCRIPT)}"))
-            cgroup = guest_cgroup_memory(deployment)
-            version = deployment.ssh("/opt/synapse/venv/bin/python -c 'import synapse; print(synapse.__version__)'").strip()
-
-            users = provision_users(deployment.ssh, args.clients + 2)
-            print(f"latency: {args.samples} interleaved sends per path, in the guest ...", flush=True)
-            latency = measure_latency(deployment, users[args.clients:], args.samples)
-            load_users = users[: args.clients]
-            steady = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
-                                          LoadConfig(duration=args.duration, rate=args.rate)))
-            print(steady.summary(), flush=True)
-            saturated = None
-            if not args.no_saturate:
-                saturated = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
-                                                 LoadConfig(duration=args.duration, rate=0)))
-                print(saturated.summary(), flush=True)
-            loaded_memory = json.loads(deployment.ssh(f"python3 -c {shlex.quote(MEMORY_SCRIPT)}"))
-            loaded_cgroup = guest_cgroup_memory(deployment)
-    finally:
-        shutil.rmtree(volume_dir, ignore_errors=True)
+        users = provision_users(deployment.ssh, args.clients + 2)
+        print(f"latency: {args.samples} interleaved sends per path, in the guest ...", flush=True)
+        latency = measure_latency(deployment, users[args.clients:], args.samples)
+        load_users = users[: args.clients]
+        steady = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
+                                      LoadConfig(duration=args.duration, rate=args.rate)))
+        print(steady.summary(), flush=True)
+        saturated = None
+        if not args.no_saturate:
+            saturated = asyncio.run(run_load(HOMESERVER, deployment.edge_address, deployment.ca_file, load_users,
+                                             LoadConfig(duration=args.duration, rate=0)))
+            print(saturated.summary(), flush=True)
+        loaded_memory = json.loads(deployment.ssh(f"python3 -c {shlex.quote(MEMORY_SCRIPT)}"))
+        loaded_cgroup = guest_cgroup_memory(deployment)
 
     numbers = Numbers(fresh, fresh_wall, rerun, rerun_wall, args.idle, memory, cgroup, loaded_memory, loaded_cgroup,
                       latency, args.samples, steady, saturated, version, args.size, cpus, memory_max)
