@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from components import paths, synapse_lock
+from components import paths, synapse_lock, workers
 from components.remote import StepSpec
 from components.render import render
-from components.services import synapse
+from components.services import synapse, synapse_workers
 from tests.templates.conftest import FAKE_SECRETS, make_context, parse_unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -381,10 +381,24 @@ def _run_config_script(
     healthy: bool = True,
     active: bool = True,
     break_config: bool = False,
+    config_overrides: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], str]:
-    """Run the real config.sh template against a redirected config; returns the result and the calls."""
-    files = _files(_steps()["synapse-config"])
+    """Run the real config.sh template against a redirected config, followed by ms_step_done as in its
+    bundle; returns the result and the calls. With synapseWorkers in `config_overrides`, the workers'
+    files are placed in tmp/workers as the step places them in /etc/matrix-synapse/workers."""
+    ctx = make_context(**(config_overrides or {}))
+    files = _files({s.name: s for s in synapse.steps(ctx)}["synapse-config"])
     config = _install_for_check(files, tmp)
+    worker_dir = tmp / "workers"
+    worker_dir.mkdir(exist_ok=True)
+    script_values = synapse_workers.script_values(ctx)
+    for worker in script_values["workers"]:
+        name = worker["name"]
+        log_config = worker_dir / f"{name}.log.yaml"
+        log_config.write_text(_replace_line(files[f"{synapse_workers.WORKER_CONFIG_DIR}/{name}.log.yaml"],
+                                            "filename", str(tmp / f"{name}.log")))
+        (worker_dir / f"{name}.yaml").write_text(_replace_line(
+            files[f"{synapse_workers.WORKER_CONFIG_DIR}/{name}.yaml"], "worker_log_config", str(log_config)))
     key = tmp / "signing.key"
     key.unlink()
     if existing_key is not None:
@@ -408,9 +422,9 @@ def _run_config_script(
         unit_name="matrix-synapse.service",
         health_url="http://127.0.0.1:1/health",
         health_timeout=3,
-        # No workers; their paths point into tmp, so the script's clean-up looks only there.
-        workers=[],
-        worker_config_dir=str(tmp / "workers"),
+        # The workers' paths point into tmp, so the script's start and clean-up look only there.
+        workers=script_values["workers"],
+        worker_config_dir=str(worker_dir),
         worker_unit_file=str(tmp / "matrix-synapse-worker@.service"),
         redis_conf=str(tmp / "redis-matrix-stack.conf"),
         redis_main_conf=str(tmp / "redis.conf"),
@@ -418,7 +432,7 @@ def _run_config_script(
     )
     # ms_validated's restore of rejected files is tested with the real prelude (test_prelude.py).
     prelude = ('ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'
-               'ms_validated() { "$@"; }\n')
+               'ms_validated() { "$@"; }\nms_step_done() { echo "step done" >> "$STUB_LOG"; }\n')
     log = tmp / "calls.log"
     log.write_text("")
     env = {
@@ -430,7 +444,8 @@ def _run_config_script(
         "STUB_ACTIVE": "1" if active else "0",
     }
     result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + prelude + script], capture_output=True, text=True, env=env, check=False
+        ["bash", "-c", "set -euo pipefail\n" + prelude + script + "\nms_step_done\n"], capture_output=True, text=True,
+        env=env, check=False
     )
     return result, log.read_text()
 
@@ -455,8 +470,9 @@ def test_config_script_keeps_existing_signing_key(tmp_path: Path, synapse_python
     assert "WARNING: keeping the existing signing key" in result.stderr
     output = result.stderr + result.stdout
     assert FAKE_SECRETS["signing_key"].split()[2] not in output and "AAAAAAAA" not in output
-    # Nothing changed and Synapse runs: enabled, not restarted, no daemon-reload.
+    # Nothing changed and Synapse runs: enabled, not restarted, no daemon-reload; the step is done.
     assert "systemctl enable" in calls and "restart" not in calls and "daemon-reload" not in calls
+    assert calls.endswith("step done\n")
 
 
 def test_config_script_restarts_only_when_changed(tmp_path: Path, synapse_python: Path) -> None:
@@ -468,6 +484,41 @@ def test_config_script_restarts_only_when_changed(tmp_path: Path, synapse_python
     result, calls = _run_config_script(tmp_path, synapse_python, existing_key=key, changed=False, active=False)
     assert result.returncode == 0, result.stderr
     assert "systemctl start matrix-synapse.service" in calls and "restart" not in calls
+
+
+def test_config_script_starts_every_worker_and_checks_its_health(tmp_path: Path, synapse_python: Path) -> None:
+    """synapseWorkers: each worker's file is validated with the shared one, each worker is enabled and
+    started, and the step reaches its end (so a re-run with nothing changed restarts nothing)."""
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=OLD_KEY, changed=True, active=False,
+                                       config_overrides={"synapseWorkers": "true", "dropletSize": "s-2vcpu-4gb"})
+    assert result.returncode == 0, result.stderr
+    for worker in workers.WORKERS:
+        unit = f"matrix-synapse-worker@{worker.name}.service"
+        assert f"systemctl enable --quiet {unit}" in calls and f"systemctl start {unit}" in calls
+    assert "Synapse workers are running" in result.stderr and calls.endswith("step done\n")
+
+
+def test_config_script_without_workers_removes_them_and_stops_redis(tmp_path: Path, synapse_python: Path) -> None:
+    """synapseWorkers switched off: what the workers left is stopped and removed, Redis is stopped and
+    its include taken out of redis.conf, and the step still reaches its end."""
+    worker_dir = tmp_path / "workers"
+    worker_dir.mkdir()
+    for name in ("sync1", "media1"):
+        (worker_dir / f"{name}.yaml").write_text(f"worker_name: {name}\n")
+        (worker_dir / f"{name}.log.yaml").write_text("version: 1\n")
+    (tmp_path / "matrix-synapse-worker@.service").write_text("[Service]\n")
+    (tmp_path / "redis-matrix-stack.conf").write_text("requirepass x\n")
+    kept = "bind 127.0.0.1 -::1\nport 6379\n"
+    (tmp_path / "redis.conf").write_text(
+        kept + f"\n# matrix-stack (synapseWorkers)\ninclude {tmp_path}/redis-matrix-stack.conf\n")
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=OLD_KEY, changed=False)
+    assert result.returncode == 0, result.stderr
+    for name in ("sync1", "media1"):
+        assert f"systemctl disable --now --quiet matrix-synapse-worker@{name}.service" in calls
+    assert list(worker_dir.iterdir()) == [] and not (tmp_path / "matrix-synapse-worker@.service").exists()
+    assert "systemctl disable --now --quiet redis-server.service" in calls
+    assert not (tmp_path / "redis-matrix-stack.conf").exists() and (tmp_path / "redis.conf").read_text() == kept + "\n"
+    assert calls.endswith("step done\n")
 
 
 def test_config_script_validates_before_restart(tmp_path: Path, synapse_python: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from components import paths, workers
+from components.render import render
 from components.services import synapse, synapse_workers
 from tests.templates.conftest import REDIS_PASSWORD, REPLICATION_SECRET, make_context, parse_unit
 from tests.templates.test_synapse import SYNAPSE_PY, _files, _install_for_check, _replace_line
@@ -158,3 +159,51 @@ def test_a_real_redis_runs_on_the_rendered_config_and_requires_the_password(tmp_
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_redis_step_includes_its_config_once_and_pings_with_the_password_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    """synapse-redis, run here with stand-ins for systemctl and redis-cli: redis.conf includes this
+    stack's file exactly once over two runs, Redis is restarted when the step is new, the password
+    reaches redis-cli only through REDISCLI_AUTH, and the step reaches its end (ms_step_done)."""
+    ctx = make_context(**CONFIG)
+    (step,) = [s for s in synapse.steps(ctx) if s.name == "synapse-redis"]
+    conf = tmp_path / "matrix-stack.conf"
+    conf.write_text(str(step.files[0].content))
+    main_conf = tmp_path / "redis.conf"
+    main_conf.write_text("bind 127.0.0.1 -::1\n")
+    script = render("synapse/redis.sh.j2", conf=str(conf), main_conf=str(main_conf),
+                    unit=synapse_workers.REDIS_UNIT, host="127.0.0.1", port=6379)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stubs = {
+        "systemctl": 'echo "systemctl $*" >> "$STUB_LOG"',
+        "redis-cli": 'echo "redis-cli $* auth=${REDISCLI_AUTH:-}" >> "$STUB_LOG"; '
+                     '[ "${REDISCLI_AUTH:-}" = "$STUB_PASSWORD" ] && echo PONG',
+        "journalctl": "true",
+        "sleep": "true",
+    }
+    for name, body in stubs.items():
+        (bindir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bindir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    prelude = ('ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'
+               'ms_step_done() { echo "step done" >> "$STUB_LOG"; }\n')
+
+    def run(changed: bool, password: str = REDIS_PASSWORD) -> tuple[int, str]:
+        log.write_text("")
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "STUB_LOG": str(log),
+               "STUB_PASSWORD": password, "MS_TEST_CHANGED": "1" if changed else "0"}
+        proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + prelude + script + "\nms_step_done\n"],
+                              env=env, capture_output=True, text=True, check=False)
+        return proc.returncode, log.read_text()
+
+    rc, calls = run(changed=True)
+    assert rc == 0 and f"systemctl restart {synapse_workers.REDIS_UNIT}" in calls and calls.endswith("step done\n")
+    assert f"redis-cli -h 127.0.0.1 -p 6379 ping auth={REDIS_PASSWORD}" in calls  # not an argument
+    rc, calls = run(changed=False)
+    assert rc == 0 and "restart" not in calls and calls.endswith("step done\n")
+    assert main_conf.read_text().count(f"include {conf}") == 1
+    rc, calls = run(changed=False, password="another")  # Redis never answers this password
+    assert rc != 0 and "step done" not in calls
