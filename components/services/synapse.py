@@ -173,7 +173,6 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         "lock": LOCK_FILE,
         "health_url": f"http://{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}/health",
         "health_timeout": HEALTH_TIMEOUT_S,
-        "redis_package": synapse_workers.REDIS_PACKAGE if synapse_workers.enabled(ctx) else "",
         **synapse_workers.script_values(ctx),
     }
     unit_values = dict(

@@ -50,10 +50,12 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
 
 
 def script_values(ctx: ServiceContext) -> dict[str, Any]:
-    """What synapse/config.sh.j2 needs to start, check and (when off) remove the workers."""
+    """What synapse/install.sh.j2 (the Redis package) and config.sh.j2 (start, check and, when off,
+    remove the workers) need."""
     listed = workers.WORKERS if enabled(ctx) else ()
     host = paths.SYNAPSE_LISTEN[0]
     return {
+        "redis_package": REDIS_PACKAGE if enabled(ctx) else "",
         "workers": [{"name": w.name, "health_url": f"http://{host}:{w.port}/health" if w.port else ""}
                     for w in listed],
         "worker_config_dir": WORKER_CONFIG_DIR,
