@@ -1,5 +1,5 @@
 # First boot: let cloud-init finish (it runs apt and writes root's keys) before touching apt.
-if command -v cloud-init >/dev/null 2>&1; then
+if command -v cloud-init >/dev/null 2>&1 && [ ! -e /var/lib/cloud/instance/boot-finished ]; then
   timeout 900 cloud-init status --wait >/dev/null 2>&1 || ms_log "cloud-init did not report done; continuing"
 fi
 

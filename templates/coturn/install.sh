@@ -3,8 +3,12 @@
 # and starts it once the hardened config and the certificate copy are in place.
 if ! dpkg-query -W -f='${Status}' coturn 2>/dev/null | grep -q 'install ok installed'; then
   systemctl mask --runtime coturn.service >/dev/null 2>&1 || true
-  ms_apt update
-  ms_apt install --no-install-recommends coturn
+  # base-packages refreshed the package lists; refresh again only if they turn out stale.
+  if ! ms_apt install --no-install-recommends coturn; then
+    ms_log "apt install failed; refreshing the package lists and trying once more"
+    ms_apt update
+    ms_apt install --no-install-recommends coturn
+  fi
 fi
 
 # Seed guide: enable the daemon in /etc/default/coturn (read by the SysV script).

@@ -26,7 +26,7 @@ if ! ms_validated nginx -t; then
   ms_log "ERROR: nginx rejects the new configuration (see above); the previous files are back in place, nginx was not reloaded"
   exit 1
 fi
-systemctl enable --now nginx
+ms_enable --now nginx
 if ms_changed || [ "$links_changed" = true ]; then
   ms_log "reloading nginx"
   systemctl reload nginx

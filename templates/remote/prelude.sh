@@ -99,6 +99,25 @@ ms_file_changed() {
   return 1
 }
 
+# Enable units (and start them, with --now). Each `systemctl enable` regenerates the unit's links and
+# reloads systemd (about 0.3 s on one CPU, 0.8 s for a unit whose package also ships a SysV script):
+# when this step changed nothing and the unit is already enabled (and active, with --now), that is
+# skipped; a changed step always enables, so a new [Install] section takes effect.
+ms_enable() {
+  local now=() unit
+  if [ "${1:-}" = --now ]; then
+    now=(--now)
+    shift
+  fi
+  for unit in "$@"; do
+    if ! ms_changed && [ "$(systemctl is-enabled "$unit" 2>/dev/null || true)" = enabled ] &&
+      { [ ${#now[@]} -eq 0 ] || systemctl is-active --quiet "$unit"; }; then
+      continue
+    fi
+    systemctl enable --quiet "${now[@]}" "$unit"
+  done
+}
+
 # True when this step's content is new to this host or a file was rewritten: time to (re)start.
 ms_changed() {
   ms_file_changed '' && return 0

@@ -191,3 +191,10 @@ def postgres_server(port: int, files: dict[str, str] | None = None) -> Iterator[
     finally:
         as_postgres(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def prelude_function(name: str) -> str:
+    """One function of the real step prelude, for tests that stand in for the rest of it."""
+    text = (Path(__file__).resolve().parents[2] / "templates/remote/prelude.sh").read_text()
+    start = text.index(f"\n{name}() {{\n") + 1
+    return text[start:text.index("\n}\n", start) + 3]

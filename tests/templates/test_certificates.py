@@ -91,9 +91,41 @@ def test_token_only_in_a_root_0600_file() -> None:
     assert (hook.mode, hook.owner) == ("0755", "root")
 
 
-def test_install_step_installs_the_plugin() -> None:
-    script = _steps(make_context())["certificates-install"].script
-    assert re.search(r"ms_apt install --no-install-recommends certbot python3-certbot-dns-cloudflare", script)
+INSTALL_DRIVER = r"""
+set -uo pipefail
+work=$1
+export WORK=$work PATH=$work/bin:$PATH
+for installed in "" "certbot" "certbot python3-certbot-dns-cloudflare"; do
+  echo "$installed" > "$work/installed"
+  bash "$2" > "$work/out" 2>&1 || { cat "$work/out"; exit 1; }
+  echo "--- installed: $installed" >> "$work/calls"
+done
+"""
+# dpkg-query answers from $WORK/installed; apt-get only records what it was asked.
+DPKG_QUERY = r"""#!/bin/bash
+if grep -qw -- "${!#}" "$WORK/installed"; then printf 'install ok installed'; else exit 1; fi
+"""
+APT_GET = r"""#!/bin/bash
+echo "apt-get $*" >> "$WORK/calls"
+"""
+
+
+def test_install_step_installs_only_what_is_missing(tmp_path: Path) -> None:
+    """certbot and the Cloudflare plugin, each only when dpkg does not have it (an apt-get with nothing to do
+    costs a re-run about a second); with both there, no apt at all, and the step still completes."""
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    for name, text in (("dpkg-query", DPKG_QUERY), ("apt-get", APT_GET)):
+        (work / "bin" / name).write_text(text)
+        (work / "bin" / name).chmod(0o755)
+    spec = _steps(make_context())["certificates-install"]
+    (tmp_path / "bundle.sh").write_text(bundle_text(spec, [str(f.content) for f in spec.files]))
+    proc = run_in_sandbox(tmp_path, INSTALL_DRIVER, [str(work), str(tmp_path / "bundle.sh")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = [[c.split(" install ", 1)[1] for c in run.splitlines() if " install " in c]
+            for run in re.split(r"--- installed: .*\n", (work / "calls").read_text())[:3]]
+    assert runs == [["--no-install-recommends certbot python3-certbot-dns-cloudflare"],
+                    ["--no-install-recommends python3-certbot-dns-cloudflare"], []]
 
 
 def test_shellcheck_bundles_and_hook() -> None:
@@ -141,9 +173,12 @@ fi
 """
 SYSTEMCTL = r"""#!/bin/bash
 echo "systemctl $*" >> "$WORK/calls"
-if [ "$1" = is-active ]; then
-  [ -e "$WORK/active-${!#}" ]
-fi
+unit=${!#}
+case $1 in
+  is-active) [ -e "$WORK/active-$unit" ] ;;
+  is-enabled) if [ -e "$WORK/enabled-$unit" ]; then echo enabled; else echo disabled; exit 1; fi ;;
+  enable) touch "$WORK/enabled-$unit"; case " $* " in *" --now "*) touch "$WORK/active-$unit" ;; esac ;;
+esac
 """
 NGINX = r"""#!/bin/bash
 echo "nginx $*" >> "$WORK/calls"
@@ -228,16 +263,18 @@ def test_issue_runs_the_hook_once_and_renews_only_when_needed(tmp_path: Path) ->
     assert f"--cert-name {ctx.settings.domain} " in calls[0]
     assert calls.index("nginx -t -q") < calls.index("systemctl reload nginx")
     assert "systemctl restart coturn" in calls
-    assert calls[-1] == "systemctl enable --now certbot.timer"
+    assert calls[-1] == "systemctl enable --quiet --now certbot.timer"
     assert f"{paths.CERTBOT_CREDENTIALS} root:root 600" in first["stat"]
     assert f"{paths.COTURN_TLS_DIR} turnserver:turnserver 750" in first["stat"]
     assert f"{paths.COTURN_TLS_DIR}/fullchain.pem turnserver:turnserver 640" in first["stat"]
     assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in first["stat"]
     assert first["sums"][0] == first["sums"][2]  # coturn's copy is the live certificate
 
-    # Re-run, nothing changed: certbot keeps the certificate, no hook, no reload, no restart.
+    # Re-run, nothing changed: certbot keeps the certificate, no hook, no reload, no restart, and the
+    # timer, enabled and active, is not enabled again.
     calls = again["calls"].splitlines()
-    assert [c.split()[0] + " " + c.split()[1] for c in calls] == ["certbot certonly", "systemctl enable"]
+    assert [c.split()[0] + " " + c.split()[1] for c in calls] == [
+        "certbot certonly", "systemctl is-enabled", "systemctl is-active"]
 
     # ACME server changed: a new certificate from the new server, deployed again.
     calls = switched["calls"].splitlines()

@@ -134,3 +134,61 @@ def test_apt_gives_up_on_a_lock_held_past_its_wait(tmp_path: Path) -> None:
     assert (tmp_path / "rc").read_text().strip() != "0", out
     assert "E: Could not get lock /var/lib/apt/lists/lock" in out, out
     assert not (tmp_path / "finished").exists()
+
+
+ENABLE_DRIVER = r"""
+set -uo pipefail
+work=$1
+shift
+export WORK=$work PATH=$work/bin:$PATH
+i=0
+for step in "$@"; do
+  i=$((i + 1))
+  case $step in
+    stop:*) rm -f "$work/active-${step#stop:}"; continue ;;
+    disable:*) rm -f "$work/enabled-${step#disable:}"; continue ;;
+  esac
+  bash "$step" > "$work/out.$i" 2>&1
+  echo $? > "$work/rc.$i"
+  echo "--- run $i" >> "$work/calls"
+done
+"""
+# systemctl as far as ms_enable uses it: enable (and --now) remembered in files, is-enabled and is-active answered.
+ENABLE_SYSTEMCTL = r"""#!/bin/bash
+echo "systemctl $*" >> "$WORK/calls"
+unit=${!#}
+case $1 in
+  is-enabled) if [ -e "$WORK/enabled-$unit" ]; then echo enabled; else echo disabled; exit 1; fi ;;
+  is-active) [ -e "$WORK/active-$unit" ] ;;
+  enable) touch "$WORK/enabled-$unit"; case " $* " in *" --now "*) touch "$WORK/active-$unit" ;; esac ;;
+esac
+"""
+
+
+def _enable_bundle(content: str) -> str:
+    files = [RemoteFile("/etc/ms-test/unit.conf", content)]
+    spec = StepSpec(name="test-enable", script="ms_enable --now demo.service\nms_enable demo.timer\n", files=files)
+    return bundle_text(spec, [content])
+
+
+def test_ms_enable_skips_enabled_running_units_only_when_the_step_changed_nothing(tmp_path: Path) -> None:
+    """A re-run of an unchanged step calls no `systemctl enable` (the slow part of a re-run); a changed step,
+    or a unit disabled or stopped by hand since, is enabled (and started) again."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "systemctl").write_text(ENABLE_SYSTEMCTL)
+    (tmp_path / "bin" / "systemctl").chmod(0o755)
+    (tmp_path / "same.sh").write_text(_enable_bundle("v1\n"))
+    (tmp_path / "changed.sh").write_text(_enable_bundle("v2\n"))
+    same, changed = str(tmp_path / "same.sh"), str(tmp_path / "changed.sh")
+    runs = [same, same, "stop:demo.service", same, "disable:demo.timer", same, changed]
+    proc = run_in_sandbox(tmp_path, ENABLE_DRIVER, [str(tmp_path), *runs])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = (tmp_path / "calls").read_text().split("--- run ")
+    enables = [[c for c in run.splitlines() if c.startswith("systemctl enable")] for run in calls[:-1]]
+    for i in (1, 2, 4, 6, 7):
+        assert (tmp_path / f"rc.{i}").read_text().strip() == "0", (tmp_path / f"out.{i}").read_text()
+    assert enables[0] == ["systemctl enable --quiet --now demo.service", "systemctl enable --quiet demo.timer"]
+    assert enables[1] == [], "an unchanged re-run enabled again"
+    assert enables[2] == ["systemctl enable --quiet --now demo.service"], "a stopped unit was not started"
+    assert enables[3] == ["systemctl enable --quiet demo.timer"], "a disabled unit was not enabled"
+    assert enables[4] == ["systemctl enable --quiet --now demo.service", "systemctl enable --quiet demo.timer"]

@@ -17,7 +17,7 @@ import pytest
 from components import paths, workers
 from components.render import render
 from components.services import synapse, synapse_workers
-from tests.templates.conftest import REDIS_PASSWORD, REPLICATION_SECRET, make_context, parse_unit
+from tests.templates.conftest import REDIS_PASSWORD, REPLICATION_SECRET, make_context, parse_unit, prelude_function
 from tests.templates.test_synapse import SYNAPSE_PY, _files, _install_for_check, _replace_line
 
 CONFIG = {"synapseWorkers": "true", "dropletSize": "s-2vcpu-4gb"}
@@ -189,7 +189,7 @@ def test_the_redis_step_includes_its_config_once_and_pings_with_the_password_in_
         (bindir / name).chmod(0o755)
     log = tmp_path / "calls.log"
     prelude = ('ms_log() { printf "[log] %s\\n" "$*" >&2; }\nms_changed() { [ "$MS_TEST_CHANGED" = 1 ]; }\n'
-               'ms_step_done() { echo "step done" >> "$STUB_LOG"; }\n')
+               'ms_step_done() { echo "step done" >> "$STUB_LOG"; }\n' + prelude_function("ms_enable"))
 
     def run(changed: bool, password: str = REDIS_PASSWORD) -> tuple[int, str]:
         log.write_text("")
