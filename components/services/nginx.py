@@ -22,6 +22,9 @@ SITES_AVAILABLE = "/etc/nginx/sites-available"
 SNIPPETS = "/etc/nginx/snippets"
 SITE_NAMES = ("matrix-stack-default", "matrix-stack-apex", "matrix-stack-chat", "matrix-stack-matrix")
 HTTP_CONF = "/etc/nginx/conf.d/matrix-stack.conf"
+# Idle keep-alive connections each nginx worker keeps per Synapse process (nginx's upstream `keepalive`):
+# enough for the requests of a busy moment at 1 CPU; measured in the README (Tuning at 1 CPU).
+UPSTREAM_KEEPALIVE = 16
 UPSTREAM_LOG = "/var/log/nginx/matrix-upstream.log"  # synapseWorkers: which process answered (logrotate's nginx/*.log)
 
 
@@ -74,6 +77,7 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
                 # synapseWorkers: the routing map (empty: every request to the one process).
                 workers=workers.http_workers() if s.synapse_workers else (),
                 main_upstream=workers.MAIN_UPSTREAM,
+                upstream_keepalive=UPSTREAM_KEEPALIVE,
                 upstream_log=UPSTREAM_LOG,
                 **names,
             ),

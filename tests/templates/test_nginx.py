@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from components import paths
+from components import paths, workers
 from components.remote import StepSpec
 from components.services import ServiceContext, element, nginx
 from tests.pki import origin_pull_pair
@@ -225,9 +225,13 @@ def test_matrix_site_proxies_only_the_client_and_federation_apis() -> None:
     proxied = {k: v for k, v in locations.items() if "proxy_pass" in v}
     assert len(proxied) == 1
     ((selector, body),) = proxied.items()
-    # No URI part after host:port (not even "/"), so nginx passes the raw request URI.
-    assert re.findall(r"proxy_pass\s+([^;]+);", body) == ["http://127.0.0.1:8008"]
-    assert f"{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}" in body
+    # No URI part after the upstream's name (not even "/"), so nginx passes the raw request URI; the
+    # upstream is Synapse's listener, with idle connections kept for the next request.
+    assert re.findall(r"proxy_pass\s+([^;]+);", body) == [f"http://{workers.MAIN_UPSTREAM}"]
+    upstream = re.search(r"upstream\s+" + workers.MAIN_UPSTREAM + r"\s*\{([^}]*)\}", _site(ctx, "matrix"))
+    assert upstream and re.findall(r"server\s+([^;]+);", upstream.group(1)) == [
+        f"{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}"]
+    assert 'proxy_set_header Connection "";' in body
     for header in ("X-Forwarded-For $remote_addr", "X-Forwarded-Proto $scheme", "Host $host"):
         assert f"proxy_set_header {header};" in body
     assert "proxy_http_version 1.1;" in body
@@ -457,6 +461,20 @@ def test_live_nginx_answers_only_this_zones_cloudflare_for_its_own_names(tmp_pat
     assert not [x for x in r["backend"] if x["path"] == "/_matrix/client/versions"], "a refused request reached Synapse"
 
 
+def test_live_nginx_keeps_connections_to_synapse_open(tmp_path: Path) -> None:
+    """Upstream keep-alive (README: Tuning at 1 CPU): nginx asks Synapse without "Connection: close" and
+    sends later requests over a connection it already has, so Synapse sees fewer connections than requests
+    (each nginx worker keeps its own; there are fewer workers than probes)."""
+    r = _live(tmp_path, make_context())
+    assert r["rc"] == 0, r["output"]
+    probes = [x for x in r["backend"] if x["path"] == "/_matrix/client/v3/capabilities"]
+    assert len(probes) == KEEPALIVE_PROBES and all(r["responses"][f"probe-{i}"]["status"] == 200
+                                                   for i in range(KEEPALIVE_PROBES))
+    proxied = r["backend"]
+    assert [x["headers"].get("connection") for x in proxied] == [None] * len(proxied)
+    assert len({x["headers"][":peer"] for x in proxied}) < len(proxied), "every request opened a new connection"
+
+
 def test_live_nginx_ignores_cf_connecting_ip_from_other_sources(tmp_path: Path) -> None:
     r = _live(tmp_path, make_context())  # loopback is not a Cloudflare range here
     assert r["rc"] == 0, r["output"]
@@ -517,14 +535,18 @@ def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body
 
 
 def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes]) -> Any:
-    """A JSON server on 127.0.0.1:`port` in a thread; `answer(path, headers)` gives each body."""
+    """A JSON server on 127.0.0.1:`port` in a thread, speaking HTTP/1.1 as Synapse does (a connection may
+    carry several requests); `answer(path, headers)` gives each body, with the client's port as ":peer"."""
     import http.server
     import threading
 
     class StandIn(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def _answer(self) -> None:
             self.rfile.read(int(self.headers.get("content-length") or 0))
-            body = answer(self.path, {k.lower(): v for k, v in self.headers.items()})
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            body = answer(self.path, {**headers, ":peer": str(self.client_address[1])})
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -539,6 +561,9 @@ def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes]) -> Any:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), StandIn)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+KEEPALIVE_PROBES = 5
 
 
 def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -578,6 +603,8 @@ def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]
         "unknown-name": _request(UNKNOWN_NAME, "/"),
         "unknown-name-http": _request(UNKNOWN_NAME, "/", port=80),
     }
+    for i in range(KEEPALIVE_PROBES):  # one after another, each on a new connection to nginx
+        res[f"probe-{i}"] = _request(matrix, "/_matrix/client/v3/capabilities", headers=cf)
     backend.shutdown()
     return res, seen
 
