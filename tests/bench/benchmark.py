@@ -230,6 +230,22 @@ def guest_size(slug: str) -> tuple[int, int]:
     return int(match.group(1)), memory_mb_of(slug) << 20
 
 
+def bench_parser(module: str, doc: str, size: str, index: int) -> argparse.ArgumentParser:
+    """The options every benchmark shares: the droplet size it models and the test host's index."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+    parser.add_argument("--size", default=size, help="dropletSize; the guest gets its CPUs and memory")
+    parser.add_argument("--index", type=int, default=index, help="test host index (network 198.18.<index>.0/30)")
+    return parser
+
+
+def publish(table: str, output: Path) -> None:
+    """Print a benchmark's table and keep it under build/ for the README."""
+    print("\n" + table)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(table)
+    print(f"written to {output}")
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command as typed, for the report."""
     given = sys.argv[1:] if argv is None else argv
@@ -311,9 +327,7 @@ def render(n: Numbers, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default=DEFAULT_SIZE, help="dropletSize; the guest gets its CPUs and memory")
-    parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
+    parser = bench_parser("tests.bench.benchmark", __doc__ or "", DEFAULT_SIZE, DEFAULT_INDEX)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=LoadConfig.rate, help="messages per second per client in the steady run")
@@ -352,10 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers = Numbers(fresh, fresh_wall, rerun, rerun_wall, args.idle, memory, cgroup, loaded_memory, loaded_cgroup,
                       latency, args.samples, steady, saturated, version, args.size, cpus, memory_max)
     table = render(numbers, command)
-    print("\n" + table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(f"written to {args.output}")
+    publish(table, args.output)
     problems = [f"{label}: {len(r.errors)} errors, {len(r.lost)} lost"
                 for label, r in (("steady", steady), ("closed loop", saturated))
                 if r is not None and (r.errors or r.lost or r.mismatched)]

@@ -20,7 +20,6 @@ could. Numbers only; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -35,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.bench.benchmark import MEMORY_SCRIPT, capped_host, command_line, mib, timed_apply
+from tests.bench.benchmark import MEMORY_SCRIPT, bench_parser, capped_host, command_line, mib, publish, timed_apply
 from tests.e2e.deployment import HOMESERVER, Deployment
 from tests.e2e.load import LoadConfig, LoadResult, LoadUser, provision_users, run_load
 from tests.e2e.testhost import limits
@@ -192,9 +191,7 @@ def render(scenarios: list[dict[str, Any]], memory: dict[str, Any], size: str, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.oom", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="s-1vcpu-1gb", help="dropletSize; the guest gets its CPUs and memory")
-    parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
+    parser = bench_parser("tests.bench.oom", __doc__ or "", "s-1vcpu-1gb", DEFAULT_INDEX)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--swap-mb", type=int, default=0, help="a swap file of this size (default: none)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -209,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = [run_scenario(deployment, users, "a runaway process", unowned=False),
                      run_scenario(deployment, users, "the server's own processes", unowned=True)]
     table = render(scenarios, memory, args.size, args.swap_mb, command_line("tests.bench.oom", argv))
-    print("\n" + table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(f"written to {args.output}")
+    publish(table, args.output)
     return 0
 
 

@@ -12,7 +12,6 @@ hold the test stack's generated secrets, so only each line's first characters ar
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import re
@@ -22,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.benchmark import capped_host, command_line
+from tests.bench.benchmark import bench_parser, capped_host, command_line, publish
 from tests.e2e.runner import connect, deploy_key_file
 from tests.harness import Registration
 
@@ -78,9 +77,7 @@ def render(runs: dict[str, list[StepTiming]], size: str, walls: dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.provision", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="s-1vcpu-1gb", help="dropletSize; the guest gets its CPUs and memory")
-    parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
+    parser = bench_parser("tests.bench.provision", __doc__ or "", "s-1vcpu-1gb", DEFAULT_INDEX)
     parser.add_argument("--top", type=int, default=4, help="slowest lines shown per step")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
@@ -99,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             walls[label] = time.monotonic() - started
         key.unlink()
     table = render(runs, args.size, walls, command_line("tests.bench.provision", argv))
-    print("\n" + table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(f"written to {args.output}")
+    publish(table, args.output)
     return 0
 
 

@@ -14,7 +14,6 @@ measurement and the ratios B / A; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import os
@@ -24,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.benchmark import capped_host, command_line, timed_apply
+from tests.bench.benchmark import bench_parser, capped_host, command_line, publish, timed_apply
 from tests.e2e.deployment import HOMESERVER, Deployment
 from tests.e2e.load import LoadConfig, LoadResult, LoadUser, provision_users, run_load
 
@@ -111,9 +110,7 @@ def render(samples: list[Sample], candidates: list[Candidate], size: str, comman
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.tuning", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="s-1vcpu-1gb", help="dropletSize; the guest gets its CPUs and memory")
-    parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
+    parser = bench_parser("tests.bench.tuning", __doc__ or "", "s-1vcpu-1gb", DEFAULT_INDEX)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration", type=float, default=60.0)
@@ -131,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples.append(measure(deployment, users, candidate, round_, on, args.duration))
             switch(deployment, candidate, False)
     table = render(samples, wanted, args.size, command_line("tests.bench.tuning", argv))
-    print("\n" + table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(f"written to {args.output}")
+    publish(table, args.output)
     return 0
 
 

@@ -15,7 +15,6 @@ cap, so on a 2-core machine they compete with a 2-CPU guest: the numbers are a f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import json
@@ -27,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.benchmark import MEMORY_SCRIPT, capped_host, command_line, mib, timed_apply
+from tests.bench.benchmark import MEMORY_SCRIPT, bench_parser, capped_host, command_line, mib, publish, timed_apply
 from tests.e2e.deployment import HOMESERVER, Deployment
 from tests.e2e.load import LoadConfig, LoadResult, LoadUser, provision_users, run_load
 
@@ -107,9 +106,7 @@ def render(samples: list[Sample], size: str, cpus: int, memory_max: int, command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.workers", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="s-2vcpu-4gb", help="dropletSize; the guest gets its CPUs and memory")
-    parser.add_argument("--index", type=int, default=DEFAULT_INDEX, help="test host index (network 198.18.<index>.0/30)")
+    parser = bench_parser("tests.bench.workers", __doc__ or "", "s-2vcpu-4gb", DEFAULT_INDEX)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration", type=float, default=60.0)
@@ -125,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for workers in ((False, True) if round_ % 2 == 0 else (True, False)):
                 samples.append(measure(deployment, users, workers, args.duration, args.rate))
     table = render(samples, args.size, cpus, memory_max, command)
-    print("\n" + table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table)
-    print(f"written to {args.output}")
+    publish(table, args.output)
     return 0
 
 
