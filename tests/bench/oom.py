@@ -12,10 +12,10 @@ every 50 ms, touching every page, until the kernel kills something. Twice:
   -1000 would need CAP_SYS_RESOURCE, which neither the guest nor this machine's root has.)
 Each time it prints the kernel's victims (the host's kernel log), which services lost their main process
 or restarted, how long until Synapse answered /health again, and the load's lost messages and errors.
-The grower stops itself after 120 s. `--swap-mb` repeats it with a swap file of that size: a guest cannot
-swapon, so the file is the host's (on for this run only, off and deleted after), and the guest's memory
-cgroup may then use that much swap beyond its memory limit, as a droplet with a swap file of that size
-could. Numbers only; asserts nothing.
+The grower stops itself after 120 s. `--swap-mb` repeats it with a swap file of that size: swap belongs
+to the kernel the guest shares with this machine, so the file is the host's (on for this run only, off
+and deleted after), and the guest's memory cgroup may then use that much swap beyond its memory limit,
+as a droplet with a swap file of that size could. Numbers only; asserts nothing.
 """
 
 from __future__ import annotations
