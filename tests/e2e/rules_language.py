@@ -12,7 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-FIELDS = ("http.host", "http.request.uri.path", "http.request.scheme", "http.user_agent", "ssl", "cf.tls_version")
+FIELDS = ("http.host", "http.request.uri.path", "http.request.scheme", "http.user_agent", "ssl", "cf.tls_version",
+          "ip.src")
 _TOKEN = re.compile(r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<op>[(){},])|(?P<word>[A-Za-z_][A-Za-z0-9_.]*))')
 
 
