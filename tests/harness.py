@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import runpy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
-from tests import pki
+from tests import pki, provider_rules, provider_schema
+from tests.e2e.testhost.cloudflare_standin import CloudflareStandin, zone_id_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "matrix-stack"
@@ -34,6 +37,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 CLOUDFLARE_IPV4 = ["173.245.48.0/20", "103.21.244.0/22", "104.16.0.0/13"]
 CLOUDFLARE_IPV6 = ["2400:cb00::/32", "2606:4700::/32"]
+# The Cloudflare provider's credentials, as a user sets them (a secret of the provider's format).
+CLOUDFLARE_TOKEN = "cf-api-token-0123456789abcdefghijABCDEFGHIJ-_"
 
 
 def unwrap(value: Any) -> Any:
@@ -98,6 +103,8 @@ class Recording:
     registrations: list[Registration] = field(default_factory=list)
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stack_outputs: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (value, secret?)
+    config: dict[str, str] = field(default_factory=dict)  # the stack's config, as the program got it
+    warnings: list[str] = field(default_factory=list)  # what `pulumi up` would print as warnings
 
     def of_type(self, type_: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == type_]
@@ -147,6 +154,24 @@ def changed_steps(before: Recording, after: Recording) -> set[str]:
 
     old, new = runs(before), runs(after)
     return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+
+
+class ProviderRefusal(AssertionError):
+    """What the program registers or invokes, the real providers would refuse (one line each)."""
+
+
+def refusals(recording: Recording) -> list[str]:
+    """The pinned providers' schemas (tests/provider_schema.py) and their own checks (tests/provider_rules.py)
+    over everything recorded; the mocks' answers must be outputs the providers have."""
+    found: list[str] = []
+    for reg in recording.registrations:
+        if not reg.custom or reg.type.startswith(("pulumi:", "pulumi-python:")):
+            continue
+        found += [f"{reg.name}: {v}" for v in provider_schema.input_violations(reg.type, reg.inputs)]
+        found += [f"{reg.name} (mock): {v}" for v in provider_schema.output_violations(reg.type, unwrap(reg.raw_outputs))]
+    for token, args in recording.invokes:
+        found += [f"invoke: {v}" for v in provider_schema.argument_violations(token, unwrap(args))]
+    return found + provider_rules.violations(recording)
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -239,7 +264,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         turn_host_key: tuple[str, str] | None = None,
         volumes: Mapping[str, Mapping[str, Any]] | None = None,
         droplet_names: Mapping[int, str] | None = None,
-        zones: Sequence[str] | Mapping[str, str] = ("example.org",),
+        zones: Sequence[str] | Mapping[str, CloudflareStandin] = ("example.org",),
         dns_records: Sequence[Mapping[str, Any]] = (),
         managed_db: ManagedDbAnswers | None = None,
         spaces: SpacesAnswers | None = None,
@@ -261,9 +286,15 @@ class CloudMocks(pulumi_mocks.Mocks):
         # as getVolume answers for them, and the names of droplets by id (getDroplet).
         self.volumes = dict(volumes or {})
         self.droplet_names = dict(droplet_names or {})
-        # The Cloudflare account: its zones, and records already in them ({name, type, content, comment}).
-        self.zones = dict(zones) if isinstance(zones, Mapping) else {name: zone_id(name) for name in zones}
-        self.dns_records = [dict(r) for r in dns_records]
+        # The Cloudflare account: its zones, each the API stand-in's model of one (plan, records, rules,
+        # origin-pull certificates, bot settings), which answers the provider's functions; `dns_records`
+        # ({name, type, content, comment, proxied}) are added to the zone that holds their name.
+        self.zones: dict[str, CloudflareStandin] = dict(zones) if isinstance(zones, Mapping) else {
+            name: CloudflareStandin(None, 0, name) for name in zones}
+        for record in dns_records:
+            zone = next(z for name, z in self.zones.items() if record["name"] == name or record["name"].endswith("." + name))
+            zone.handle("POST", f"/client/v4/zones/{zone.zone_id}/dns_records", {},
+                        {"ttl": 1, "proxied": False, **record})
         self.managed_db = managed_db or ManagedDbAnswers()
         self.spaces = spaces or SpacesAnswers()
 
@@ -289,8 +320,8 @@ class CloudMocks(pulumi_mocks.Mocks):
             return volume_id, outputs
         if typ == "digitalocean:index/volumeAttachment:VolumeAttachment":
             return f"{args.inputs['dropletId']}-{args.inputs['volumeId']}", outputs
-        if typ == "digitalocean:index/sshKey:SshKey":
-            outputs.update(fingerprint=":".join(_stable(name, 16, "0123456789abcdef")[i : i + 2] for i in range(0, 16, 2)))
+        if typ == "digitalocean:index/sshKey:SshKey":  # an MD5 fingerprint, as DigitalOcean gives
+            outputs.update(fingerprint=":".join(_stable(name, 32, "0123456789abcdef")[i : i + 2] for i in range(0, 32, 2)))
             return "1234", outputs
         if typ == "digitalocean:index/databaseCluster:DatabaseCluster":
             db = self.managed_db
@@ -352,14 +383,36 @@ class CloudMocks(pulumi_mocks.Mocks):
                                                        plain["caCertPem"], uses, hours)}
         raise NotImplementedError(typ)
 
+    def _zone(self, zone_id: str) -> CloudflareStandin:
+        return next(z for z in self.zones.values() if z.zone_id == zone_id)
+
+    @staticmethod
+    def _api(zone: CloudflareStandin, path: str, query: Mapping[str, str] | None = None) -> Any:
+        """A GET to the zone's API stand-in, as the provider's function makes it; its result in wire names."""
+        status, result = zone.handle("GET", f"/client/v4/zones/{zone.zone_id}{path}", dict(query or {}), None)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status} {result}")
+        return wire_names(result)
+
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
-        if args.token == "cloudflare:index/getZones:getZones":
-            name = args.args.get("name")
-            return {"results": [{"id": self.zones[name], "name": name}] if name in self.zones else []}
-        if args.token == "cloudflare:index/getDnsRecords:getDnsRecords":
-            wanted = (args.args.get("name") or {}).get("exact")
-            return {"results": [{"id": f"rec-{i}", "zoneId": args.args.get("zoneId"), **r}
-                                for i, r in enumerate(self.dns_records) if r["name"] == wanted]}
+        token, arguments = args.token, args.args
+        if token == "cloudflare:index/getZones:getZones":
+            zone = self.zones.get(str(arguments.get("name")))
+            return {"results": [wire_names(zone._zone())] if zone is not None else []}
+        if token.startswith("cloudflare:index/") and token != "cloudflare:index/getIpRanges:getIpRanges":
+            zone = self._zone(arguments.get("zoneId", ""))
+            if token == "cloudflare:index/getDnsRecords:getDnsRecords":
+                name = (arguments.get("name") or {}).get("exact", "")
+                return {"results": self._api(zone, "/dns_records", {"name.exact": name})}
+            if token == "cloudflare:index/getRulesets:getRulesets":  # the provider fills both (list_data_source.go)
+                found = self._api(zone, "/rulesets")
+                return {"results": found, "rulesets": found}
+            if token == "cloudflare:index/getRuleset:getRuleset":
+                return dict(self._api(zone, f"/rulesets/{arguments.get('id') or arguments.get('rulesetId')}"))
+            if token.endswith(":getAuthenticatedOriginPullsHostnameCertificates"):
+                return {"results": self._api(zone, "/origin_tls_client_auth/hostnames/certificates")}
+            if token == "cloudflare:index/getBotManagement:getBotManagement":
+                return dict(self._api(zone, "/bot_management"))
         if args.token == "digitalocean:index/getVolume:getVolume":
             found = self.volumes.get(args.args.get("name", ""))
             if found is None or found.get("region", args.args.get("region")) != args.args.get("region"):
@@ -372,12 +425,23 @@ class CloudMocks(pulumi_mocks.Mocks):
             return {"clusterId": args.args["clusterId"], "certificate": self.managed_db.ca_pem, "id": args.args["clusterId"]}
         if args.token == "cloudflare:index/getIpRanges:getIpRanges":
             return {"ipv4Cidrs": self.cloudflare_ipv4, "ipv6Cidrs": self.cloudflare_ipv6, "etag": "e", "jdcloudCidrs": []}
-        return {}
+        raise NotImplementedError(f"the mocks have no answer for {token}")
+
+
+def wire_names(value: Any) -> Any:
+    """An API answer (snake_case) as a provider function's result reaches the SDK (camelCase wire names);
+    values inside a map of user keys (headers) keep their keys."""
+    if isinstance(value, list):
+        return [wire_names(v) for v in value]
+    if isinstance(value, dict):
+        return {(k if "-" in k else re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), k)): wire_names(v)
+                for k, v in value.items()}
+    return value
 
 
 def zone_id(name: str) -> str:
-    """The id the mocks give a zone (stable per name)."""
-    return "zone-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    """The id a zone has (the API stand-in's: 32 hex digits, stable per name)."""
+    return zone_id_of(name)
 
 
 def config_strings(config: Mapping[str, Any]) -> dict[str, str]:
@@ -395,13 +459,17 @@ def record(
     plain_keys: tuple[str, ...] = (),
     into: Recording | None = None,
     spaces_credentials: bool = True,
+    cloudflare_credentials: Mapping[str, str] | None = None,
+    check_providers: bool = True,
 ) -> Recording:
     """Run __main__.py under mocks with `config` (merged over DEFAULT_CONFIG) and record it all.
 
     Keys in `plain_keys` are stored as plain config (not secret), to test that mistake.
     `spaces_credentials`: the DigitalOcean provider's Spaces key is configured, as a user of
-    mediaStorage: spaces has it.
+    mediaStorage: spaces has it. `cloudflare_credentials`: the Cloudflare provider's config (secret
+    values; default an API token).
     `into` receives the registrations even when the program fails.
+    `check_providers`: what the real providers would refuse in the recording fails it (ProviderRefusal).
     """
     merged = {**DEFAULT_CONFIG, **(config or {})}
     merged = {k: v for k, v in merged.items() if v is not None}
@@ -415,7 +483,14 @@ def record(
         strings.update({"digitalocean:spacesAccessId": "DO00PROVIDERSPACESKEY",
                         "digitalocean:spacesSecretKey": "provider-secret"})
         secret_keys.append("digitalocean:spacesSecretKey")
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    cloudflare = {"cloudflare:apiToken": CLOUDFLARE_TOKEN} if cloudflare_credentials is None else dict(cloudflare_credentials)
+    strings.update(cloudflare)
+    secret_keys += [k for k in cloudflare if k != "cloudflare:email"]
+    recording.config = dict(strings)
+    logger = logging.getLogger(f"matrix-stack.recording.{id(recording)}")
+    logger.propagate = False
+    logger.handlers = [_WarningsInto(recording.warnings)]
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, logger=logger)
     pulumi.runtime.set_all_config(strings, secret_keys=secret_keys)
 
     exported: dict[str, Any] = {}
@@ -440,7 +515,22 @@ def record(
         ))
 
     program()
+    if check_providers:
+        refused = refusals(recording)
+        if refused:
+            raise ProviderRefusal("the real providers would refuse:\n  " + "\n  ".join(refused))
     return recording
+
+
+class _WarningsInto(logging.Handler):
+    """Keeps the program's `pulumi.log.warn` lines, which `pulumi up` prints."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
 
 
 @dataclass

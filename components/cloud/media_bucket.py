@@ -55,7 +55,10 @@ class MediaBucket(pulumi.ComponentResource):
                 enabled=True, prefix=BACKUP_PREFIX,
                 expiration=do.SpacesBucketLifecycleRuleExpirationArgs(days=settings.backup_keep_days),
             )],
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            # The provider accepts a new name and never applies it (its update does not rename a bucket:
+            # terraform-provider-digitalocean spaces/resource_spaces_bucket.go), and a new bucket would not hold
+            # the users' files: the bucket keeps the name it was created with (mediaBucket is read once).
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, ignore_changes=["name"]),
         )
         self.key = do.SpacesKey(
             f"{name}-key",
