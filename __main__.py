@@ -1,16 +1,24 @@
 """matrix-stack: settings → MatrixStack → outputs. Nothing else lives here."""
 
+import os
+
 import pulumi
+from pulumi.runtime.config import CONFIG
 
 from components.cloud import zone
 from components.cloud.adoption import volume_plan
+from components.cloud.cloudflare_api import check_credentials
+from components.cloud.edge import plan_edge
 from components.settings import from_pulumi_config
 from components.stack import MatrixStack
 
 settings, certbot_token = from_pulumi_config()
-# Before any resource: the Cloudflare zone and what lives on the stack's names, and a kept volume named
-# by adoptVolume, are looked up and checked (one-line errors).
-stack = MatrixStack("matrix", settings, zone.look_up(settings), volume_plan(settings), pulumi.Output.secret(certbot_token))
+# Before any resource (one-line errors): the Cloudflare credentials; the zone, what lives on the stack's
+# names and what of the zone's quotas others use, and the stack's rules checked against them; a kept
+# volume named by adoptVolume.
+check_credentials(CONFIG.get(), os.environ)
+edge_plan = plan_edge(settings, zone.look_up(settings))
+stack = MatrixStack("matrix", settings, edge_plan, volume_plan(settings), pulumi.Output.secret(certbot_token))
 droplet = stack.host.droplet
 
 pulumi.export("homeserverUrl", settings.homeserver_url)

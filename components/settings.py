@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
     # Empty: the Cloudflare zone is found by looking `domain` up, then each parent name
     # (components/cloud/zone.py); set it to pin the zone, e.g. example.com for domain chat.example.com.
     "cloudflareZone": "",
+    # The user's website on `domain` serves /.well-known/matrix/server and /client itself (docs/cloudflare.md),
+    # so the stack adds no delegation redirect there; needed when Cloudflare does not proxy that website.
+    "wellKnownOnWebsite": False,
     # CIDRs Synapse may reach although its blocklist covers them (private and reserved ranges): a
     # homeserver, push gateway or identity server on the operator's own network. Empty: none.
     "outboundIpAllowlist": [],
@@ -251,6 +254,7 @@ class Settings:
     backup_keep_days: int
     adopt_volume: str  # "" = the stack creates its own volume
     cloudflare_zone: str  # "" = looked up from domain upwards
+    well_known_on_website: bool  # the website on domain serves the well-known files (no delegation redirect)
     outbound_ip_allowlist: tuple[str, ...]
     local_media_retention_days: int  # 0 = forever
     remote_media_retention_days: int  # 0 = forever
@@ -650,6 +654,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "backupKeepDays": _int_range(1, 365),
     "adoptVolume": _optional_volume_name,
     "cloudflareZone": _optional_domain,
+    "wellKnownOnWebsite": _bool,
     "outboundIpAllowlist": _string_list(_cidr),
     "localMediaRetentionDays": _int_range(0, 36500, " (0: kept forever)"),
     "remoteMediaRetentionDays": _int_range(0, 3650, " (0: kept forever)"),
@@ -773,6 +778,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         backup_keep_days=v["backupKeepDays"],
         adopt_volume=v["adoptVolume"],
         cloudflare_zone=v["cloudflareZone"],
+        well_known_on_website=v["wellKnownOnWebsite"],
         outbound_ip_allowlist=v["outboundIpAllowlist"],
         local_media_retention_days=v["localMediaRetentionDays"],
         remote_media_retention_days=v["remoteMediaRetentionDays"],

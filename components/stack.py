@@ -10,12 +10,11 @@ import pulumi_cloudflare as cloudflare
 
 from components.cloud.adoption import VolumePlan
 from components.cloud.database import ManagedDatabase
-from components.cloud.edge import Edge
+from components.cloud.edge import Edge, EdgePlan
 from components.cloud.firewall import Firewall, inbound_rules
 from components.cloud.host import Host
 from components.cloud.media_bucket import MediaBucket
 from components.cloud.secrets import Secrets
-from components.cloud.zone import Zone
 from components.remote import StepSpec
 from components.services import (
     Service,
@@ -82,7 +81,7 @@ class MatrixStack(pulumi.ComponentResource):
         self,
         name: str,
         settings: Settings,
-        zone: Zone,
+        edge_plan: EdgePlan,
         volume_plan: VolumePlan,
         certbot_token: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
@@ -108,7 +107,7 @@ class MatrixStack(pulumi.ComponentResource):
                                         project_id=self.host.project.id,
                                         opts=child) if settings.managed_database else None
         self.media = MediaBucket("media", settings, opts=child) if settings.media_on_spaces else None
-        self.edge = Edge("edge", settings, zone, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address,
+        self.edge = Edge("edge", settings, edge_plan, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address,
                          turn_ipv4=turn_droplet.ipv4_address, opts=child)
 
         context = ServiceContext(
@@ -128,7 +127,7 @@ class MatrixStack(pulumi.ComponentResource):
             signing_key=self.secrets.signing_key,
             origin_pull_ca=self.edge.origin_pull_ca_pem,
             origin_pull_client=self.edge.origin_pull_client_pem,
-            website_on_server_name=zone.has_website,
+            website_on_server_name=edge_plan.zone.has_website,
             database=self.database.endpoint if self.database else None,
             media=self.media.endpoint if self.media else None,
             worker_secrets=self.secrets.workers,

@@ -6,11 +6,16 @@ stack's proxied names instead (rules language, Cloudflare docs "Rules language")
 
 - tls-strict (configuration rule): SSL Full (strict) to the origin for our names.
 - https-only (single redirect): plain HTTP on our names goes to HTTPS.
-- tls-floor (WAF custom rule): TLS 1.0/1.1 on our names is blocked (the per-hostname minimum TLS
-  setting needs Advanced Certificate Manager; a rule does the same on every plan).
+- tls-floor (request header transform rule): a request on our names that came in over TLS 1.0/1.1 gets
+  the header TLS_REFUSED_HEADER, and nginx answers it 403 (templates/nginx/tls.conf.j2). The
+  per-hostname minimum TLS setting needs Advanced Certificate Manager, and a WAF custom rule would use
+  one of the 5 a Free zone has (Cloudflare's plans table), which several stacks in one zone share; a
+  transform rule (10 on Free) does it on every plan. Cloudflare sets the header itself, overwriting a
+  client's own.
 - matrix-unchallenged (WAF custom rule, skip): /_matrix, /_synapse/client and /.well-known/matrix on
-  our names skip the remaining custom rules, rate limiting, managed rules, Super Bot Fight Mode and
-  the older security products, so other homeservers and clients are never challenged.
+  our names skip the remaining custom rules, rate limiting, managed rules, Super Bot Fight Mode (where
+  the plan has it: not on Free) and the older security products (Browser Integrity Check, Security
+  Level, ...), so other homeservers and clients are never challenged. The stack's only custom rule.
 - delegation (single redirect, only when a website owns the server name): /.well-known/matrix/* on
   the server name goes to the homeserver's name, which serves the same files; Synapse follows
   redirects for .well-known (the spec says servers should), the website itself is untouched.
@@ -27,11 +32,21 @@ from components.settings import Settings
 CONFIG_PHASE = "http_config_settings"
 REDIRECT_PHASE = "http_request_dynamic_redirect"
 CUSTOM_PHASE = "http_request_firewall_custom"
+HEADER_PHASE = "http_request_late_transform"
+# Set by Cloudflare on requests of our names below TLS 1.2; nginx refuses them (a constant: it names an
+# nginx variable, lower-case letters and dashes only).
+TLS_REFUSED_HEADER = "x-matrix-stack-tls-refused"
+# Every phase the stack writes rules to (zone.py counts the zone's other rules in them).
+STACK_PHASES = (CONFIG_PHASE, REDIRECT_PHASE, CUSTOM_PHASE, HEADER_PHASE)
 MODERN_TLS = '{"TLSv1.2" "TLSv1.3"}'
 MATRIX_PATHS = ("/_matrix/", "/_synapse/client/", "/.well-known/matrix/")
 # Everything a skip rule can skip besides Bot Fight Mode (Cloudflare docs "Available skip options";
-# Bot Fight Mode cannot be skipped, so Edge turns it off).
-SKIPPED_PHASES = ["http_ratelimit", "http_request_firewall_managed", "http_request_sbfm"]
+# Bot Fight Mode cannot be skipped, so Edge turns it off). Super Bot Fight Mode's phase only on the plans
+# that have it (Pro and up, Cloudflare's plans table): the docs do not say whether a Free zone accepts
+# skipping a product it does not have, so the stack does not ask.
+SKIPPED_PHASES = ["http_ratelimit", "http_request_firewall_managed"]
+SBFM_PHASE = "http_request_sbfm"
+SBFM_PLANS = ("pro", "business", "enterprise")
 SKIPPED_PRODUCTS = ["zoneLockdown", "uaBlock", "bic", "hot", "securityLevel"]
 
 
@@ -56,9 +71,12 @@ def _paths(prefixes: Sequence[str]) -> str:
     return "(" + " or ".join(f'starts_with(http.request.uri.path, "{p}")' for p in prefixes) + ")"
 
 
-def edge_rules(settings: Settings, proxied: Sequence[str], website_on_server_name: bool) -> list[RuleSpec]:
-    """The rules for the stack's proxied names (the server name is among them unless a website owns it)."""
+def edge_rules(settings: Settings, proxied: Sequence[str], delegate: bool, plan: str) -> list[RuleSpec]:
+    """The rules for the stack's proxied names (the server name is among them unless a website owns it);
+    `delegate`: redirect the server name's /.well-known/matrix/ to the homeserver's name; `plan`: the
+    zone's plan (its legacy id: free, pro, business, enterprise)."""
     hosts = _quoted(proxied)
+    skipped_phases = [*SKIPPED_PHASES, *([SBFM_PHASE] if plan in SBFM_PLANS else [])]
     rules = [
         RuleSpec("tls-strict", CONFIG_PHASE, "matrix-stack: SSL Full (strict) to the origin",
                  f"(http.host in {hosts})", "set_config", {"ssl": "strict"}),
@@ -66,13 +84,14 @@ def edge_rules(settings: Settings, proxied: Sequence[str], website_on_server_nam
                  f"(http.host in {hosts} and not ssl)", "redirect",
                  {"from_value": {"status_code": 301, "preserve_query_string": True,
                                  "target_url": {"expression": 'concat("https://", http.host, http.request.uri.path)'}}}),
-        RuleSpec("tls-floor", CUSTOM_PHASE, "matrix-stack: TLS 1.2 or newer",
-                 f"(http.host in {hosts} and ssl and not cf.tls_version in {MODERN_TLS})", "block"),
+        RuleSpec("tls-floor", HEADER_PHASE, "matrix-stack: TLS 1.2 or newer (nginx refuses the marked requests)",
+                 f"(http.host in {hosts} and ssl and not cf.tls_version in {MODERN_TLS})", "rewrite",
+                 {"headers": {TLS_REFUSED_HEADER: {"operation": "set", "value": "1"}}}),
         RuleSpec("matrix-unchallenged", CUSTOM_PHASE, "matrix-stack: never challenge Matrix clients and servers",
                  f"(http.host in {hosts} and {_paths(MATRIX_PATHS)} and cf.tls_version in {MODERN_TLS})", "skip",
-                 {"ruleset": "current", "phases": SKIPPED_PHASES, "products": SKIPPED_PRODUCTS}),
+                 {"ruleset": "current", "phases": skipped_phases, "products": SKIPPED_PRODUCTS}),
     ]
-    if website_on_server_name:
+    if delegate:
         rules.append(RuleSpec(
             "delegation", REDIRECT_PHASE, "matrix-stack: Matrix delegation beside the website",
             f'(http.host eq "{settings.domain}" and {_paths(["/.well-known/matrix/"])})', "redirect",

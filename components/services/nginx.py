@@ -9,11 +9,13 @@ Cloudflare range (the ranges are read live from Cloudflare on every `up`).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 
 import pulumi
 
 from components import paths, workers
+from components.cloud.edge_rules import TLS_REFUSED_HEADER
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
 from components.services import ServiceContext, rendered
@@ -36,6 +38,13 @@ def cloudflare_cidrs(ipv4: Sequence[str], ipv6: Sequence[str]) -> list[str]:
     return cidrs
 
 
+def header_variable(header: str) -> str:
+    """nginx's variable for a request header (`$http_` and the name, lower-case, dashes as underscores)."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", header):
+        raise ValueError(f"header {header!r}: only lower-case letters, digits and dashes go into an nginx variable")
+    return "http_" + header.replace("-", "_")
+
+
 def _cidrs_input(ctx: ServiceContext) -> pulumi.Input[list[str]]:
     v4, v6 = ctx.cloudflare_ipv4, ctx.cloudflare_ipv6
     if isinstance(v4, pulumi.Output) or isinstance(v6, pulumi.Output):
@@ -53,7 +62,7 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
         RemoteFile(
             f"{SNIPPETS}/matrix-stack-tls.conf",
             render("nginx/tls.conf.j2", domain=s.domain, cert_dir=f"{paths.CERT_LIVE_DIR}/{s.domain}",
-                   origin_pull_ca=paths.ORIGIN_PULL_CA),
+                   origin_pull_ca=paths.ORIGIN_PULL_CA, tls_refused_variable=header_variable(TLS_REFUSED_HEADER)),
         ),
         RemoteFile(paths.ORIGIN_PULL_CA, ctx.origin_pull_ca),
         # The self-check asks nginx on 127.0.0.1 as Cloudflare does, with its client certificate.
