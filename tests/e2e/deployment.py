@@ -3,7 +3,8 @@
 The program runs under mocks with the test host standing in for the droplet (its address is the
 droplet's IPv4) and the host side of the test network standing in for Cloudflare (the only
 source allowed on 80/443, and the ACME DNS API via the stand-in). Then every recorded remote
-command is executed over SSH in the engine's order (`runner.run_all`).
+command is executed over SSH, with the cloud resources, in the engine's order and parallelism
+(tests/e2e/engine.py).
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from components.cloud.adoption import volume_description
 from components.settings import DEFAULTS, Settings, load
-from tests.e2e import cloudflare_apply
 from tests.e2e.edge import Edge, shared_edge
-from tests.e2e.runner import StepResult, run_all
+from tests.e2e.engine import Engine, recorded_credentials
+from tests.e2e.runner import StepResult
 from tests.e2e.standins import ElementRelease, build_releases, release_server
 from tests.e2e.testhost import TestHost, rootfs
-from tests.e2e.testhost.cloudflare_standin import zone_id_of
+from tests.e2e.testhost.cloudflare_standin import CloudflareStandin
 from tests.harness import (
     CloudMocks,
     ManagedDbAnswers,
@@ -76,6 +77,7 @@ class Deployment:
     turn_host: TestHost | None = None  # the TURN droplet (turnDroplet), when a test has one
     managed_db: ManagedDbAnswers | None = None  # what DigitalOcean answers for the cluster (database: managed)
     spaces: SpacesAnswers | None = None  # what DigitalOcean answers for the bucket and key (mediaStorage: spaces)
+    engine: Engine | None = None  # `pulumi up` for this stack, with its state of the cloud resources
 
     @property
     def domain(self) -> str:
@@ -91,12 +93,12 @@ class Deployment:
 
     @property
     def mocks(self) -> CloudMocks:
-        zone = self.host.cloudflare
-        records = [dict(r) for r in zone.records.values()] if zone is not None else []
+        # The zone as it is now: the program reads it through the provider's functions (records, rules,
+        # certificates, plan); before the host boots, an empty zone.
+        zone = self.host.cloudflare or CloudflareStandin(None, 0, self.domain)
         host_key = (self.host_key_file.read_text(), Path(f"{self.host_key_file}.pub").read_text())
         return CloudMocks(
-            zones={self.domain: zone_id_of(self.domain)},
-            dns_records=records,
+            zones={self.domain: zone},
             droplet_ipv4=self.host.address,
             droplet_ipv6="2001:db8::2",  # documentation prefix: the guest has no IPv6 on its link
             cloudflare_ipv4=[f"{self.host.host_side_address}/32"],
@@ -130,19 +132,26 @@ class Deployment:
             _close_idle_event_loops()
         return self.recording
 
-    def apply_cloud(self) -> None:
-        """The recorded Cloudflare resources into the zone's stand-in (as `pulumi up` creates them before
-        any step runs), and what DNS answers everywhere."""
+    def up(self, steps: set[str] | None) -> list[StepResult]:
+        """`pulumi up` of the current recording: the cloud resources into the zone's stand-in and `steps` (None:
+        all) on the host, each as soon as what it depends on is done (tests/e2e/engine.py); DNS answers
+        follow the zone's records."""
         assert self.recording is not None and self.host.cloudflare is not None
-        cloudflare_apply.apply(self.recording, self.host.cloudflare)
+        if self.engine is None or self.engine.zone is not self.host.cloudflare:
+            self.engine = Engine(self.host.cloudflare, recorded_credentials(self.recording))
+        results = self.engine.up(self.recording, steps, on_cloud=self.edge.publish_dns if self.edge else None)
         if self.edge is not None:
             self.edge.publish_dns()
+        return results
+
+    def apply_cloud(self) -> None:
+        """The recorded Cloudflare resources into the zone's stand-in, no step."""
+        self.up(set())
 
     def apply(self, only: set[str] | None = None, **changes: Any) -> list[StepResult]:
-        """Record the program with `changes` and run its steps (all, or `only`) on the host."""
-        recording = self.record(**changes)
-        self.apply_cloud()
-        self.results = run_all(recording, only=only)
+        """Record the program with `changes`, apply its cloud resources and run its steps (all, or `only`)."""
+        self.record(**changes)
+        self.results = self.up(only)
         if only is None and not self.provisioning:
             self.provisioning = self.results
         return self.results
@@ -158,9 +167,8 @@ class Deployment:
         for key in [k for k, v in changes.items() if v is None]:
             self.config.pop(key, None)
         after = self.record(**{k: v for k, v in changes.items() if v is not None})
-        self.apply_cloud()
         changed = changed_steps(before, after)
-        return changed, run_all(after, only=changed)
+        return changed, self.up(changed)
 
     def ssh(self, command: str, stdin: str | None = None, timeout: float = 300) -> str:
         proc = self.host.ssh(command, stdin=stdin.encode() if stdin is not None else None, timeout=timeout)
@@ -239,7 +247,8 @@ def _keypair(path: Path, comment: str) -> str:
 @contextlib.contextmanager
 def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: str = "test",
                   secret_seed: str = "", adopt: bool = False, domain: str = DOMAIN,
-                  droplet_image: str = E2E_IMAGE, **host_options: Any) -> Iterator[Deployment]:
+                  droplet_image: str = E2E_IMAGE, zone_setup: Callable[[TestHost], None] | None = None,
+                  **host_options: Any) -> Iterator[Deployment]:
     """Create a test "droplet" as the engine would: the program is recorded first, then the host boots
     with the user data it declares (cloud-init installs the pinned host key), on the given volume
     image, with its stand-ins; all of it is torn down afterwards.
@@ -284,6 +293,9 @@ def deployed_host(index: int, volume_image: Path, outsider: bool = True, stack: 
         assert host.cloudflare is not None and host.pebble is not None
         edge.attach(host.host_side_address, host.cloudflare, host.pebble.challtestsrv_url,
                     host.client_ca_file.read_text())
+        if zone_setup is not None:
+            zone_setup(host)
+        deployment.record()  # the program reads the zone (now up, as the user has it) before any resource
         deployment.apply_cloud()
         with release_server(host.host_side_address, ELEMENT_PORT, workdir):
             yield deployment

@@ -2,24 +2,32 @@
 through it, as in production.
 
 What it models, from the zone state the program's Cloudflare resources wrote into the API stand-ins
-(tests/e2e/cloudflare_apply.py):
+(tests/e2e/engine.py):
 - routing: a proxied A record of a zone sends its name to the origin address; a name without one is
   Cloudflare's error 1001 (HTTP 530);
 - TLS to clients with its own certificate for each name (an edge CA the test hosts and clients trust, as
   everyone trusts Cloudflare's), TLS 1.0 to 1.3 accepted so the zone's rules decide (`cf.tls_version`);
-- the zone's rules, evaluated with the Rules-language subset of rules_language.py: single redirects
-  (http_request_dynamic_redirect), WAF custom rules with block, challenge and skip
-  (http_request_firewall_custom), configuration rules setting the SSL mode (http_config_settings);
+- the zone's rules, evaluated with the Rules-language subset of rules_language.py, phase by phase: single
+  redirects (http_request_dynamic_redirect), configuration rules setting the SSL mode, Browser Integrity
+  Check and Security Level (http_config_settings), WAF custom rules with block, challenge and skip
+  (http_request_firewall_custom), rate limiting rules (http_ratelimit, counted per client address),
+  request header transform rules (http_request_late_transform: set/add headers, overwriting the client's);
+- the security products a skip rule can skip, each on as a Free zone has it: the Free Managed Ruleset
+  (blocks requests whose path or body carries script injection or path traversal), Browser Integrity
+  Check (challenges requests without a User-Agent), Security Level (challenges client addresses the zone
+  lists in `bad_reputation`);
 - Bot Fight Mode when the zone has it on: requests without a browser's User-Agent get a challenge,
   whatever the rules say (it cannot be skipped);
 - the SSL mode to the origin: flexible (HTTP to port 80), full (HTTPS, any certificate), strict (HTTPS,
   a certificate valid for the name from a CA it trusts: the ACME servers' roots, i.e. "public" CAs);
   a failed strict check is 526, a failed handshake 525, a refused connection 521, no connection 522;
-- Authenticated Origin Pulls per hostname: the certificate uploaded for the name is presented;
+- Authenticated Origin Pulls per hostname: the certificate of the name's association is presented once the
+  certificate and the association are both active (they deploy asynchronously);
 - CF-Connecting-IP (the client's address), X-Forwarded-For, X-Forwarded-Proto; request bodies over
   100 MB get 413; an origin that does not answer within 100 s gets 524.
-Not modelled: caching, IPv6, HTTP/2 and HTTP/3 to clients, WebSockets, the other phases and products,
-rate limiting, zone-level AOP, Cloudflare's own error pages beyond their status code.
+Not modelled: caching, IPv6, HTTP/2 and HTTP/3 to clients, WebSockets, the other phases and products (Super
+Bot Fight Mode, which a Free zone does not have), zone-level AOP, Cloudflare's own error pages beyond their
+status code.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import socketserver
 import ssl
 import tempfile
 import threading
+import time
 import traceback
 import urllib.request
 import warnings
@@ -51,7 +60,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
               "content-length", "host"}
 REDIRECT_PHASE, CUSTOM_PHASE, CONFIG_PHASE = "http_request_dynamic_redirect", "http_request_firewall_custom", \
     "http_config_settings"
+HEADER_PHASE, RATELIMIT_PHASE = "http_request_late_transform", "http_ratelimit"
 CHALLENGES = {"challenge", "js_challenge", "managed_challenge"}
+# What the model of Cloudflare's Free Managed Ruleset blocks in a request's path or body: script injection and
+# path traversal, which Matrix messages (HTML in formatted bodies) and clients legitimately carry.
+MANAGED_RULE_SIGNATURES = ("<script", "../", "%2e%2e%2f")
 
 
 class Edge:
@@ -70,11 +83,12 @@ class Edge:
         self.resolvers: dict[str, str] = {}  # a test host's side address -> its DNS stand-in (challtestsrv API)
         self._published: dict[str, set[str]] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._origin_contexts: dict[tuple[str, int, str, int, int], ssl.SSLContext] = {}
+        self._origin_contexts: dict[tuple[str, int, int, int], ssl.SSLContext] = {}
         self._lock = threading.Lock()
         self.local_zone: dict[str, CloudflareStandin] = {}  # edge address -> the zone of the host it serves
         self.errors: list[str] = []  # the stand-in's own failures (a test shows them)
         self.log: list[dict[str, Any]] = []  # one entry per request: host, path, status, origin status
+        self._rates: dict[tuple[int, str, str], list[float]] = {}  # rate limiting: requests seen per rule and client
 
     # -- configuration ---------------------------------------------------------------------------
     def add_zone(self, zone: CloudflareStandin) -> None:
@@ -199,27 +213,33 @@ class Edge:
 
     def origin_context(self, mode: str, zone: CloudflareStandin, host: str) -> ssl.SSLContext:
         """TLS to the origin as the SSL mode says, presenting the hostname's origin-pull certificate."""
-        association = zone.origin_pull_hostnames.get(host) or {}
-        cert_id = str(association.get("cert_id")) if association.get("enabled") else ""
+        pair = zone.presented_certificate(host) or {}
         # Keyed by content, not names: a re-created host keeps its address but has a new ACME root, and a
         # re-created stack uploads a new origin-pull certificate.
-        pair = zone.origin_pull_certificates.get(cert_id, {}) if cert_id else {}
-        key = (mode, id(zone), cert_id, hash(pair.get("certificate", "")),
-               hash("".join(sorted(self.public_roots.values()))))
+        key = (mode, id(zone), hash(pair.get("certificate", "")), hash("".join(sorted(self.public_roots.values()))))
         with self._lock:
             if key not in self._origin_contexts:
-                self._origin_contexts[key] = self._new_origin_context(mode, zone, cert_id)
+                self._origin_contexts[key] = self._new_origin_context(mode, pair)
             return self._origin_contexts[key]
 
-    def _new_origin_context(self, mode: str, zone: CloudflareStandin, cert_id: str) -> ssl.SSLContext:
+    def over_rate(self, zone: CloudflareStandin, rule: dict[str, Any], client: str) -> bool:
+        """A rate limiting rule's count for one client address: over its requests per period?"""
+        limits = rule.get("ratelimit") or {}
+        period, allowed = float(limits.get("period", 10)), int(limits.get("requests_per_period", 1))
+        now = time.monotonic()
+        with self._lock:
+            seen = [t for t in self._rates.get((id(zone), rule["id"], client), []) if now - t < period] + [now]
+            self._rates[(id(zone), rule["id"], client)] = seen
+        return len(seen) > allowed
+
+    def _new_origin_context(self, mode: str, pair: dict[str, Any]) -> ssl.SSLContext:
         if mode == "strict":
             context = ssl.create_default_context(cadata="\n".join(self.public_roots.values()) or None)
         else:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        if cert_id:
-            pair = zone.origin_pull_certificates[cert_id]
+        if pair:
             pem = Path(tempfile.mkdtemp(dir=self.workdir)) / "origin-pull.pem"
             pem.write_text(pair["certificate"].rstrip("\n") + "\n" + pair["private_key"])
             context.load_cert_chain(pem)
@@ -288,7 +308,7 @@ def _handler(edge: Edge, tls: bool) -> type[http.server.BaseHTTPRequestHandler]:
             version = self.request.version() if tls else ""
             return {"http.host": host, "http.request.uri.path": self.path.split("?", 1)[0],
                     "http.request.scheme": "https" if tls else "http", "ssl": tls, "cf.tls_version": version or "",
-                    "http.user_agent": self.headers.get("User-Agent", "")}
+                    "http.user_agent": self.headers.get("User-Agent", ""), "ip.src": self.client_address[0]}
 
         def serve(self) -> None:
             try:
@@ -314,34 +334,71 @@ def _handler(edge: Edge, tls: bool) -> type[http.server.BaseHTTPRequestHandler]:
                         target += "?" + query
                     return self.answer(int(from_value.get("status_code", 301)), "", [("Location", target)],
                                        note=f"redirect rule {rule['ref']}")
+            settings = {"ssl": zone.settings.get("ssl", "flexible"), "bic": zone.settings.get("browser_check") == "on",
+                        "security_level": zone.settings.get("security_level", "medium")}
+            for rule in zone.rules_of(CONFIG_PHASE):
+                if rule.get("enabled", True) and rule["action"] == "set_config" and evaluate(rule["expression"], fields):
+                    settings.update(rule.get("action_parameters") or {})
+            skipped: set[str] = set()  # phases and products a matching skip rule skips
             for rule in zone.rules_of(CUSTOM_PHASE):
                 if not rule.get("enabled", True) or not evaluate(rule["expression"], fields):
                     continue
                 if rule["action"] == "skip":
-                    if (rule.get("action_parameters") or {}).get("ruleset") == "current":
+                    params = rule.get("action_parameters") or {}
+                    skipped |= {*params.get("phases", ()), *params.get("products", ())}
+                    if params.get("ruleset") == "current":
                         break
                     continue
                 if rule["action"] == "block":
                     return self.answer(403, "error code: 1020 (blocked by a custom rule)", note=f"blocked by {rule['ref']}")
                 if rule["action"] in CHALLENGES:
                     return self.challenge(f"challenged by {rule['ref']}")
-            if zone.bot_fight_mode and "Mozilla/" not in fields["http.user_agent"]:
-                return self.challenge("Bot Fight Mode")
-            mode = zone.settings.get("ssl", "flexible")
-            for rule in zone.rules_of(CONFIG_PHASE):
-                if rule.get("enabled", True) and rule["action"] == "set_config" and evaluate(rule["expression"], fields):
-                    mode = (rule.get("action_parameters") or {}).get("ssl", mode)
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
                 return self.answer(413, "error code: 413 (request body over 100 MB)", [("Connection", "close")])
             body = self.rfile.read(length) if length else None
-            self.forward(zone, record["content"], host, mode, body)
+            if self.security_products(zone, fields, settings, skipped, body):
+                return None
+            if zone.bot_fight_mode and "Mozilla/" not in fields["http.user_agent"]:
+                return self.challenge("Bot Fight Mode")
+            extra: dict[str, str] = {}
+            for rule in zone.rules_of(HEADER_PHASE):
+                if rule.get("enabled", True) and rule["action"] == "rewrite" and evaluate(rule["expression"], fields):
+                    for name, change in (rule.get("action_parameters") or {}).get("headers", {}).items():
+                        if change.get("operation") in ("set", "add"):
+                            extra[name] = str(change["value"] if "value" in change else evaluate(change["expression"], fields))
+            self.forward(zone, record["content"], host, str(settings["ssl"]), body, extra)
+
+        def security_products(self, zone: CloudflareStandin, fields: dict[str, Any], settings: dict[str, Any],
+                              skipped: set[str], body: bytes | None) -> bool:
+            """Rate limiting, the managed rules and the older security products, each unless a skip rule skipped
+            it (Cloudflare docs, "Available skip options"); answered here when one stops the request."""
+            if "http_ratelimit" not in skipped:
+                for rule in zone.rules_of(RATELIMIT_PHASE):
+                    if rule.get("enabled", True) and evaluate(rule["expression"], fields) and \
+                            edge.over_rate(zone, rule, fields["ip.src"]):
+                        self.answer(429, "error code: 1015 (rate limited)", note=f"rate limited by {rule['ref']}")
+                        return True
+            inspected = (self.path + (body or b"").decode("utf-8", "replace")).lower()
+            if zone.managed_rules and "http_request_firewall_managed" not in skipped and \
+                    any(signature in inspected for signature in MANAGED_RULE_SIGNATURES):
+                self.answer(403, "error code: 1020 (blocked by the Cloudflare Free Managed Ruleset)", note="managed rules")
+                return True
+            if settings["bic"] and "bic" not in skipped and not fields["http.user_agent"]:
+                self.challenge("Browser Integrity Check: no User-Agent")
+                return True
+            if settings["security_level"] not in ("off", "essentially_off") and "securityLevel" not in skipped and \
+                    fields["ip.src"] in zone.bad_reputation:
+                self.challenge("Security Level: the client's address has a poor reputation")
+                return True
+            return False
 
         def challenge(self, why: str) -> None:
             page = "<html><script src=\"/cdn-cgi/challenge-platform/h/g/orchestrate\"></script></html>"
             self.answer(403, page, [("Content-Type", "text/html"), ("cf-mitigated", "challenge")], note=why)
 
-        def forward(self, zone: CloudflareStandin, origin: str, host: str, mode: str, body: bytes | None) -> None:
+        def forward(self, zone: CloudflareStandin, origin: str, host: str, mode: str, body: bytes | None,
+                    extra: dict[str, str]) -> None:
             # What Cloudflare sets itself is never taken from the client (a forged CF-Connecting-IP).
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in HOP_BY_HOP and not k.lower().startswith("cf-")
@@ -351,6 +408,9 @@ def _handler(edge: Edge, tls: bool) -> type[http.server.BaseHTTPRequestHandler]:
             headers.update({"Host": host, "CF-Connecting-IP": client_ip, "X-Forwarded-Proto": "https" if tls else "http",
                             "X-Forwarded-For": f"{previous}, {client_ip}" if previous else client_ip,
                             "CF-Visitor": json.dumps({"scheme": "https" if tls else "http"})})
+            # Header transform rules set their headers over the client's own (a client cannot forge them).
+            headers = {k: v for k, v in headers.items() if k.lower() not in {n.lower() for n in extra}}
+            headers.update(extra)
             connection: http.client.HTTPConnection
             if mode == "flexible":
                 connection = http.client.HTTPConnection(origin, 80, timeout=CONNECT_TIMEOUT)

@@ -44,6 +44,7 @@ from tests.e2e.clients import run, session
 from tests.e2e.deployment import E2E_INDEX, Deployment, deployed_host
 from tests.e2e.runner import run_all
 from tests.e2e.test_cloudflare import edge_request
+from tests.e2e.testhost import TestHost
 from tests.e2e.workers_log import UPSTREAM_LOG, Routed, parse
 
 pytestmark = pytest.mark.e2e
@@ -139,19 +140,20 @@ WEBSITE_COMMENT = "the user's website"
 CATCH_ALL = "users-challenge-everyone"
 
 
-def user_owned_zone(peer: Deployment) -> None:
-    """peer.test's zone as a user's zone with more in it: a website on the server name (so the stack must
-    leave it and redirect delegation), and the user's own rule that challenges every request to the
-    zone's names (so the stack's skip rule must come first)."""
-    zone = peer.host.cloudflare
+def user_owned_zone(host: TestHost) -> None:
+    """peer.test's zone as a user's zone with more in it, before the stack's first `up`: a website on the server
+    name, proxied (so the stack must leave it and redirect delegation: its first `up` then creates two rules of
+    the redirect phase at once, in a phase with no entry point yet), and the user's own rule that challenges
+    every request to the zone's names (so the stack's skip rule must come first)."""
+    zone = host.cloudflare
     assert zone is not None
-    zone.handle("POST", f"/client/v4/zones/{zone.zone_id}/dns_records", {}, {
-        "name": PEER, "type": "A", "content": peer.host.address, "ttl": 1, "proxied": True,
-        "comment": WEBSITE_COMMENT})
-    custom = zone.rulesets["http_request_firewall_custom"]["id"]
-    status, _ = zone.handle("POST", f"/client/v4/zones/{zone.zone_id}/rulesets/{custom}/rules", {}, {
-        "ref": CATCH_ALL, "action": "managed_challenge", "description": "the user's: challenge everyone",
-        "expression": f'(http.host in {{"{PEER}" "matrix.{PEER}" "chat.{PEER}"}})'})
+    status, _ = zone.handle("POST", f"/client/v4/zones/{zone.zone_id}/dns_records", {}, {
+        "name": PEER, "type": "A", "content": host.address, "ttl": 1, "proxied": True, "comment": WEBSITE_COMMENT})
+    assert status == 200
+    status, _ = zone.handle("PUT", f"/client/v4/zones/{zone.zone_id}/rulesets/phases/http_request_firewall_custom/"
+                            "entrypoint", {}, {"rules": [{
+                                "ref": CATCH_ALL, "action": "managed_challenge", "description": "the user's: challenge everyone",
+                                "expression": f'(http.host in {{"{PEER}" "matrix.{PEER}" "chat.{PEER}"}})'}]})
     assert status == 200
 
 
@@ -166,13 +168,12 @@ def servers(deployment: Deployment) -> Iterator[Servers]:
             # still runs Debian 12 (still accepted): servers on both images federate.
             b = stack.enter_context(deployed_host(PEER_INDEX, directory / "peer.img", outsider=False, domain=PEER,
                                                   stack="peer", secret_seed="the peer stack",
-                                                  droplet_image="debian-12-x64"))
+                                                  droplet_image="debian-12-x64", zone_setup=user_owned_zone))
             c = stack.enter_context(deployed_host(THIRD_INDEX, directory / "third.img", outsider=False, domain=THIRD,
                                                   stack="third", secret_seed="the third stack"))
             started = time.monotonic()
             # The test network is 198.18.0.0/15, which Synapse rightly refuses to reach (its blocklist): each
             # server may reach exactly its own edge address (outboundIpAllowlist). Cloudflare's are public.
-            user_owned_zone(b)
             for other in (b, c):  # the program runs under mocks one at a time; the steps run side by side
                 other.config["outboundIpAllowlist"] = [f"{other.edge_address}/32"]
                 other.record()

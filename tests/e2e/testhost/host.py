@@ -27,6 +27,8 @@ HOST_COMMANDS = {"pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl":
                  "ssh": "openssh-client", "ssh-keygen": "openssh-client", "losetup": "mount",
                  "ip": "iproute2", "mkfs.xfs": "xfsprogs"}
 PROXY_PORT = 3128
+# How long the Cloudflare stand-in takes to deploy an origin-pull certificate or association.
+ORIGIN_PULLS_DEPLOYMENT_SECONDS = 20.0
 CLOUDFLARE_PORT = 8080
 
 
@@ -181,6 +183,9 @@ class TestHost:
             self.pebble.start()
             self.cloudflare = CloudflareStandin(self.addr.host_side, CLOUDFLARE_PORT, self.domain,
                                                 self.pebble.challtestsrv_url)
+            # Origin-pull certificates and associations deploy asynchronously: some seconds here (Cloudflare
+            # publishes no figure), so a step that needs them active waits (the first `up`'s nginx).
+            self.cloudflare.deployment_seconds = ORIGIN_PULLS_DEPLOYMENT_SECONDS
             self.cloudflare.start()
         keys = [self.authorized_key]
         if self._own_identity:
