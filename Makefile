@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup deploy deps lint test test-fast test-e2e e2e-up e2e-down clean
+.PHONY: setup deploy deps lint test test-fast test-e2e local-server local-server-down e2e-up e2e-down clean
 
 setup:  ## the program's own dependencies (what `pulumi up` needs)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,12 +30,16 @@ test-e2e: deps
 	bash tests/tools/install-e2e-deps.sh
 	$(PYTEST) -q -ra -m e2e
 
-e2e-up: deps  ## deploy onto a local Debian host and leave it running for exploration
+local-server: deps  ## the program deployed on a local Debian host behind the edge stand-in, no cloud account; prints how to use it
 	bash tests/tools/install-e2e-deps.sh
 	$(PY) -m tests.e2e.local up
 
-e2e-down:
+local-server-down:  ## remove a local server left behind
 	$(PY) -m tests.e2e.local down
+
+e2e-up: local-server  ## the old name of local-server
+
+e2e-down: local-server-down
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
