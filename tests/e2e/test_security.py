@@ -73,8 +73,9 @@ def http(
     deployment: Deployment, method: str, path: str, token: str | None = None, headers: dict[str, str] | None = None,
     body: Any = None,
 ) -> tuple[int, Any]:
-    """One request to the homeserver's name through the edge, as a user's client makes it."""
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    """One request to the homeserver's name through the edge, as a user's client makes it (with its own name: the
+    zone's Browser Integrity Check challenges requests without one outside the Matrix paths)."""
+    all_headers = {"Content-Type": "application/json", "User-Agent": "matrix-stack-e2e", **(headers or {})}
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
     connection = _GuestHTTPS(deployment.edge_address, f"matrix.{DOMAIN}", tls_context(deployment.ca_file))
