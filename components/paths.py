@@ -12,7 +12,11 @@ POSTGRES_BIND_UNIT = "var-lib-postgresql.mount"
 SYNAPSE_USER = "matrix-synapse"
 SYNAPSE_DATA = f"{DATA_MOUNT}/matrix-synapse"  # on the volume: survives droplet replacement
 SYNAPSE_MEDIA_STORE = f"{SYNAPSE_DATA}/media_store"
-SYNAPSE_SIGNING_KEY = f"{SYNAPSE_DATA}/signing.key"
+# The server's identity, on the volume in a directory of root's that Synapse may only read: Synapse can
+# neither replace the key nor plant a link where root's steps and backups look for it.
+SYNAPSE_KEY_DIR = f"{DATA_MOUNT}/synapse-key"  # root:matrix-synapse 0750
+SYNAPSE_SIGNING_KEY = f"{SYNAPSE_KEY_DIR}/signing.key"  # root:matrix-synapse 0640
+SYNAPSE_OLD_SIGNING_KEY = f"{SYNAPSE_DATA}/signing.key"  # where it was, in Synapse's own directory: moved once
 SYNAPSE_VENV = "/opt/synapse/venv"
 SYNAPSE_CONFIG_DIR = "/etc/matrix-synapse"
 SYNAPSE_CONFIG = f"{SYNAPSE_CONFIG_DIR}/homeserver.yaml"

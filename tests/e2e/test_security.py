@@ -658,7 +658,7 @@ def test_no_world_readable_file_holds_a_secret(deployment: Deployment) -> None:
         ("/etc/matrix-synapse/homeserver.yaml", {"640"}, "root", "matrix-synapse"),
         ("/etc/turnserver.conf", {"640"}, "root", "turnserver"),
         ("/etc/letsencrypt/cloudflare.ini", {"600"}, "root", "root"),
-        (paths.SYNAPSE_SIGNING_KEY, {"600", "400"}, "matrix-synapse", None),
+        (paths.SYNAPSE_SIGNING_KEY, {"640"}, "root", "matrix-synapse"),
         ("/root/.matrix-stack/admin.env", {"600"}, "root", None),
     ],
 )
