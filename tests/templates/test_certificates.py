@@ -19,6 +19,7 @@ import pytest
 
 from components import paths
 from components.remote import StepSpec, bundle_text
+from components.render import render
 from components.services import ServiceContext, certificates
 from tests.templates.conftest import BASE_CONFIG, FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_in_sandbox
@@ -265,9 +266,10 @@ def test_issue_runs_the_hook_once_and_renews_only_when_needed(tmp_path: Path) ->
     assert "systemctl restart coturn" in calls
     assert calls[-1] == "systemctl enable --quiet --now certbot.timer"
     assert f"{paths.CERTBOT_CREDENTIALS} root:root 600" in first["stat"]
-    assert f"{paths.COTURN_TLS_DIR} turnserver:turnserver 750" in first["stat"]
-    assert f"{paths.COTURN_TLS_DIR}/fullchain.pem turnserver:turnserver 640" in first["stat"]
-    assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in first["stat"]
+    # coturn's copy is root's: coturn (group turnserver) may read it, never replace it.
+    assert f"{paths.COTURN_TLS_DIR} root:turnserver 750" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/fullchain.pem root:turnserver 640" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640" in first["stat"]
     assert first["sums"][0] == first["sums"][2]  # coturn's copy is the live certificate
 
     # Re-run, nothing changed: certbot keeps the certificate, no hook, no reload, no restart, and the
@@ -292,7 +294,7 @@ def test_hook_without_nginx_or_coturn_running_only_copies(tmp_path: Path) -> Non
     assert run["rc"] == "0", run["out"]
     calls = run["calls"]
     assert "reload" not in calls and "restart" not in calls and "nginx -t" not in calls
-    assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in run["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640" in run["stat"]
 
 
 @pytest.mark.parametrize("failures", [2, 3])
@@ -310,3 +312,80 @@ def test_a_failed_try_is_made_again_with_a_longer_dns_wait(tmp_path: Path, failu
     else:
         assert run["rc"] != "0" and "reload" not in run["calls"]
         assert "certbot failed 3 times" in run["out"]
+
+
+# coturn's directory as the previous version left it (turnserver's), and coturn, compromised, racing the
+# hook: every new name in the directory is replaced by a link to a root file before root chowns it.
+RACE_DRIVER = r"""
+set -uo pipefail
+work=$1 hook=$2 lineage=$3
+install -d -m 0700 "$lineage"
+printf 'certificate\n' > "$lineage/fullchain.pem"
+printf 'private key\n' > "$lineage/privkey.pem"
+install -d -m 0700 /etc/ms-root
+printf 'root secret\n' > /etc/ms-root/canary
+chmod 0600 /etc/ms-root/canary
+install -d -m 0755 /etc/coturn
+install -d -m 0750 -o turnserver -g turnserver /etc/coturn/tls
+runuser -u turnserver -- ln -s /etc/ms-root/canary /etc/coturn/tls/privkey.pem
+runuser -u turnserver -- python3 - <<'PY' &
+import os, time
+d = "/etc/coturn/tls"
+end = time.time() + 60
+while time.time() < end and not os.path.exists("/etc/ms-stop"):
+    try:
+        names = os.listdir(d)
+    except OSError:
+        time.sleep(0.01)
+        continue
+    for name in names:
+        if name.startswith("."):
+            path = os.path.join(d, name)
+            try:
+                if not os.path.islink(path):
+                    os.unlink(path)
+                    os.symlink("/etc/ms-root/canary", path)
+            except OSError:
+                pass
+PY
+attacker=$!
+sleep 0.5
+for i in $(seq 40); do
+  rm -f /etc/coturn/tls/privkey.pem /etc/coturn/tls/fullchain.pem 2>/dev/null
+  RENEWED_LINEAGE=$lineage "$hook" >> "$work/hook.out" 2>&1
+  [ "$(stat -c %U /etc/ms-root/canary)" = root ] || break
+done
+echo "$i" > "$work/runs"
+touch /etc/ms-stop
+wait "$attacker"
+stat -c '%U:%G %a' /etc/ms-root/canary > "$work/canary.meta"
+cat /etc/ms-root/canary > "$work/canary"
+stat -c '%n %U:%G %a %F' /etc/coturn/tls /etc/coturn/tls/* > "$work/tls" 2>&1
+cmp /etc/coturn/tls/privkey.pem "$lineage/privkey.pem" > "$work/cmp" 2>&1; echo $? >> "$work/cmp"
+"""
+
+
+def test_coturn_racing_the_hook_gets_no_root_file(tmp_path: Path) -> None:
+    """Issue 26: the hook made turnserver's directory, wrote a temporary file there and chowned it by
+    name, so coturn could swap it for a link to any root file. Now the directory is taken back (root's),
+    the copies are staged root-only and renamed in: forty renewals with coturn racing change nothing."""
+    ctx = make_context()
+    hook = render("certificates/deploy-hook.sh.j2", coturn_tls_dir=paths.COTURN_TLS_DIR, domain=ctx.settings.domain,
+                  live_dir=paths.CERT_LIVE_DIR)
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    (work / "bin" / "systemctl").write_text("#!/bin/bash\nexit 3\n")  # nothing is active
+    (work / "bin" / "systemctl").chmod(0o755)
+    (work / "hook").write_text(hook)
+    (work / "hook").chmod(0o755)
+    lineage = f"{paths.CERT_LIVE_DIR}/{ctx.settings.domain}"  # in the sandbox's /etc
+    driver = RACE_DRIVER.replace('work=$1', f'export PATH={work}/bin:$PATH\nwork=$1')
+    proc = run_in_sandbox(tmp_path, driver, [str(work), str(work / "hook"), lineage])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = {name: (work / name).read_text() for name in ("runs", "canary", "canary.meta", "tls", "cmp", "hook.out")}
+    print(seen)
+    assert seen["canary"] == "root secret\n" and seen["canary.meta"].split() == ["root:root", "600"], seen
+    assert seen["runs"].strip() == "40"
+    assert f"{paths.COTURN_TLS_DIR} root:turnserver 750 directory" in seen["tls"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640 regular file" in seen["tls"]
+    assert seen["cmp"].strip() == "0"
