@@ -4,10 +4,12 @@ import pulumi
 
 from components.cloud import zone
 from components.cloud.adoption import volume_plan
-from components.settings import from_pulumi_config
+from components.settings import from_pulumi_config, warnings
 from components.stack import MatrixStack
 
 settings, certbot_token = from_pulumi_config()
+for warning in warnings(settings):
+    pulumi.log.warn(warning)
 # Before any resource: the Cloudflare zone and what lives on the stack's names, and a kept volume named
 # by adoptVolume, are looked up and checked (one-line errors).
 stack = MatrixStack("matrix", settings, zone.look_up(settings), volume_plan(settings), pulumi.Output.secret(certbot_token))
