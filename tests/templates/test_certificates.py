@@ -8,6 +8,7 @@ are observed for real. The real `turnserver` user (Debian's coturn package) rece
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import shutil
@@ -33,10 +34,9 @@ def _steps(ctx: ServiceContext) -> dict[str, StepSpec]:
     return {s.name: s for s in certificates.steps(ctx)}
 
 
-def _certbot_args(script: str) -> list[str]:
-    """The certbot command line of the issue script, as bash would split it (line continuations joined)."""
-    joined = script.replace("\\\n", " ")
-    (line,) = [x for x in joined.splitlines() if x.strip().startswith("certbot certonly")]
+def _certbot_call(run: dict[str, Any]) -> list[str]:
+    """The first `certbot certonly` call a sandboxed run of the issue step made, as certbot received it."""
+    (line, *_) = [c for c in run["calls"].splitlines() if c.startswith("certbot certonly")]
     return shlex.split(line)
 
 
@@ -44,34 +44,61 @@ def _certbot_args(script: str) -> list[str]:
     "overrides",
     [{}, {"acmeServer": PEBBLE, "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "relay"}],
 )
-def test_certbot_command(overrides: dict[str, str]) -> None:
+def test_certbot_command(tmp_path: Path, overrides: dict[str, str]) -> None:
     ctx = make_context(**overrides)
     s = ctx.settings
-    args = _certbot_args(_steps(ctx)["certificates-issue"].script)
+    (run,) = _run(tmp_path, ctx, [_bundle(ctx)], active=())
+    assert run["rc"] == "0", run["out"]
+    args = _certbot_call(run)
     assert args[:2] == ["certbot", "certonly"]
 
     def value(flag: str) -> str:
         return args[args.index(flag) + 1]
 
-    assert "--dns-cloudflare" in args
+    assert "--dns-cloudflare" in args and "--standalone" not in args
     assert value("--dns-cloudflare-credentials") == paths.CERTBOT_CREDENTIALS
-    assert value("--dns-cloudflare-propagation-seconds") == "$wait"
-    script = _steps(ctx)["certificates-issue"].script
-    assert re.search(r"^waits=\(10 30 90\)$", script, re.M)  # the plugin's default first
-
-    def assigned(var: str) -> str:
-        (line,) = [x for x in script.splitlines() if x.startswith(f"{var}=")]
-        return shlex.split(line.split("=", 1)[1])[0]
-
-    assert value("--cert-name") == "$cert_name" and assigned("cert_name") == s.domain
+    assert value("--dns-cloudflare-propagation-seconds") == "10"  # the plugin's default first
+    assert value("--cert-name") == s.domain
     assert [args[i + 1] for i, a in enumerate(args) if a == "-d"] == list(s.hostnames)
     assert s.hostnames == (s.domain, f"{s.matrix_subdomain}.{s.domain}", f"{s.chat_subdomain}.{s.domain}",
                            f"{s.turn_subdomain}.{s.domain}")  # fmt: skip
-    assert value("--server") == "$acme_server" and assigned("acme_server") == s.acme_server
+    assert value("--server") == s.acme_server
     assert value("-m") == s.letsencrypt_email
     for flag in ("--agree-tos", "--non-interactive", "--keep-until-expiring", "--expand"):
         assert flag in args
     assert "--force-renewal" not in args  # only when the ACME server changed (tested below)
+
+
+def _turn_context() -> ServiceContext:
+    return dataclasses.replace(make_context(turnDroplet="true"), role="turn", droplet_ipv6="")
+
+
+def test_the_turn_droplet_holds_no_token_and_proves_control_by_http(tmp_path: Path) -> None:
+    """Issue 26: the TURN droplet gets no Cloudflare token; it orders turn. alone by HTTP-01 (certbot's own
+    server on port 80). One an earlier version ordered by DNS-01 is ordered again (renewals then use
+    HTTP-01 too) and the token file that version left is removed."""
+    ctx = _turn_context()
+    steps = _steps(ctx)
+    assert not [f for s in steps.values() for f in s.files if TOKEN in str(f.content)]
+    assert paths.CERTBOT_CREDENTIALS not in {f.path for s in steps.values() for f in s.files}
+    earlier = ("install -d -m 0700 /etc/letsencrypt/renewal /etc/letsencrypt/live/DOMAIN\n"
+               "printf 'dns_cloudflare_api_token = old\\n' > CRED\n"
+               "for f in cert fullchain privkey; do echo old > /etc/letsencrypt/live/DOMAIN/$f.pem; done\n"
+               "printf '[renewalparams]\\nauthenticator = dns-cloudflare\\nserver = %s\\n' SERVER "
+               "> /etc/letsencrypt/renewal/DOMAIN.conf\n")
+    earlier = (earlier.replace("DOMAIN", ctx.settings.domain).replace("CRED", paths.CERTBOT_CREDENTIALS)
+               .replace("SERVER", ctx.settings.acme_server))
+    upgraded, again = _run(tmp_path, ctx, [_bundle(ctx), _bundle(ctx)], active=("coturn",), before=earlier)
+    assert upgraded["rc"] == "0" and again["rc"] == "0", upgraded["out"] + again["out"]
+    args = _certbot_call(upgraded)
+    assert args[args.index("--standalone"):args.index("--standalone") + 5] == [
+        "--standalone", "--preferred-challenges", "http", "--http-01-port", "80"]
+    assert not [a for a in args if "dns-cloudflare" in a]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "-d"] == [ctx.settings.turn_host]
+    assert "--force-renewal" in args and "forcing a new certificate" in upgraded["out"]
+    assert f"{paths.CERTBOT_CREDENTIALS} " not in upgraded["stat"]  # gone
+    assert "systemctl restart coturn" in upgraded["calls"]
+    assert "--force-renewal" not in _certbot_call(again)
 
 
 def test_token_only_in_a_root_0600_file() -> None:
@@ -154,12 +181,14 @@ if [ "$failures" -gt 0 ]; then  # the CA found no TXT record yet
   echo "Some challenges have failed." >&2
   exit 1
 fi
-name= server= force=
+name= server= force= authenticator=
 while [ $# -gt 0 ]; do
   case $1 in
     --cert-name) name=$2; shift ;;
     --server) server=$2; shift ;;
     --force-renewal) force=1 ;;
+    --standalone) authenticator=standalone ;;
+    --dns-cloudflare) authenticator=dns-cloudflare ;;
   esac
   shift
 done
@@ -169,7 +198,7 @@ if [ ! -f "$live/cert.pem" ] || [ -n "$force" ]; then
   head -c 32 /dev/urandom | base64 > "$live/cert.pem"
   cp "$live/cert.pem" "$live/fullchain.pem"
   head -c 32 /dev/urandom | base64 > "$live/privkey.pem"
-  printf '[renewalparams]\nauthenticator = dns-cloudflare\nserver = %s\n' "$server" > "/etc/letsencrypt/renewal/$name.conf"
+  printf '[renewalparams]\nauthenticator = %s\nserver = %s\n' "$authenticator" "$server" > "/etc/letsencrypt/renewal/$name.conf"
 fi
 """
 SYSTEMCTL = r"""#!/bin/bash
@@ -190,6 +219,7 @@ set -uo pipefail
 work=$1
 shift
 export WORK=$work PATH=$work/bin:$PATH
+# what an earlier version left
 i=0
 for bundle in "$@"; do
   i=$((i + 1))
@@ -206,7 +236,7 @@ done
 
 
 def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, ...],
-         failures: int = 0) -> list[dict[str, Any]]:
+         failures: int = 0, before: str = "") -> list[dict[str, Any]]:
     assert subprocess.run(["getent", "passwd", "turnserver"], stdout=subprocess.DEVNULL).returncode == 0, (
         "coturn must be installed"
     )
@@ -226,6 +256,7 @@ def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, 
         (tmp / f"bundle{i}.sh").write_text(text)
         args.append(str(tmp / f"bundle{i}.sh"))
     driver = DRIVER.replace("HOOK", paths.CERT_DEPLOY_HOOK).replace("CRED", paths.CERTBOT_CREDENTIALS)
+    driver = driver.replace("# what an earlier version left\n", before + "\n")
     proc = run_in_sandbox(tmp, driver.replace("DOMAIN", ctx.settings.domain), [str(work), *args])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = re.split(r"--- end of run \d+\n", (work / "calls").read_text())
