@@ -132,7 +132,7 @@ def test_secret_file_mode_and_steps() -> None:
     steps = coturn.steps(ctx)
     assert [s.name for s in steps] == ["coturn-install", "coturn-config"]
     # The turnserver group exists only after the package install: the file must be in a later step.
-    assert not steps[0].files and [f.path for f in steps[1].files] == [paths.COTURN_CONFIG]
+    assert not steps[0].files and [f.path for f in steps[1].files] == [paths.COTURN_CONFIG, coturn.HARDENING_DROP_IN]
     for spec in steps:
         for secret in FAKE_SECRETS.values():
             assert secret.strip() not in spec.script
