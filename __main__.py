@@ -43,3 +43,7 @@ if stack.media is not None:
     pulumi.export("mediaBucketKeptOnDestroy", pulumi.Output.all(bucket.name, bucket.region).apply(
         lambda v: f"pulumi destroy keeps this bucket and its files; empty and delete it for good in DigitalOcean's "
                   f"control panel (Spaces, {v[0]} in {v[1]}) or with an S3 client"))
+    pulumi.export("backupBucket", stack.media.backup_bucket.name)
+    # Secret: the key the off-volume backups are encrypted with. Keep a copy: a new stack restoring this
+    # stack's backups imports it (README "Media and backups on Spaces").
+    pulumi.export("backupEncryptionKey", stack.media.backup_encryption_key.base64)

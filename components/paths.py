@@ -37,6 +37,9 @@ MANAGED_DB_PASSWORDS = "/etc/matrix-stack/pgpass"  # 0600 root: both roles' pass
 # mediaStorage: spaces. The bucket's address and key (0600 root, read by systemd for the media units
 # and by matrix-stack-spaces), and the command that copies backups to the bucket and brings media back.
 SPACES_ENV = "/etc/matrix-stack/spaces.env"
+# The backups' own bucket and key (Synapse never holds them), and the key backups are encrypted with.
+SPACES_BACKUP_ENV = "/etc/matrix-stack/backup-spaces.env"
+BACKUP_ENCRYPTION_KEY = "/etc/matrix-stack/backup.key"
 SPACES_COMMAND = "/usr/local/sbin/matrix-stack-spaces"
 # On the volume: media may exist only in the bucket (written when Synapse began storing there); a
 # switch back to local media is refused until `matrix-stack-spaces fetch-media` brought them all back.
