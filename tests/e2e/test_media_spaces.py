@@ -207,7 +207,7 @@ def test_synapse_can_neither_delete_nor_plant_a_backup(spaces: SpacesSwitch) -> 
                for k in spaces.standin.objects(f"{BACKUP_PREFIX}{spaces.backup_name}/", bucket=b)]
     assert targets
     planted = "20261231T235959Z-planted"
-    attack = (PLANT_AND_DELETE.replace("TARGETS", json.dumps(targets)).replace("PLANTED", planted)
+    attack = (PLANT_AND_DELETE.replace("TARGETS", json.dumps(targets)).replace("PLANT_NAME", planted)
               .replace("BUCKETS", json.dumps([backups_bucket, media_bucket])))
     ran = d.host.ssh(f"cd / && runuser -u {paths.SYNAPSE_USER} -- env AWS_CA_BUNDLE={media.CA_BUNDLE} "
                      f"{paths.SYNAPSE_VENV}/bin/python - {paths.SYNAPSE_CONFIG}", stdin=attack.encode(), timeout=300)
@@ -244,7 +244,7 @@ for bucket, key in json.loads('TARGETS'):
 for bucket in json.loads('BUCKETS'):
     for file in ("synapse.dump", "SHA256SUMS"):
         try:
-            s3.put_object(Bucket=bucket, Key=f"backups/PLANTED/{file}", Body=b"planted")
+            s3.put_object(Bucket=bucket, Key=f"backups/PLANT_NAME/{file}", Body=b"planted")
             print("PLANTED", bucket, file)
         except Exception as error:
             print("refused plant", bucket, file, type(error).__name__, str(error)[:80])
