@@ -59,47 +59,20 @@ class MediaBucket(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("matrix-stack:cloud:MediaBucket", name, {}, opts)
-        self.bucket = do.SpacesBucket(
-            f"{name}-bucket",
-            name=settings.spaces_bucket_name,
-            region=settings.spaces_bucket_region,
-            acl="private",
-            # Never empty a bucket of users' files to delete it (the default, stated for the reader).
-            force_destroy=False,
-            lifecycle_rules=[do.SpacesBucketLifecycleRuleArgs(
-                enabled=True, prefix=BACKUP_PREFIX,
-                expiration=do.SpacesBucketLifecycleRuleExpirationArgs(days=settings.backup_keep_days),
-            )],
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
-        )
-        self.key = do.SpacesKey(
-            f"{name}-key",
-            name=f"{settings.resource_prefix}-synapse-media"[:63],
-            grants=[do.SpacesKeyGrantArgs(bucket=self.bucket.name, permission=KEY_PERMISSION)],
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secretKey"]),
-        )
-        # Versioned: what is deleted or overwritten stays as a noncurrent version for backupKeepDays.
         keep = settings.backup_keep_days
-        self.backup_bucket = do.SpacesBucket(
-            f"{name}-backups",
-            name=settings.spaces_backup_bucket_name,
-            region=settings.spaces_bucket_region,
-            acl="private",
-            force_destroy=False,
-            versioning=do.SpacesBucketVersioningArgs(enabled=True),
-            lifecycle_rules=[do.SpacesBucketLifecycleRuleArgs(
-                enabled=True, prefix=BACKUP_PREFIX,
-                expiration=do.SpacesBucketLifecycleRuleExpirationArgs(days=keep),
-                noncurrent_version_expiration=do.SpacesBucketLifecycleRuleNoncurrentVersionExpirationArgs(days=keep),
-            )],
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
-        )
-        self.backup_key = do.SpacesKey(
-            f"{name}-backup-key",
-            name=f"{settings.resource_prefix}-backups"[:63],
-            grants=[do.SpacesKeyGrantArgs(bucket=self.backup_bucket.name, permission=KEY_PERMISSION)],
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secretKey"]),
-        )
+        # Media never expire; the backups an earlier version copied here expire like those on the volume.
+        self.bucket = self._private_bucket(f"{name}-bucket", settings.spaces_bucket_name, settings,
+                                           do.SpacesBucketLifecycleRuleArgs(
+                                               enabled=True, prefix=BACKUP_PREFIX,
+                                               expiration=do.SpacesBucketLifecycleRuleExpirationArgs(days=keep)))
+        self.key = self._key_for(f"{name}-key", f"{settings.resource_prefix}-synapse-media", self.bucket)
+        # Versioned: what is deleted or overwritten stays as a noncurrent version for backupKeepDays.
+        self.backup_bucket = self._private_bucket(
+            f"{name}-backups", settings.spaces_backup_bucket_name, settings, do.SpacesBucketLifecycleRuleArgs(
+                enabled=True, prefix=BACKUP_PREFIX, expiration=do.SpacesBucketLifecycleRuleExpirationArgs(days=keep),
+                noncurrent_version_expiration=do.SpacesBucketLifecycleRuleNoncurrentVersionExpirationArgs(days=keep)),
+            versioning=do.SpacesBucketVersioningArgs(enabled=True))
+        self.backup_key = self._key_for(f"{name}-backup-key", f"{settings.resource_prefix}-backups", self.backup_bucket)
         # The backups' encryption key: in the state (encrypted) and on the droplet (0600 root) only. A new
         # stack restoring an old stack's bucket imports the old value (README "Media and backups on Spaces").
         self.backup_encryption_key = random.RandomBytes(f"{name}-backup-encryption-key", length=32,
@@ -116,3 +89,17 @@ class MediaBucket(pulumi.ComponentResource):
             backup_encryption_key=pulumi.Output.secret(self.backup_encryption_key.base64),
         )
         self.register_outputs({"bucket": self.bucket.name, "backupBucket": self.backup_bucket.name})
+
+    def _private_bucket(self, resource: str, name: str, settings: Settings, rule: do.SpacesBucketLifecycleRuleArgs,
+                        versioning: do.SpacesBucketVersioningArgs | None = None) -> do.SpacesBucket:
+        """A private bucket that the engine leaves in the account when it leaves the program (retained),
+        and that is never emptied to be deleted (force_destroy off, the default, stated for the reader)."""
+        return do.SpacesBucket(resource, name=name, region=settings.spaces_bucket_region, acl="private",
+                               force_destroy=False, versioning=versioning, lifecycle_rules=[rule],
+                               opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
+
+    def _key_for(self, resource: str, name: str, bucket: do.SpacesBucket) -> do.SpacesKey:
+        """A Spaces key granted this one bucket, its secret a secret output."""
+        return do.SpacesKey(resource, name=name[:63],
+                            grants=[do.SpacesKeyGrantArgs(bucket=bucket.name, permission=KEY_PERMISSION)],
+                            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["secretKey"]))

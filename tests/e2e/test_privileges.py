@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from components import paths
+from tests.attacks import LINK_RACER
 from tests.e2e.clients import turn_relay
 from tests.e2e.deployment import Deployment
 from tests.e2e.runner import StepFailed, StepResult, run_all, ssh_command
@@ -150,29 +151,6 @@ def test_postgres_cannot_redirect_roots_config_into_another_directory(deployment
         run_step(deployment, "postgres-config")  # puts matrix-stack.conf back, restarts PostgreSQL if needed
 
 
-# coturn, compromised, races root: every new name in the certificate directory becomes a link to a root
-# file. Runs as turnserver until /run/ms-race-stop exists (at most 120 s).
-RACER = r"""
-import os, sys, time
-directory, target = sys.argv[1], sys.argv[2]
-end = time.time() + 120
-while time.time() < end and not os.path.exists("/run/ms-race-stop"):
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        time.sleep(0.01)
-        continue
-    for name in names:
-        path = os.path.join(directory, name)
-        if name.startswith(".") and not os.path.islink(path):
-            try:
-                os.unlink(path)
-                os.symlink(target, path)
-                print("swapped", name, flush=True)
-            except OSError:
-                pass
-"""
-
 
 def test_coturn_gets_no_root_file_when_its_certificate_is_renewed(deployment: Deployment) -> None:
     """As turnserver, a racer swaps every new file in coturn's certificate directory for a link to a root
@@ -186,7 +164,8 @@ def test_coturn_gets_no_root_file_when_its_certificate_is_renewed(deployment: De
         deployment.ssh("rm -f /run/ms-race-stop")
         racer = subprocess.Popen(
             [*ssh_command(deployment.host.address, deployment.key_file),
-             f"cd / && runuser -u turnserver -- python3 -c {shlex.quote(RACER)} {paths.COTURN_TLS_DIR} {target}"],
+             f"cd / && runuser -u turnserver -- python3 -c {shlex.quote(LINK_RACER)} {paths.COTURN_TLS_DIR} {target} "
+             "/run/ms-race-stop"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             time.sleep(1)

@@ -22,6 +22,7 @@ from components import paths
 from components.remote import StepSpec, bundle_text
 from components.render import render
 from components.services import ServiceContext, certificates
+from tests.attacks import LINK_RACER
 from tests.templates.conftest import BASE_CONFIG, FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_in_sandbox
 
@@ -359,26 +360,10 @@ chmod 0600 /etc/ms-root/canary
 install -d -m 0755 /etc/coturn
 install -d -m 0750 -o turnserver -g turnserver /etc/coturn/tls
 runuser -u turnserver -- ln -s /etc/ms-root/canary /etc/coturn/tls/privkey.pem
-runuser -u turnserver -- python3 - <<'PY' &
-import os, time
-d = "/etc/coturn/tls"
-end = time.time() + 60
-while time.time() < end and not os.path.exists("/etc/ms-stop"):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        time.sleep(0.01)
-        continue
-    for name in names:
-        if name.startswith("."):
-            path = os.path.join(d, name)
-            try:
-                if not os.path.islink(path):
-                    os.unlink(path)
-                    os.symlink("/etc/ms-root/canary", path)
-            except OSError:
-                pass
+cat > /etc/ms-racer.py <<'PY'
+RACER
 PY
+runuser -u turnserver -- python3 /etc/ms-racer.py /etc/coturn/tls /etc/ms-root/canary /etc/ms-stop > /dev/null &
 attacker=$!
 sleep 0.5
 for i in $(seq 40); do
@@ -410,7 +395,7 @@ def test_coturn_racing_the_hook_gets_no_root_file(tmp_path: Path) -> None:
     (work / "hook").write_text(hook)
     (work / "hook").chmod(0o755)
     lineage = f"{paths.CERT_LIVE_DIR}/{ctx.settings.domain}"  # in the sandbox's /etc
-    driver = RACE_DRIVER.replace('work=$1', f'export PATH={work}/bin:$PATH\nwork=$1')
+    driver = RACE_DRIVER.replace('work=$1', f'export PATH={work}/bin:$PATH\nwork=$1').replace("RACER", LINK_RACER)
     proc = run_in_sandbox(tmp_path, driver, [str(work), str(work / "hook"), lineage])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = {name: (work / name).read_text() for name in ("runs", "canary", "canary.meta", "tls", "cmp", "hook.out")}
