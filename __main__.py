@@ -9,10 +9,12 @@ from components.cloud import zone
 from components.cloud.adoption import volume_plan
 from components.cloud.cloudflare_api import check_credentials
 from components.cloud.edge import plan_edge
-from components.settings import from_pulumi_config
+from components.settings import from_pulumi_config, warnings
 from components.stack import MatrixStack
 
 settings, certbot_token = from_pulumi_config()
+for warning in warnings(settings):
+    pulumi.log.warn(warning)
 # Before any resource (one-line errors): the Cloudflare credentials; the zone, what lives on the stack's
 # names and what of the zone's quotas others use, and the stack's rules checked against them; a kept
 # volume named by adoptVolume.
@@ -49,3 +51,7 @@ if stack.media is not None:
     pulumi.export("mediaBucketKeptOnDestroy", pulumi.Output.all(bucket.name, bucket.region).apply(
         lambda v: f"pulumi destroy keeps this bucket and its files; empty and delete it for good in DigitalOcean's "
                   f"control panel (Spaces, {v[0]} in {v[1]}) or with an S3 client"))
+    pulumi.export("backupBucket", stack.media.backup_bucket.name)
+    # Secret: the key the off-volume backups are encrypted with. Keep a copy: a new stack restoring this
+    # stack's backups imports it (README "Media and backups on Spaces").
+    pulumi.export("backupEncryptionKey", stack.media.backup_encryption_key.base64)

@@ -12,7 +12,11 @@ POSTGRES_BIND_UNIT = "var-lib-postgresql.mount"
 SYNAPSE_USER = "matrix-synapse"
 SYNAPSE_DATA = f"{DATA_MOUNT}/matrix-synapse"  # on the volume: survives droplet replacement
 SYNAPSE_MEDIA_STORE = f"{SYNAPSE_DATA}/media_store"
-SYNAPSE_SIGNING_KEY = f"{SYNAPSE_DATA}/signing.key"
+# The server's identity, on the volume in a directory of root's that Synapse may only read: Synapse can
+# neither replace the key nor plant a link where root's steps and backups look for it.
+SYNAPSE_KEY_DIR = f"{DATA_MOUNT}/synapse-key"  # root:matrix-synapse 0750
+SYNAPSE_SIGNING_KEY = f"{SYNAPSE_KEY_DIR}/signing.key"  # root:matrix-synapse 0640
+SYNAPSE_OLD_SIGNING_KEY = f"{SYNAPSE_DATA}/signing.key"  # where it was, in Synapse's own directory: moved once
 SYNAPSE_VENV = "/opt/synapse/venv"
 SYNAPSE_CONFIG_DIR = "/etc/matrix-synapse"
 SYNAPSE_CONFIG = f"{SYNAPSE_CONFIG_DIR}/homeserver.yaml"
@@ -33,6 +37,9 @@ MANAGED_DB_PASSWORDS = "/etc/matrix-stack/pgpass"  # 0600 root: both roles' pass
 # mediaStorage: spaces. The bucket's address and key (0600 root, read by systemd for the media units
 # and by matrix-stack-spaces), and the command that copies backups to the bucket and brings media back.
 SPACES_ENV = "/etc/matrix-stack/spaces.env"
+# The backups' own bucket and key (Synapse never holds them), and the key backups are encrypted with.
+SPACES_BACKUP_ENV = "/etc/matrix-stack/backup-spaces.env"
+BACKUP_ENCRYPTION_KEY = "/etc/matrix-stack/backup.key"
 SPACES_COMMAND = "/usr/local/sbin/matrix-stack-spaces"
 # On the volume: media may exist only in the bucket (written when Synapse began storing there); a
 # switch back to local media is refused until `matrix-stack-spaces fetch-media` brought them all back.

@@ -61,6 +61,9 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
             bucket=settings.spaces_bucket_name, region=settings.spaces_bucket_region,
             endpoint_url=f"https://{settings.spaces_bucket_region}.digitaloceanspaces.com",
             access_key="<Spaces access key>", secret_key="<secret:Spaces secret key>",
+            backup_bucket=settings.spaces_backup_bucket_name, backup_access_key="<Spaces access key of the backups>",
+            backup_secret_key="<secret:Spaces secret key of the backups>",
+            backup_encryption_key="<secret:backup encryption key>",
         ) if settings.media_on_spaces else None,
         worker_secrets=WorkerSecrets(redis_password="<secret:redis_password>",
                                      replication_secret="<secret:replication_secret>")

@@ -71,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
     "spacesRegion": "",
     # Empty: matrix-<domain with dashes>; bucket names are global, so a taken one needs a new name.
     "mediaBucket": "",
+    # Empty: <media bucket>-backups (cut to 63). The backups' own bucket (mediaStorage: spaces): versioned,
+    # with its own key that Synapse never holds; a Spaces key's grant is a whole bucket, never a prefix.
+    "backupBucket": "",
     # Synapse as a main process plus workers (sync, client/federation, media, federation sender) with
     # Redis, routed by nginx (components/workers.py; README "Synapse workers"). Needs a droplet of at
     # least 2 vCPUs and 4 GB.
@@ -80,6 +83,10 @@ DEFAULTS: dict[str, Any] = {
     "enableUrlPreviews": False,
     "enableJemalloc": True,
     "backupKeepDays": 7,
+    # Unattended-upgrades installs security updates every day; a new kernel or libc takes effect only at a
+    # reboot. "HH:MM" (UTC): the droplet reboots at that time when an update needs it. Empty: never (the
+    # program warns, and the self-check says when a reboot is pending).
+    "automaticRebootTime": "",
     # Empty: the stack creates its own data volume. A name: adopt that kept volume (README
     # "Adopting a kept volume"); components/cloud/adoption.py looks it up and checks it.
     "adoptVolume": "",
@@ -246,12 +253,14 @@ class Settings:
     media_cache_days: int  # spaces: local copies unused this long are removed (they are in the bucket)
     spaces_region: str  # "" = region (used only when media_storage is spaces)
     media_bucket: str  # "" = derived from domain (used only when media_storage is spaces)
+    backup_bucket: str  # "" = derived from the media bucket's name (used only when media_storage is spaces)
     synapse_workers: bool  # Synapse workers with Redis (components/workers.py)
     admin_user: str
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
     enable_jemalloc: bool
     backup_keep_days: int
+    automatic_reboot_time: str  # "" = never; "HH:MM" UTC
     adopt_volume: str  # "" = the stack creates its own volume
     cloudflare_zone: str  # "" = looked up from domain upwards
     well_known_on_website: bool  # the website on domain serves the well-known files (no delegation redirect)
@@ -378,6 +387,14 @@ class Settings:
         if self.media_bucket:
             return self.media_bucket
         return ("matrix-" + self.domain.replace(".", "-"))[:63].rstrip("-")
+
+    @property
+    def spaces_backup_bucket_name(self) -> str:
+        """backupBucket, or the media bucket's name with -backups, cut to 63 characters without a dash at
+        the end (a name of 55 or more characters loses its end: set backupBucket then)."""
+        if self.backup_bucket:
+            return self.backup_bucket
+        return (self.spaces_bucket_name[:55] + "-backups").rstrip("-")
 
     @property
     def relay_port_range(self) -> str:
@@ -531,15 +548,17 @@ def _acme_server(key: str, value: Any) -> str:
 
 
 def _https_url(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^https?://[^\s'\"\\]+$", value):
-        raise invalid(key, value, "an http(s) URL without spaces or quotes")
+    """An https URL: what the droplet fetches from there (certificates, Element) must come over TLS that it
+    verifies, never over plain HTTP where anyone on the path can answer."""
+    if not isinstance(value, str) or not re.match(r"^https://[^\s'\"\\/]+(/[^\s'\"\\]*)?$", value):
+        raise invalid(key, value, "an https:// URL without spaces or quotes (plain http is refused)")
     return value
 
 
 def _download_url(key: str, value: Any) -> str:
     url = _https_url(key, value)
     if "{version}" not in url:
-        raise invalid(key, url, "an http(s) URL containing the placeholder {version}")
+        raise invalid(key, url, "an https:// URL containing the placeholder {version}")
     return url
 
 
@@ -581,6 +600,29 @@ def _cidr(key: str, value: Any) -> str:
     if net is None or "/" not in str(value):
         raise invalid(key, value, "a CIDR such as 203.0.113.7/32 or 2001:db8::/48 (host bits zero)")
     return str(net)
+
+
+# Never allowed past Synapse's blocklist: everything (a default route), this droplet itself (loopback,
+# where Synapse's unproxied port and PostgreSQL listen) and link-local (the metadata service), in
+# either IP version or written as an IPv4-mapped IPv6 range.
+_NEVER_OUTBOUND = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "::1/128", "fe80::/10", "::/128",
+    "::ffff:127.0.0.0/104", "::ffff:169.254.0.0/112", "::ffff:0.0.0.0/104"))
+
+
+def _outbound_cidr(key: str, value: Any) -> str:
+    cidr = _cidr(key, value)
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen == 0 or any(net.overlaps(never) for never in _NEVER_OUTBOUND if never.version == net.version):
+        raise invalid(key, value, "a CIDR of another server's network, not 0.0.0.0/0 or ::/0 and not overlapping "
+                      "loopback (127.0.0.0/8, ::1) or link-local (169.254.0.0/16, fe80::/10: the metadata service)")
+    return cidr
+
+
+def _optional_time_of_day(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not (value == "" or re.match(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", value)):
+        raise invalid(key, value, "a time of day HH:MM (UTC, 24 hours) such as 04:00, or empty for never")
+    return value
 
 
 def _ssh_key(key: str, value: Any) -> str:
@@ -646,16 +688,18 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "mediaCacheDays": _int_range(1, 3650),
     "spacesRegion": _optional_spaces_region,
     "mediaBucket": _optional_bucket,
+    "backupBucket": _optional_bucket,
     "synapseWorkers": _bool,
     "adminUser": _localpart,
     "sshPublicKeys": _string_list(_ssh_key),
     "enableUrlPreviews": _bool,
     "enableJemalloc": _bool,
     "backupKeepDays": _int_range(1, 365),
+    "automaticRebootTime": _optional_time_of_day,
     "adoptVolume": _optional_volume_name,
     "cloudflareZone": _optional_domain,
     "wellKnownOnWebsite": _bool,
-    "outboundIpAllowlist": _string_list(_cidr),
+    "outboundIpAllowlist": _string_list(_outbound_cidr),
     "localMediaRetentionDays": _int_range(0, 36500, " (0: kept forever)"),
     "remoteMediaRetentionDays": _int_range(0, 3650, " (0: kept forever)"),
     "remoteRoomMaxStateEvents": _int_range(0, 10_000_000, " (0: no limit)"),
@@ -738,7 +782,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         _check_workers(v, platform)
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
-    return Settings(
+    settings = Settings(
         stack=stack,
         domain=v["domain"],
         ssh_allowed_cidrs=v["sshAllowedCidrs"],
@@ -770,12 +814,14 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         media_cache_days=v["mediaCacheDays"],
         spaces_region=v["spacesRegion"],
         media_bucket=v["mediaBucket"],
+        backup_bucket=v["backupBucket"],
         synapse_workers=v["synapseWorkers"],
         admin_user=v["adminUser"],
         ssh_public_keys=v["sshPublicKeys"],
         enable_url_previews=v["enableUrlPreviews"],
         enable_jemalloc=v["enableJemalloc"],
         backup_keep_days=v["backupKeepDays"],
+        automatic_reboot_time=v["automaticRebootTime"],
         adopt_volume=v["adoptVolume"],
         cloudflare_zone=v["cloudflareZone"],
         well_known_on_website=v["wellKnownOnWebsite"],
@@ -787,6 +833,10 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         tuning=tuning_for(memory_mb_of(v["dropletSize"]),
                           workers.PROCESSES if v["synapseWorkers"] else 1),
     )
+    if settings.media_on_spaces and settings.spaces_backup_bucket_name == settings.spaces_bucket_name:
+        raise invalid("backupBucket", v["backupBucket"], "a bucket name other than the media bucket's: the backups "
+                      "need a bucket (and a key) of their own that Synapse cannot reach")
+    return settings
 
 
 def _check_workers(v: dict[str, Any], platform: Platform) -> None:
@@ -799,6 +849,20 @@ def _check_workers(v: dict[str, Any], platform: Platform) -> None:
     if not lock_path(v["synapseVersion"], platform.python, s3=v["mediaStorage"] == "spaces", redis=True).is_file():
         raise invalid("synapseWorkers", True, f"a synapseVersion whose lock includes Synapse's redis extra; "
                       f"{v['synapseVersion']} has none (python -m components.synapse_lock {v['synapseVersion']})")
+
+
+def warnings(settings: Settings) -> list[str]:
+    """Settings that are valid but leave a door open: said in the `pulumi up` log on every run."""
+    found = []
+    open_to_all = [c for c in settings.ssh_allowed_cidrs if ipaddress.ip_network(c).prefixlen == 0]
+    if open_to_all:
+        found.append(f"sshAllowedCidrs: {', '.join(open_to_all)} lets the whole internet try port 22 (root, keys "
+                     "only): list the addresses you deploy from instead")
+    if not settings.automatic_reboot_time:
+        found.append("automaticRebootTime is not set: security updates install every day, but a new kernel or "
+                     "libc runs only after a reboot, which nothing plans (the self-check says when one is "
+                     "pending); set a time such as 04:00 (UTC) to reboot then when an update needs it")
+    return found
 
 
 # The DigitalOcean provider creates buckets through the Spaces API: it needs a Spaces key of the

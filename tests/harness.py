@@ -246,6 +246,9 @@ class SpacesAnswers:
     endpoint: str = ""  # "" = <region>.digitaloceanspaces.com, as DigitalOcean answers
     access_key: str = "DO00FAKEACCESSKEY000"
     secret_key: str = "fakeSpacesSecretKey0000000000000000000000000"
+    # The backups' own key (issue 26): another pair, so a test can tell which key a file holds.
+    backup_access_key: str = "DO00FAKEBACKUPKEY000"
+    backup_secret_key: str = "fakeBackupSecretKey000000000000000000000000"
 
 
 class CloudMocks(pulumi_mocks.Mocks):
@@ -340,8 +343,11 @@ class CloudMocks(pulumi_mocks.Mocks):
                            bucketUrn=f"do:space:{args.inputs['name']}")
             return f"{region},{args.inputs['name']}", outputs
         if typ == "digitalocean:index/spacesKey:SpacesKey":
-            outputs.update(accessKey=self.spaces.access_key, secretKey=rpc.wrap_rpc_secret(self.spaces.secret_key))
-            return self.spaces.access_key, outputs
+            backups = name.endswith("backup-key")
+            access = self.spaces.backup_access_key if backups else self.spaces.access_key
+            secret = self.spaces.backup_secret_key if backups else self.spaces.secret_key
+            outputs.update(accessKey=access, secretKey=rpc.wrap_rpc_secret(secret))
+            return access, outputs
         seed = identity(name, args.inputs, self.secret_seed)
         if typ.startswith("tls:index/"):
             return f"{name}-id", {**outputs, **self._tls(typ, name, seed, args.inputs)}

@@ -33,11 +33,14 @@ def inbound_rules(settings: Settings, cloudflare_cidrs: pulumi.Input[Sequence[st
     """Exactly what may reach a droplet of this role; nothing else is allowed in.
 
     The main droplet serves the web through Cloudflare, and TURN unless the TURN droplet does; the TURN
-    droplet serves TURN alone.
+    droplet serves TURN alone, and port 80 from anywhere for the CA's HTTP-01 check of turn. (certbot
+    answers there only while it orders or renews; that droplet holds no DNS token: certificates.py).
     """
     rules = [InboundRule("tcp", "22", list(settings.ssh_allowed_cidrs))]
     if role == "main":
         rules += [InboundRule("tcp", port, cloudflare_cidrs) for port in ("80", "443")]
+    else:
+        rules.append(InboundRule("tcp", "80", ANYWHERE))
     if role == "turn" or not settings.turn_droplet:
         rules += [InboundRule(proto, port, ANYWHERE) for port in TURN_PORTS for proto in ("tcp", "udp")]
         rules.append(InboundRule("udp", settings.relay_port_range, ANYWHERE))

@@ -49,6 +49,8 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         reserve_percent=FREE_RESERVE_PERCENT,
         managed_marker=paths.DATABASE_MANAGED_MARKER,
         spaces_command=paths.SPACES_COMMAND if ctx.media else "",
+        venv=paths.SYNAPSE_VENV,
+        config=paths.SYNAPSE_CONFIG,
     )
     service = render(
         "backup/matrix-stack-backup.service.j2",

@@ -45,6 +45,9 @@ DENIED_PEER_IPS: tuple[str, ...] = (
     "fec0::-feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",  # former site-local
 )
 
+# The sandbox coturn runs in (templates/coturn/hardening.conf), a drop-in for Debian's own unit.
+HARDENING_DROP_IN = "/etc/systemd/system/coturn.service.d/matrix-stack-hardening.conf"
+
 LISTENING_PORT = 3478
 TLS_LISTENING_PORT = 5349
 
@@ -85,5 +88,6 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         # Package, /etc/default/coturn and /etc/services; creates the turnserver group first.
         StepSpec(name="coturn-install", script=read("coturn/install.sh")),
         # Hardened config, certificate copy, enable, restart only when something changed.
-        StepSpec(name="coturn-config", script=config_script, files=[config(ctx)]),
+        StepSpec(name="coturn-config", script=config_script,
+                 files=[config(ctx), RemoteFile(HARDENING_DROP_IN, read("coturn/hardening.conf"), mode="0644")]),
     ]

@@ -26,18 +26,25 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's trust store (ca-cer
 
 
 def spaces_files(ctx: ServiceContext) -> list[RemoteFile]:
-    """The bucket's env file (0600 root) and matrix-stack-spaces; none with local media."""
+    """The buckets' env files and the backups' encryption key (each 0600 root), and matrix-stack-spaces;
+    none with local media."""
     media = ctx.media
     if media is None:
         return []
+    common = {"region": media.region, "ca_bundle": CA_BUNDLE, "endpoint_url": media.endpoint_url}
     env = rendered("media/spaces.env.j2", access_key=media.access_key, secret_key=media.secret_key,
-                   region=media.region, ca_bundle=CA_BUNDLE, bucket=media.bucket, endpoint_url=media.endpoint_url,
-                   media_prefix=MEDIA_PREFIX, backup_prefix=BACKUP_PREFIX, media_store=paths.SYNAPSE_MEDIA_STORE,
-                   cache_days=ctx.settings.media_cache_days)
+                   bucket=media.bucket, media_prefix=MEDIA_PREFIX, media_store=paths.SYNAPSE_MEDIA_STORE,
+                   cache_days=ctx.settings.media_cache_days, **common)
+    backup_env = rendered("media/backup-spaces.env.j2", access_key=media.backup_access_key,
+                          secret_key=media.backup_secret_key, bucket=media.backup_bucket, backup_prefix=BACKUP_PREFIX,
+                          **common)
+    key = rendered("media/backup.key.j2", key=media.backup_encryption_key)
     tool = render("media/matrix-stack-spaces.py.j2", python=f"{paths.SYNAPSE_VENV}/bin/python",
-                  env_file=paths.SPACES_ENV, marker=paths.MEDIA_SPACES_MARKER, synapse_user=paths.SYNAPSE_USER,
-                  offload_timer=TIMER)
-    return [RemoteFile(paths.SPACES_ENV, env, mode="0600"), RemoteFile(paths.SPACES_COMMAND, tool, mode="0755")]
+                  media_env=paths.SPACES_ENV, backup_env=paths.SPACES_BACKUP_ENV, key_file=paths.BACKUP_ENCRYPTION_KEY,
+                  marker=paths.MEDIA_SPACES_MARKER, synapse_user=paths.SYNAPSE_USER, offload_timer=TIMER)
+    return [RemoteFile(paths.SPACES_ENV, env, mode="0600"), RemoteFile(paths.SPACES_BACKUP_ENV, backup_env, mode="0600"),
+            RemoteFile(paths.BACKUP_ENCRYPTION_KEY, key, mode="0600"),
+            RemoteFile(paths.SPACES_COMMAND, tool, mode="0755")]
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:

@@ -28,6 +28,12 @@ HTTP_CONF = "/etc/nginx/conf.d/matrix-stack.conf"
 # enough for the requests of a busy moment at 1 CPU; measured in the README (Tuning at 1 CPU).
 UPSTREAM_KEEPALIVE = 16
 UPSTREAM_LOG = "/var/log/nginx/matrix-upstream.log"  # synapseWorkers: which process answered (logrotate's nginx/*.log)
+ACCESS_LOG = "/var/log/nginx/access.log"  # Debian's, in the stack's format: no query strings
+# The sites' error log: nginx writes whole request lines there (query strings included), so it lives in a
+# directory only root can enter, rotated by its own logrotate file.
+PRIVATE_LOG_DIR = "/var/log/nginx/matrix-stack"
+ERROR_LOG = f"{PRIVATE_LOG_DIR}/error.log"
+LOGROTATE = "/etc/logrotate.d/matrix-stack-nginx"
 
 
 def cloudflare_cidrs(ipv4: Sequence[str], ipv6: Sequence[str]) -> list[str]:
@@ -69,6 +75,9 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
         RemoteFile(paths.ORIGIN_PULL_CLIENT, ctx.origin_pull_client, mode="0600"),
         RemoteFile(f"{SITES_AVAILABLE}/matrix-stack-default", read("nginx/default.conf")),
         RemoteFile(f"{SNIPPETS}/matrix-stack-headers.conf", read("nginx/headers.conf")),
+        RemoteFile(f"{SNIPPETS}/matrix-stack-logs.conf", render("nginx/logs.conf.j2", access_log=ACCESS_LOG,
+                                                                error_log=ERROR_LOG)),
+        RemoteFile(LOGROTATE, render("nginx/logrotate.j2", private_log_dir=PRIVATE_LOG_DIR)),
         RemoteFile(f"{SNIPPETS}/matrix-stack-element-headers.conf", read("nginx/element-headers.conf")),
         RemoteFile(f"{SITES_AVAILABLE}/matrix-stack-apex", render("nginx/apex.j2", apex_root=paths.APEX_ROOT, **names)),
         RemoteFile(
@@ -97,4 +106,5 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:
-    return [StepSpec(name="nginx-sites", script=read("nginx/sites.sh"), files=files(ctx))]
+    return [StepSpec(name="nginx-sites", script=render("nginx/sites.sh.j2", private_log_dir=PRIVATE_LOG_DIR),
+                     files=files(ctx))]

@@ -17,6 +17,8 @@ from components.render import render
 from components.services import ServiceContext, rendered
 
 UPGRADE_COMMAND = "/usr/local/sbin/matrix-stack-postgres-upgrade"
+# Debian's archive signing keys (package debian-archive-keyring): debootstrap checks the old release with them.
+DEBIAN_ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # database: managed. How long the step waits for the cluster to accept a verified connection (a new
 # cluster or trusted source takes a while), and where the dump of a move is kept (root only).
 MANAGED_CONNECT_TIMEOUT_S = 300
@@ -50,6 +52,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         suites={p.postgres_major: p.codename for p in older_platforms(platform)},
         database=paths.POSTGRES_DB,
         data_mount=paths.DATA_MOUNT,
+        archive_keyring=DEBIAN_ARCHIVE_KEYRING,
     )
     install_step = StepSpec(
         name="postgres-install",

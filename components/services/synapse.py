@@ -164,6 +164,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         "log_dir": paths.SYNAPSE_LOG_DIR,
         "config": paths.SYNAPSE_CONFIG,
         "signing_key": paths.SYNAPSE_SIGNING_KEY,
+        "old_signing_key": paths.SYNAPSE_OLD_SIGNING_KEY,
         "signing_key_staged": SIGNING_KEY_STAGED,
         "unit_name": paths.SYNAPSE_UNIT,
         "backup_command": paths.BACKUP_COMMAND,

@@ -3,7 +3,7 @@ if command -v cloud-init >/dev/null 2>&1 && [ ! -e /var/lib/cloud/instance/boot-
   timeout 900 cloud-init status --wait >/dev/null 2>&1 || ms_log "cloud-init did not report done; continuing"
 fi
 
-packages=(ufw curl ca-certificates jq openssl xfsprogs unattended-upgrades)
+packages=(ufw nftables curl ca-certificates jq openssl xfsprogs unattended-upgrades)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -14,8 +14,5 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   ms_apt install --no-install-recommends "${missing[@]}"
 fi
-# Security updates install themselves (Debian's unattended-upgrades defaults: security only).
-if [ ! -f /etc/apt/apt.conf.d/20auto-upgrades ]; then
-  printf 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n' \
-    > /etc/apt/apt.conf.d/20auto-upgrades
-fi
+# Security updates install themselves (Debian's unattended-upgrades defaults: security only): its daily
+# run and the reboot setting (automaticRebootTime) are this step's files.

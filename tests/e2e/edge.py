@@ -82,6 +82,7 @@ class Edge:
         self._servers: dict[str, list[socketserver.BaseServer]] = {}
         self.resolvers: dict[str, str] = {}  # a test host's side address -> its DNS stand-in (challtestsrv API)
         self._published: dict[str, set[str]] = {}
+        self._targets: dict[tuple[str, str], str] = {}  # (resolver, name) -> the address last published
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._origin_contexts: dict[tuple[str, int, int, int], ssl.SSLContext] = {}
         self._lock = threading.Lock()
@@ -149,6 +150,7 @@ class Edge:
         self.resolvers.pop(address, None)
         self.local_zone.pop(address, None)
         self._published.pop(address, None)
+        self._targets = {key: target for key, target in self._targets.items() if key[0] != address}
         self.publish_dns()
 
     def publish_dns(self) -> None:
@@ -159,7 +161,12 @@ class Edge:
             for name in self._published.get(address, set()) - set(answers):
                 _challtestsrv(url, "/clear-a", {"host": f"{name}."})
             for name, target in answers.items():
+                if (target or address) != self._targets.get((address, name), target or address):
+                    # challtestsrv's add-a appends: a record that moved (turn. to the TURN droplet) would
+                    # keep answering its old address too, where Cloudflare answers only the current one.
+                    _challtestsrv(url, "/clear-a", {"host": f"{name}."})
                 _challtestsrv(url, "/add-a", {"host": f"{name}.", "addresses": [target or address]})
+                self._targets[(address, name)] = target or address
             self._published[address] = set(answers)
 
     # -- TLS --------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ back onto the volume.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shlex
 from collections.abc import Iterator
@@ -104,7 +106,14 @@ class SpacesSwitch:
         self.standin.start()
         self.standin.reach_from(d.host)
         d.spaces = self.standin.answers
-        self.on = d.apply_changes(mediaStorage="spaces")
+        # `pulumi up`: the buckets and keys are made (as recorded) before the changed steps run.
+        assert d.recording is not None
+        local = d.recording
+        after = d.record(mediaStorage="spaces")
+        d.apply_cloud()
+        self.standin.apply(after)
+        changed = changed_steps(local, after)
+        self.on = (changed, run_all(after, only=changed))
 
 
 @pytest.fixture(scope="module")
@@ -159,20 +168,141 @@ def test_the_local_cache_is_emptied_and_every_file_still_downloads(spaces: Space
         assert download(d, uri) == (200, data)  # Synapse reads it from the bucket
 
 
-def test_a_backup_is_copied_to_the_bucket(spaces: SpacesSwitch) -> None:
+def buckets(deployment: Deployment) -> tuple[str, str]:
+    """(media bucket, backups bucket) as the recorded program made them; one bucket for both before the
+    backups had their own."""
+    assert deployment.recording is not None
+    names = {r.name: r.inputs["name"] for r in deployment.recording.of_type("digitalocean:index/spacesBucket:SpacesBucket")}
+    return names["media-bucket"], names.get("media-backups", names["media-bucket"])
+
+
+def test_a_backup_is_copied_to_its_own_bucket_encrypted(spaces: SpacesSwitch) -> None:
     d = spaces.deployment
     d.ssh(f"systemctl start {backup.SERVICE}")  # the daily run
     assert d.ssh(f"systemctl show -P Result {backup.SERVICE}").strip() == "success"
     written = d.ssh(f"{paths.BACKUP_COMMAND} e2e-spaces").strip().splitlines()[-1]
     name = written.rsplit("/", 1)[1]
-    copied = spaces.standin.objects(f"{BACKUP_PREFIX}{name}/")
-    assert set(copied) >= {f"{BACKUP_PREFIX}{name}/{f}" for f in ("synapse.dump", "signing.key", "SHA256SUMS")}
-    local_sums = d.ssh(f"cat {shlex.quote(written)}/SHA256SUMS")
-    assert copied[f"{BACKUP_PREFIX}{name}/SHA256SUMS"].decode() == local_sums
-    dump_sum = hashlib.sha256(copied[f"{BACKUP_PREFIX}{name}/synapse.dump"]).hexdigest()
-    assert f"{dump_sum}  synapse.dump" in local_sums.splitlines()
-    assert name in d.ssh(f"{paths.SPACES_COMMAND} list-backups").split()
     spaces.backup_name = name
+    media_bucket, backups_bucket = buckets(d)
+    assert backups_bucket != media_bucket
+    copied = spaces.standin.objects(f"{BACKUP_PREFIX}{name}/", bucket=backups_bucket)
+    assert set(copied) >= {f"{BACKUP_PREFIX}{name}/{f}" for f in ("synapse.dump", "signing.key", "SHA256SUMS")}
+    # Encrypted: the bucket holds none of the backup's bytes (the signing key's seed, the sums, the config).
+    local = {f: d.ssh(f"base64 -w0 {shlex.quote(written)}/{f}") for f in ("SHA256SUMS", "signing.key", "homeserver.yaml")}
+    for file, data in local.items():
+        plain = base64.b64decode(data)
+        assert not any(plain[:64] in blob for blob in copied.values()), file
+    assert not spaces.standin.objects(f"{BACKUP_PREFIX}{name}/")  # and nothing of it in Synapse's bucket
+    assert name in d.ssh(f"{paths.SPACES_COMMAND} list-backups").split()
+
+
+def test_synapse_can_neither_delete_nor_plant_a_backup(spaces: SpacesSwitch) -> None:
+    """Issue 26: the key Synapse holds (homeserver.yaml) is granted the media bucket alone. As Synapse, with
+    that key and Synapse's own boto3, delete every backup object the test knows of, wherever it lies,
+    and plant a backup of its own in both buckets: the backup stays, the plant is not listed."""
+    assert spaces.backup_name, "needs the backup of test_a_backup_is_copied_to_its_own_bucket_encrypted"
+    d = spaces.deployment
+    media_bucket, backups_bucket = buckets(d)
+    targets = [(b, k) for b in (backups_bucket, media_bucket)
+               for k in spaces.standin.objects(f"{BACKUP_PREFIX}{spaces.backup_name}/", bucket=b)]
+    assert targets
+    planted = "20261231T235959Z-planted"
+    attack = (PLANT_AND_DELETE.replace("TARGETS", json.dumps(targets)).replace("PLANT_NAME", planted)
+              .replace("BUCKETS", json.dumps([backups_bucket, media_bucket])))
+    ran = d.host.ssh(f"cd / && runuser -u {paths.SYNAPSE_USER} -- env AWS_CA_BUNDLE={media.CA_BUNDLE} "
+                     f"{paths.SYNAPSE_VENV}/bin/python - {paths.SYNAPSE_CONFIG}", stdin=attack.encode(), timeout=300)
+    report = ran.stdout.decode() + ran.stderr.decode()
+    print(f"\n  as Synapse, with its own key:\n{report}")
+    assert ran.returncode == 0, report
+    after = [(b, k) for b in (backups_bucket, media_bucket)
+             for k in spaces.standin.objects(f"{BACKUP_PREFIX}{spaces.backup_name}/", bucket=b)]
+    assert after == targets, "Synapse deleted a backup"
+    assert planted not in d.ssh(f"{paths.SPACES_COMMAND} list-backups").split(), "Synapse planted a backup"
+    assert "wrote media" in report  # the key works: for Synapse's own bucket
+
+
+# Run by Synapse's user with Synapse's venv: its S3 key from homeserver.yaml, then the attack.
+PLANT_AND_DELETE = r"""
+import json, sys
+import boto3, yaml
+from botocore.config import Config
+config = yaml.safe_load(open(sys.argv[1]))
+(provider,) = config["media_storage_providers"]
+c = provider["config"]
+s3 = boto3.client("s3", endpoint_url=c["endpoint_url"], region_name=c["region_name"],
+                  aws_access_key_id=c["access_key_id"], aws_secret_access_key=c["secret_access_key"],
+                  config=Config(retries={"max_attempts": 1}))
+s3.put_object(Bucket=c["bucket"], Key="media/ms-attack-probe", Body=b"x")
+s3.delete_object(Bucket=c["bucket"], Key="media/ms-attack-probe")
+print("wrote media to", c["bucket"])
+for bucket, key in json.loads('TARGETS'):
+    try:
+        s3.delete_object(Bucket=bucket, Key=key)
+        print("DELETED", bucket, key)
+    except Exception as error:
+        print("refused delete", bucket, key, type(error).__name__, str(error)[:80])
+for bucket in json.loads('BUCKETS'):
+    for file in ("synapse.dump", "SHA256SUMS"):
+        try:
+            s3.put_object(Bucket=bucket, Key=f"backups/PLANT_NAME/{file}", Body=b"planted")
+            print("PLANTED", bucket, file)
+        except Exception as error:
+            print("refused plant", bucket, file, type(error).__name__, str(error)[:80])
+"""
+
+
+def test_a_backup_nobody_made_here_is_refused_before_anything_is_restored(spaces: SpacesSwitch) -> None:
+    """Issue 26: whoever can write the backups bucket (its key, or earlier Synapse's) plants a complete
+    backup with valid sums; `matrix-stack-restore spaces:<it>` refuses it before anything happens: nothing
+    of it reaches the volume and Synapse is never stopped."""
+    d = spaces.deployment
+    forged = "20261230T000000Z-forged"
+    dump = b"PGDMP planted by someone else"
+    sums = f"{hashlib.sha256(dump).hexdigest()}  synapse.dump\n".encode()
+    s3 = spaces.standin.client()
+    for bucket in set(buckets(d)):
+        s3.put_object(Bucket=bucket, Key=f"{BACKUP_PREFIX}{forged}/synapse.dump", Body=dump)
+        s3.put_object(Bucket=bucket, Key=f"{BACKUP_PREFIX}{forged}/SHA256SUMS", Body=sums)
+    pid = d.ssh(f"systemctl show -P MainPID {paths.SYNAPSE_UNIT}").strip()
+    try:
+        refused = d.host.ssh(f"{paths.RESTORE_COMMAND} spaces:{forged}", timeout=300)
+        print(f"\n  restore of the planted backup: exit {refused.returncode}: {refused.stderr.decode().strip()[-300:]}")
+        assert refused.returncode != 0
+        assert d.ssh(f"ls -A {paths.BACKUP_DIR}").split().count(forged) == 0, "the planted backup reached the volume"
+        assert d.ssh(f"systemctl show -P MainPID {paths.SYNAPSE_UNIT}").strip() == pid
+    finally:
+        d.ssh(f"rm -rf {paths.BACKUP_DIR}/{forged} {paths.BACKUP_DIR}/.partial-{forged}")
+
+
+def test_a_key_leading_out_of_the_backups_directory_writes_nothing(spaces: SpacesSwitch) -> None:
+    """Issue 26 (reproduced against moto): an object named backups/<name>/../../../../etc/cron.d/<x> was
+    written wherever it pointed by root's get-backup."""
+    d = spaces.deployment
+    name, planted = "20261229T000000Z-escape", f"ms-escape-{os.urandom(3).hex()}"
+    s3 = spaces.standin.client()
+    for bucket in set(buckets(d)):
+        s3.put_object(Bucket=bucket, Key=f"{BACKUP_PREFIX}{name}/SHA256SUMS", Body=b"")
+        s3.put_object(Bucket=bucket, Key=f"{BACKUP_PREFIX}{name}/../../../../etc/cron.d/{planted}",
+                      Body=b"* * * * * root touch /tmp/ms-cron-ran\n")
+    try:
+        got = d.host.ssh(f"{paths.SPACES_COMMAND} get-backup {name} {paths.BACKUP_DIR}", timeout=300)
+        print(f"\n  get-backup: exit {got.returncode}: {got.stderr.decode().strip()[-200:]}")
+        assert d.ssh("ls -A /etc/cron.d").split().count(planted) == 0, "root wrote outside the backups directory"
+        assert got.returncode != 0
+    finally:
+        d.ssh(f"rm -f /etc/cron.d/{planted}; rm -rf {paths.BACKUP_DIR}/{name} {paths.BACKUP_DIR}/.partial-{name}")
+
+
+def test_a_deleted_backup_comes_back_from_the_buckets_versions(spaces: SpacesSwitch) -> None:
+    d = spaces.deployment
+    assert spaces.backup_name
+    bucket = buckets(d)[1]
+    s3 = spaces.standin.client()
+    for key in spaces.standin.objects(f"{BACKUP_PREFIX}{spaces.backup_name}/", bucket=bucket):
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert spaces.backup_name not in d.ssh(f"{paths.SPACES_COMMAND} list-backups").split()
+    d.ssh(f"{paths.SPACES_COMMAND} undelete-backup {spaces.backup_name}")
+    assert spaces.backup_name in d.ssh(f"{paths.SPACES_COMMAND} list-backups").split()
 
 
 def test_a_fresh_droplet_restores_from_the_bucket(spaces: SpacesSwitch) -> None:
@@ -192,6 +322,32 @@ def test_a_fresh_droplet_restores_from_the_bucket(spaces: SpacesSwitch) -> None:
         for uri, data in spaces.files.items():
             assert not on_volume(fresh, uri)
             assert download(fresh, uri) == (200, data)
+
+
+def test_fetching_media_writes_nothing_through_a_link_synapse_put_in_its_store(spaces: SpacesSwitch) -> None:
+    """Issue 26: the media store is Synapse's; root's fetch-media followed a directory link Synapse put
+    there and wrote into a root directory. Now the fetch runs as Synapse: the file is reported, nothing
+    lands in /etc/cron.d, and the trim and the marker stay (not every file is local)."""
+    d = spaces.deployment
+    planted = f"ms-{os.urandom(3).hex()}"
+    link = f"{paths.SYNAPSE_MEDIA_STORE}/local_content/{planted}"
+    ran = d.host.ssh(f"cd / && runuser -u {paths.SYNAPSE_USER} -- sh -c "
+                     f"'mkdir -p {paths.SYNAPSE_MEDIA_STORE}/local_content && ln -s /etc/cron.d {link}'")
+    assert ran.returncode == 0, ran.stderr.decode()
+    key = f"{MEDIA_PREFIX}local_content/{planted}/zz/root-cron-entry"
+    spaces.standin.client().put_object(Bucket=buckets(d)[0], Key=key,
+                                       Body=b"* * * * * root touch /tmp/ms-cron-ran\n")
+    try:
+        fetched = d.host.ssh(f"{paths.SPACES_COMMAND} fetch-media", timeout=600)
+        print(f"\n  fetch-media: exit {fetched.returncode}: {fetched.stderr.decode().strip()[-300:]}")
+        assert d.ssh("ls -A /etc/cron.d").split().count("zz") == 0, "root wrote through Synapse's link"
+        assert fetched.returncode != 0 and "NOT fetched" in fetched.stderr.decode()
+        assert d.ssh(f"test -e {paths.MEDIA_SPACES_MARKER} && echo kept").strip() == "kept"
+    finally:
+        spaces.standin.client().delete_object(Bucket=buckets(d)[0], Key=key)
+        d.ssh(f"rm -f {link}; rm -rf /etc/cron.d/zz")
+        assert d.recording is not None
+        run_all(d.recording, only={"media-offload"})  # the trim and the marker, as before
 
 
 def test_the_way_back_brings_every_file_onto_the_volume(spaces: SpacesSwitch) -> None:

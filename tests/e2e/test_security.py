@@ -9,7 +9,6 @@ vantage point, short timeouts) and only touches the test host's addresses or the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import secrets
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from http.client import HTTPSConnection
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from components.settings import DEFAULTS
 from tests.e2e.accounts import guest_api
 from tests.e2e.clients import tls_context
 from tests.e2e.deployment import DOMAIN, HOMESERVER, Deployment
-from tests.e2e.runner import StepResult, run_all, ssh_command
+from tests.e2e.runner import StepFailed, StepResult, connect, deploy_key_file
 from tests.harness import unwrap
 from tests.pki import origin_pull_pair
 
@@ -442,8 +440,11 @@ def test_synapse_runs_in_the_sandbox_of_its_hardened_unit(deployment: Deployment
     pid = deployment.ssh(f"systemctl show -P MainPID {paths.SYNAPSE_UNIT}").strip()
     assert pid.isdigit() and pid != "0"
     status = dict(line.split(":\t", 1) for line in deployment.ssh(f"cat /proc/{pid}/status").splitlines() if ":\t" in line)
-    print(f"\n  Synapse {pid}: Seccomp {status['Seccomp']}, NoNewPrivs {status['NoNewPrivs']}, CapBnd {status['CapBnd']}")
-    assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+    # Every process of the test host has the container manager's syscall filter: Synapse's own is on top.
+    init = dict(line.split(":\t", 1) for line in deployment.ssh("cat /proc/1/status").splitlines() if ":\t" in line)
+    print(f"\n  Synapse {pid}: seccomp filters {status['Seccomp_filters'].strip()} (the container's init: "
+          f"{init['Seccomp_filters'].strip()}), NoNewPrivs {status['NoNewPrivs']}, CapBnd {status['CapBnd']}")
+    assert int(status["Seccomp_filters"]) > int(init["Seccomp_filters"]) and status["NoNewPrivs"].strip() == "1"
     assert int(status["CapBnd"], 16) == 0 and int(status["CapEff"], 16) == 0
     own, system = (deployment.ssh(f"cat /proc/{p}/uid_map").split() for p in (pid, "1"))
     assert own != system, own  # a user namespace of its own, not the system's
@@ -575,59 +576,63 @@ def test_federation_off_and_allowlist_are_enforced_by_synapse(deployment: Deploy
 # 6: secrets
 
 
-STOP_FILE = "/run/matrix-stack-sec-poll-stop"
+TRACE_DIR = "/root/.matrix-stack-argv-trace"
+ADMIN_SESSION = "/root/.matrix-stack/selfcheck-admin.token"
 
 
-@contextlib.contextmanager
-def watching_processes(deployment: Deployment) -> Iterator[list[str]]:
-    """`ps -eo args` on the guest every 0.2 s (at most 3000 times) while the block runs.
-
-    The list it yields is filled with the snapshots when the block ends.
-    """
-    deployment.ssh(f"rm -f {STOP_FILE}")
-    script = (f"for i in $(seq 3000); do [ -e {STOP_FILE} ] && break; "
-              "ps -eo args; echo @@SNAPSHOT@@; sleep 0.2; done; exit 0")
-    snapshots: list[str] = []
-    with tempfile.TemporaryFile() as out:
-        poller = subprocess.Popen([*ssh_command(deployment.host.address, deployment.key_file),
-                                   f"bash -c {shlex.quote(script)}"], stdout=out, stderr=subprocess.DEVNULL)
-        try:
-            yield snapshots
-        finally:
-            deployment.host.ssh(f"touch {STOP_FILE}")
-            try:
-                poller.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                poller.kill()
-                poller.wait()
-            deployment.host.ssh(f"rm -f {STOP_FILE}")
-            out.seek(0)
-            snapshots.extend(out.read().decode(errors="replace").split("@@SNAPSHOT@@")[:-1])
+def run_traced(deployment: Deployment) -> list[StepResult]:
+    """Every recorded step run again exactly as the provider runs it, but with its bash (and everything
+    that bash starts, to the last child) under strace: the argv of every program executed, complete.
+    The self-check's kept admin session is removed first, so its login runs too."""
+    recording = deployment.recording
+    assert recording is not None
+    deployment.ssh("command -v strace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                   "--no-install-recommends strace >/dev/null", timeout=600)
+    deployment.ssh(f"rm -rf {TRACE_DIR} && install -d -m 0700 {TRACE_DIR} && rm -f {ADMIN_SESSION}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="matrix-stack-trace-") as tmp:
+        key = deploy_key_file(recording, Path(tmp))
+        for command in recording.commands():
+            create = str(command.inputs["create"])
+            strace = f"strace -f -qq -e trace=execve -s 65536 -o {TRACE_DIR}/{command.name}"
+            traced = create.replace('bash "$f"', f'{strace} bash "$f"')
+            assert traced != create, create
+            started = time.monotonic()
+            proc = subprocess.run([*connect(command, key), traced], input=command.inputs.get("stdin", ""),
+                                  capture_output=True, text=True, timeout=1800)
+            result = StepResult(command.name, time.monotonic() - started, proc.returncode, proc.stdout, proc.stderr)
+            results.append(result)
+            if proc.returncode != 0:
+                raise StepFailed(result)
+    return results
 
 
 def test_no_secret_in_step_output_or_on_a_command_line(
     deployment: Deployment, initial_results: list[StepResult]
 ) -> None:
+    """No step prints a secret, and no program any step runs gets one in its arguments, which any local
+    user reads in /proc while it runs (issue 26: the self-check's login put the admin password there)."""
     values = secret_values(deployment)
-    assert deployment.recording is not None
     started = time.monotonic()
-    with watching_processes(deployment) as snapshots:
-        rerun = run_all(deployment.recording)
-        deployment.results = rerun
-        time.sleep(1)  # one more snapshot after the last step
-    print(f"\n  re-ran all {len(rerun)} steps in {time.monotonic() - started:.1f} s")
+    rerun = run_traced(deployment)
+    deployment.results = rerun
+    print(f"\n  re-ran all {len(rerun)} steps under strace in {time.monotonic() - started:.1f} s")
 
     for result in [*initial_results, *rerun]:
         found = leaked(result.stdout + result.stderr, values)
         assert not found, f"{result.name} printed {found}"
     print(f"  step outputs checked: {len(initial_results)} from provisioning, {len(rerun)} from the re-run")
 
-    commands = {line.strip() for snapshot in snapshots for line in snapshot.splitlines()}
-    step_runs = {c for c in commands if ".matrix-stack-step." in c}
-    print(f"  {len(snapshots)} process snapshots, {len(commands)} distinct command lines, "
-          f"{len(step_runs)} step scripts among them")
-    assert len(snapshots) > 10 and step_runs  # the watcher really watched the steps run
-    on_command_line = {label for c in commands for label in leaked(c, values)}
+    # The session token the self-check's login just got is a secret too.
+    values["admin session token"] = deployment.ssh(f"cat {ADMIN_SESSION}").strip()
+    assert len(values["admin session token"]) >= 20
+    traces = deployment.ssh(f"cat {TRACE_DIR}/*", timeout=300)
+    execs = [line for line in traces.splitlines() if "execve(" in line]
+    programs = {re.sub(r'^.*execve\("([^"]+)".*$', r"\1", line) for line in execs}
+    print(f"  {len(execs)} programs executed ({len(programs)} distinct), every argument read")
+    assert len(execs) > 500 and {"/usr/bin/curl", "/usr/bin/jq"} <= programs  # the tracer saw the steps work
+    on_command_line = {label: next(line for line in execs if value in line)[:200]
+                       for label, value in values.items() if value in traces}
     assert not on_command_line, f"secrets on a command line: {on_command_line}"
 
 
@@ -659,7 +664,7 @@ def test_no_world_readable_file_holds_a_secret(deployment: Deployment) -> None:
         ("/etc/matrix-synapse/homeserver.yaml", {"640"}, "root", "matrix-synapse"),
         ("/etc/turnserver.conf", {"640"}, "root", "turnserver"),
         ("/etc/letsencrypt/cloudflare.ini", {"600"}, "root", "root"),
-        (paths.SYNAPSE_SIGNING_KEY, {"600", "400"}, "matrix-synapse", None),
+        (paths.SYNAPSE_SIGNING_KEY, {"640"}, "root", "matrix-synapse"),
         ("/root/.matrix-stack/admin.env", {"600"}, "root", None),
     ],
 )

@@ -5,13 +5,16 @@ key) and uses the first host's ACME server and Cloudflare stand-in (one stack, o
 steps `pulumi up` would run are run, in the engine's order: switching on runs the TURN droplet's
 steps, the main droplet's firewall and coturn-off; switching off re-installs nothing but re-enables
 coturn on the main droplet. Real clients: Synapse's TURN credentials, coturn's own test client
-relaying between two allocations through the TURN droplet, TLS verified against the ACME root.
+relaying between two allocations through the TURN droplet, TLS verified against the ACME root. The
+TURN droplet proves control of turn. by HTTP-01 (pebble checks port 80, as Let's Encrypt does) and holds
+no Cloudflare token.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import shlex
 import socket
 import ssl
 import struct
@@ -32,7 +35,7 @@ from tests.harness import changed_steps, config_strings
 pytestmark = pytest.mark.e2e
 
 TURN_INDEX = E2E_INDEX + 104
-# While the TURN droplet gets its certificate, the zone's TXT records become visible this long after
+# While the main droplet orders a certificate, the zone's TXT records become visible this long after
 # they are made: longer than certbot's first wait, shorter than its second (PROPAGATION_WAITS_S).
 SLOW_DNS_S = 15.0
 TURN_STEPS = {"turn-base-packages", "turn-base-firewall", "turn-certificates-install", "turn-certificates-issue",
@@ -124,14 +127,7 @@ class TurnSwitch:
         self.host.boot()
         d.apply_cloud()
         changed = changed_steps(before, after)
-        # DNS slower than the first propagation wait: the TURN droplet's certificate step must try again.
-        zone = d.host.cloudflare
-        assert zone is not None
-        zone.txt_delay = SLOW_DNS_S
-        try:
-            self.on = (changed, run_all(after, only=changed))
-        finally:
-            zone.txt_delay = 0.0
+        self.on = (changed, run_all(after, only=changed))
 
     def switch_off(self) -> None:
         """`pulumi up` with turnDroplet removed: the main droplet's steps run, then the TURN droplet goes."""
@@ -175,17 +171,44 @@ def test_switching_on_runs_the_turn_droplets_steps_and_only_the_main_steps_it_ch
     assert turn_a_record(turn.deployment) == turn.host.address
 
 
+def test_the_turn_droplet_holds_no_cloudflare_token(turn: TurnSwitch) -> None:
+    """Issue 26: coturn (4.6.1, open to the whole internet) runs on the TURN droplet, so whoever takes it
+    over may get root there. Nothing there can edit the zone: searched as root, no file holds the DNS
+    token; the certificate came by HTTP-01 (its renewals too), and nothing listens on port 80 meanwhile."""
+    assert turn.host is not None
+    d = turn.deployment
+    token = str(d.config["certbotCloudflareToken"])
+    found = turn.host.ssh("timeout 600 grep -rlF -D skip -f - /etc /var /root /opt /usr/local /home 2>/dev/null || true",
+                          stdin=(token + "\n").encode(), timeout=900).stdout.decode().split()
+    renewal = turn.host.ssh(f"cat /etc/letsencrypt/renewal/{d.domain}.conf", check=True).stdout.decode()
+    listening = turn.host.ssh("ss -Hltn 'sport = :80'", check=True).stdout.decode().strip()
+    main_has_it = d.ssh(f"grep -lF -- {shlex.quote(token)} /etc/letsencrypt/cloudflare.ini").strip()
+    print(f"\n  files holding the token on the TURN droplet: {found}; on the main droplet: {main_has_it}")
+    assert found == []
+    assert "authenticator = standalone" in renewal and "dns_cloudflare" not in renewal
+    assert listening == "", listening
+    assert main_has_it == "/etc/letsencrypt/cloudflare.ini"  # the search finds the token where it is
+
+
 def test_slow_dns_makes_the_certificate_step_wait_longer_and_try_again(turn: TurnSwitch) -> None:
-    """The TXT records showed up after SLOW_DNS_S: the first try (the plugin's 10 s wait) failed at the CA,
-    the second (30 s) got the certificate, and certbot keeps that wait for renewals."""
-    (issue,) = [r for r in turn.on[1] if r.name == "turn-certificates-issue"]
+    """The main droplet orders a new certificate (its renewal config names another ACME server, as after
+    an acmeServer change) while TXT records show up only after SLOW_DNS_S: the first try (the plugin's
+    10 s wait) fails at the CA, the second (30 s) gets the certificate, and certbot keeps that wait."""
+    d = turn.deployment
+    zone = d.host.cloudflare
+    assert zone is not None and d.recording is not None
+    renewal_conf = f"/etc/letsencrypt/renewal/{d.domain}.conf"
+    d.ssh(f"sed -i 's#^server = .*#server = https://acme.before.invalid/directory#' {renewal_conf}")
+    zone.txt_delay = SLOW_DNS_S
+    try:
+        (issue,) = run_all(d.recording, only={"certificates-issue"})
+    finally:
+        zone.txt_delay = 0.0
     waits = PROPAGATION_WAITS_S
     assert waits[0] < SLOW_DNS_S < waits[1]
     assert f"certbot failed after a {waits[0]} s DNS propagation wait (try 1 of {len(waits)})" in issue.stderr
     assert "try 2 of" not in issue.stderr
-    assert turn.host is not None
-    renewal = turn.host.ssh(f"cat /etc/letsencrypt/renewal/{turn.deployment.domain}.conf").stdout.decode()
-    assert f"dns_cloudflare_propagation_seconds = {waits[1]}" in renewal
+    assert f"dns_cloudflare_propagation_seconds = {waits[1]}" in d.ssh(f"cat {renewal_conf}")
 
 
 def test_a_call_relays_through_the_turn_droplet(turn: TurnSwitch) -> None:
@@ -224,7 +247,8 @@ def test_the_turn_droplet_opens_only_turn_and_ssh(turn: TurnSwitch) -> None:
     allowed = {line.split()[0] for line in ufw.splitlines()[4:] if line.strip()}
     low, high = load({k.split(":", 1)[1]: v for k, v in config_strings(turn.deployment.config).items()},
                      "test")[0].turn_relay_ports
-    assert {p.split("/")[0] for p in allowed} == {"22", "3478", "5349", f"{low}:{high}"}
+    # 80: the CA's HTTP-01 check of turn. (certbot listens only while it orders or renews).
+    assert {p.split("/")[0] for p in allowed} == {"22", "80", "3478", "5349", f"{low}:{high}"}
 
 
 def coturn_invocation(host: TestHost) -> str:

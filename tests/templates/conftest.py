@@ -95,6 +95,9 @@ MANAGED_ENDPOINT = DatabaseEndpoint(
 SPACES_ENDPOINT = MediaBucketEndpoint(
     bucket="matrix-example-org", region="nyc3", endpoint_url="https://nyc3.digitaloceanspaces.com",
     access_key="DO00TESTACCESSKEY000", secret_key="abc/def+ghi'jkl$mno",
+    backup_bucket="matrix-example-org-backups", backup_access_key="DO00TESTBACKUPKEY000",
+    backup_secret_key="BackupSecretKeyForTestsOnly/0123+456789",
+    backup_encryption_key="QUVTLTI1Ni1HQ00ga2V5IGZvciB0ZXN0cyBvbmx5ISE=",  # base64 of 32 bytes
 )
 
 

@@ -8,6 +8,7 @@ are observed for real. The real `turnserver` user (Debian's coturn package) rece
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import shutil
@@ -19,7 +20,9 @@ import pytest
 
 from components import paths
 from components.remote import StepSpec, bundle_text
+from components.render import render
 from components.services import ServiceContext, certificates
+from tests.attacks import LINK_RACER
 from tests.templates.conftest import BASE_CONFIG, FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_in_sandbox
 
@@ -32,10 +35,9 @@ def _steps(ctx: ServiceContext) -> dict[str, StepSpec]:
     return {s.name: s for s in certificates.steps(ctx)}
 
 
-def _certbot_args(script: str) -> list[str]:
-    """The certbot command line of the issue script, as bash would split it (line continuations joined)."""
-    joined = script.replace("\\\n", " ")
-    (line,) = [x for x in joined.splitlines() if x.strip().startswith("certbot certonly")]
+def _certbot_call(run: dict[str, Any]) -> list[str]:
+    """The first `certbot certonly` call a sandboxed run of the issue step made, as certbot received it."""
+    (line, *_) = [c for c in run["calls"].splitlines() if c.startswith("certbot certonly")]
     return shlex.split(line)
 
 
@@ -43,34 +45,61 @@ def _certbot_args(script: str) -> list[str]:
     "overrides",
     [{}, {"acmeServer": PEBBLE, "matrixSubdomain": "hs", "chatSubdomain": "web", "turnSubdomain": "relay"}],
 )
-def test_certbot_command(overrides: dict[str, str]) -> None:
+def test_certbot_command(tmp_path: Path, overrides: dict[str, str]) -> None:
     ctx = make_context(**overrides)
     s = ctx.settings
-    args = _certbot_args(_steps(ctx)["certificates-issue"].script)
+    (run,) = _run(tmp_path, ctx, [_bundle(ctx)], active=())
+    assert run["rc"] == "0", run["out"]
+    args = _certbot_call(run)
     assert args[:2] == ["certbot", "certonly"]
 
     def value(flag: str) -> str:
         return args[args.index(flag) + 1]
 
-    assert "--dns-cloudflare" in args
+    assert "--dns-cloudflare" in args and "--standalone" not in args
     assert value("--dns-cloudflare-credentials") == paths.CERTBOT_CREDENTIALS
-    assert value("--dns-cloudflare-propagation-seconds") == "$wait"
-    script = _steps(ctx)["certificates-issue"].script
-    assert re.search(r"^waits=\(10 30 90\)$", script, re.M)  # the plugin's default first
-
-    def assigned(var: str) -> str:
-        (line,) = [x for x in script.splitlines() if x.startswith(f"{var}=")]
-        return shlex.split(line.split("=", 1)[1])[0]
-
-    assert value("--cert-name") == "$cert_name" and assigned("cert_name") == s.domain
+    assert value("--dns-cloudflare-propagation-seconds") == "10"  # the plugin's default first
+    assert value("--cert-name") == s.domain
     assert [args[i + 1] for i, a in enumerate(args) if a == "-d"] == list(s.hostnames)
     assert s.hostnames == (s.domain, f"{s.matrix_subdomain}.{s.domain}", f"{s.chat_subdomain}.{s.domain}",
                            f"{s.turn_subdomain}.{s.domain}")  # fmt: skip
-    assert value("--server") == "$acme_server" and assigned("acme_server") == s.acme_server
+    assert value("--server") == s.acme_server
     assert value("-m") == s.letsencrypt_email
     for flag in ("--agree-tos", "--non-interactive", "--keep-until-expiring", "--expand"):
         assert flag in args
     assert "--force-renewal" not in args  # only when the ACME server changed (tested below)
+
+
+def _turn_context() -> ServiceContext:
+    return dataclasses.replace(make_context(turnDroplet="true"), role="turn", droplet_ipv6="")
+
+
+def test_the_turn_droplet_holds_no_token_and_proves_control_by_http(tmp_path: Path) -> None:
+    """Issue 26: the TURN droplet gets no Cloudflare token; it orders turn. alone by HTTP-01 (certbot's own
+    server on port 80). One an earlier version ordered by DNS-01 is ordered again (renewals then use
+    HTTP-01 too) and the token file that version left is removed."""
+    ctx = _turn_context()
+    steps = _steps(ctx)
+    assert not [f for s in steps.values() for f in s.files if TOKEN in str(f.content)]
+    assert paths.CERTBOT_CREDENTIALS not in {f.path for s in steps.values() for f in s.files}
+    earlier = ("install -d -m 0700 /etc/letsencrypt/renewal /etc/letsencrypt/live/DOMAIN\n"
+               "printf 'dns_cloudflare_api_token = old\\n' > CRED\n"
+               "for f in cert fullchain privkey; do echo old > /etc/letsencrypt/live/DOMAIN/$f.pem; done\n"
+               "printf '[renewalparams]\\nauthenticator = dns-cloudflare\\nserver = %s\\n' SERVER "
+               "> /etc/letsencrypt/renewal/DOMAIN.conf\n")
+    earlier = (earlier.replace("DOMAIN", ctx.settings.domain).replace("CRED", paths.CERTBOT_CREDENTIALS)
+               .replace("SERVER", ctx.settings.acme_server))
+    upgraded, again = _run(tmp_path, ctx, [_bundle(ctx), _bundle(ctx)], active=("coturn",), before=earlier)
+    assert upgraded["rc"] == "0" and again["rc"] == "0", upgraded["out"] + again["out"]
+    args = _certbot_call(upgraded)
+    assert args[args.index("--standalone"):args.index("--standalone") + 5] == [
+        "--standalone", "--preferred-challenges", "http", "--http-01-port", "80"]
+    assert not [a for a in args if "dns-cloudflare" in a]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "-d"] == [ctx.settings.turn_host]
+    assert "--force-renewal" in args and "forcing a new certificate" in upgraded["out"]
+    assert f"{paths.CERTBOT_CREDENTIALS} " not in upgraded["stat"]  # gone
+    assert "systemctl restart coturn" in upgraded["calls"]
+    assert "--force-renewal" not in _certbot_call(again)
 
 
 def test_token_only_in_a_root_0600_file() -> None:
@@ -153,12 +182,14 @@ if [ "$failures" -gt 0 ]; then  # the CA found no TXT record yet
   echo "Some challenges have failed." >&2
   exit 1
 fi
-name= server= force=
+name= server= force= authenticator=
 while [ $# -gt 0 ]; do
   case $1 in
     --cert-name) name=$2; shift ;;
     --server) server=$2; shift ;;
     --force-renewal) force=1 ;;
+    --standalone) authenticator=standalone ;;
+    --dns-cloudflare) authenticator=dns-cloudflare ;;
   esac
   shift
 done
@@ -168,7 +199,7 @@ if [ ! -f "$live/cert.pem" ] || [ -n "$force" ]; then
   head -c 32 /dev/urandom | base64 > "$live/cert.pem"
   cp "$live/cert.pem" "$live/fullchain.pem"
   head -c 32 /dev/urandom | base64 > "$live/privkey.pem"
-  printf '[renewalparams]\nauthenticator = dns-cloudflare\nserver = %s\n' "$server" > "/etc/letsencrypt/renewal/$name.conf"
+  printf '[renewalparams]\nauthenticator = %s\nserver = %s\n' "$authenticator" "$server" > "/etc/letsencrypt/renewal/$name.conf"
 fi
 """
 SYSTEMCTL = r"""#!/bin/bash
@@ -189,6 +220,7 @@ set -uo pipefail
 work=$1
 shift
 export WORK=$work PATH=$work/bin:$PATH
+# what an earlier version left
 i=0
 for bundle in "$@"; do
   i=$((i + 1))
@@ -205,7 +237,7 @@ done
 
 
 def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, ...],
-         failures: int = 0) -> list[dict[str, Any]]:
+         failures: int = 0, before: str = "") -> list[dict[str, Any]]:
     assert subprocess.run(["getent", "passwd", "turnserver"], stdout=subprocess.DEVNULL).returncode == 0, (
         "coturn must be installed"
     )
@@ -225,6 +257,7 @@ def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, 
         (tmp / f"bundle{i}.sh").write_text(text)
         args.append(str(tmp / f"bundle{i}.sh"))
     driver = DRIVER.replace("HOOK", paths.CERT_DEPLOY_HOOK).replace("CRED", paths.CERTBOT_CREDENTIALS)
+    driver = driver.replace("# what an earlier version left\n", before + "\n")
     proc = run_in_sandbox(tmp, driver.replace("DOMAIN", ctx.settings.domain), [str(work), *args])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = re.split(r"--- end of run \d+\n", (work / "calls").read_text())
@@ -265,9 +298,10 @@ def test_issue_runs_the_hook_once_and_renews_only_when_needed(tmp_path: Path) ->
     assert "systemctl restart coturn" in calls
     assert calls[-1] == "systemctl enable --quiet --now certbot.timer"
     assert f"{paths.CERTBOT_CREDENTIALS} root:root 600" in first["stat"]
-    assert f"{paths.COTURN_TLS_DIR} turnserver:turnserver 750" in first["stat"]
-    assert f"{paths.COTURN_TLS_DIR}/fullchain.pem turnserver:turnserver 640" in first["stat"]
-    assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in first["stat"]
+    # coturn's copy is root's: coturn (group turnserver) may read it, never replace it.
+    assert f"{paths.COTURN_TLS_DIR} root:turnserver 750" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/fullchain.pem root:turnserver 640" in first["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640" in first["stat"]
     assert first["sums"][0] == first["sums"][2]  # coturn's copy is the live certificate
 
     # Re-run, nothing changed: certbot keeps the certificate, no hook, no reload, no restart, and the
@@ -292,7 +326,7 @@ def test_hook_without_nginx_or_coturn_running_only_copies(tmp_path: Path) -> Non
     assert run["rc"] == "0", run["out"]
     calls = run["calls"]
     assert "reload" not in calls and "restart" not in calls and "nginx -t" not in calls
-    assert f"{paths.COTURN_TLS_DIR}/privkey.pem turnserver:turnserver 600" in run["stat"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640" in run["stat"]
 
 
 @pytest.mark.parametrize("failures", [2, 3])
@@ -310,3 +344,64 @@ def test_a_failed_try_is_made_again_with_a_longer_dns_wait(tmp_path: Path, failu
     else:
         assert run["rc"] != "0" and "reload" not in run["calls"]
         assert "certbot failed 3 times" in run["out"]
+
+
+# coturn's directory as the previous version left it (turnserver's), and coturn, compromised, racing the
+# hook: every new name in the directory is replaced by a link to a root file before root chowns it.
+RACE_DRIVER = r"""
+set -uo pipefail
+work=$1 hook=$2 lineage=$3
+install -d -m 0700 "$lineage"
+printf 'certificate\n' > "$lineage/fullchain.pem"
+printf 'private key\n' > "$lineage/privkey.pem"
+install -d -m 0700 /etc/ms-root
+printf 'root secret\n' > /etc/ms-root/canary
+chmod 0600 /etc/ms-root/canary
+install -d -m 0755 /etc/coturn
+install -d -m 0750 -o turnserver -g turnserver /etc/coturn/tls
+runuser -u turnserver -- ln -s /etc/ms-root/canary /etc/coturn/tls/privkey.pem
+cat > /etc/ms-racer.py <<'PY'
+RACER
+PY
+runuser -u turnserver -- python3 /etc/ms-racer.py /etc/coturn/tls /etc/ms-root/canary /etc/ms-stop > /dev/null &
+attacker=$!
+sleep 0.5
+for i in $(seq 40); do
+  rm -f /etc/coturn/tls/privkey.pem /etc/coturn/tls/fullchain.pem 2>/dev/null
+  RENEWED_LINEAGE=$lineage "$hook" >> "$work/hook.out" 2>&1
+  [ "$(stat -c %U /etc/ms-root/canary)" = root ] || break
+done
+echo "$i" > "$work/runs"
+touch /etc/ms-stop
+wait "$attacker"
+stat -c '%U:%G %a' /etc/ms-root/canary > "$work/canary.meta"
+cat /etc/ms-root/canary > "$work/canary"
+stat -c '%n %U:%G %a %F' /etc/coturn/tls /etc/coturn/tls/* > "$work/tls" 2>&1
+cmp /etc/coturn/tls/privkey.pem "$lineage/privkey.pem" > "$work/cmp" 2>&1; echo $? >> "$work/cmp"
+"""
+
+
+def test_coturn_racing_the_hook_gets_no_root_file(tmp_path: Path) -> None:
+    """Issue 26: the hook made turnserver's directory, wrote a temporary file there and chowned it by
+    name, so coturn could swap it for a link to any root file. Now the directory is taken back (root's),
+    the copies are staged root-only and renamed in: forty renewals with coturn racing change nothing."""
+    ctx = make_context()
+    hook = render("certificates/deploy-hook.sh.j2", coturn_tls_dir=paths.COTURN_TLS_DIR, domain=ctx.settings.domain,
+                  live_dir=paths.CERT_LIVE_DIR)
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    (work / "bin" / "systemctl").write_text("#!/bin/bash\nexit 3\n")  # nothing is active
+    (work / "bin" / "systemctl").chmod(0o755)
+    (work / "hook").write_text(hook)
+    (work / "hook").chmod(0o755)
+    lineage = f"{paths.CERT_LIVE_DIR}/{ctx.settings.domain}"  # in the sandbox's /etc
+    driver = RACE_DRIVER.replace('work=$1', f'export PATH={work}/bin:$PATH\nwork=$1').replace("RACER", LINK_RACER)
+    proc = run_in_sandbox(tmp_path, driver, [str(work), str(work / "hook"), lineage])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = {name: (work / name).read_text() for name in ("runs", "canary", "canary.meta", "tls", "cmp", "hook.out")}
+    print(seen)
+    assert seen["canary"] == "root secret\n" and seen["canary.meta"].split() == ["root:root", "600"], seen
+    assert seen["runs"].strip() == "40"
+    assert f"{paths.COTURN_TLS_DIR} root:turnserver 750 directory" in seen["tls"]
+    assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640 regular file" in seen["tls"]
+    assert seen["cmp"].strip() == "0"

@@ -132,7 +132,7 @@ def test_secret_file_mode_and_steps() -> None:
     steps = coturn.steps(ctx)
     assert [s.name for s in steps] == ["coturn-install", "coturn-config"]
     # The turnserver group exists only after the package install: the file must be in a later step.
-    assert not steps[0].files and [f.path for f in steps[1].files] == [paths.COTURN_CONFIG]
+    assert not steps[0].files and [f.path for f in steps[1].files] == [paths.COTURN_CONFIG, coturn.HARDENING_DROP_IN]
     for spec in steps:
         for secret in FAKE_SECRETS.values():
             assert secret.strip() not in spec.script
@@ -282,3 +282,30 @@ def test_real_coturn_check_catches_a_bad_option(tmp_path: Path) -> None:
     run = run_coturn(conf, str(ctx.droplet_ipv4), FAKE_SECRETS["turn_shared_secret"], tmp_path)
     with pytest.raises(AssertionError, match="Bad configuration"):
         assert_clean_start(run.server_log)
+
+
+def test_the_sandbox_drop_in_is_valid_and_closes_what_debians_unit_leaves_open(tmp_path: Path) -> None:
+    """Debian's coturn.service with the step's drop-in, as systemd reads them: every directive is known
+    (systemd-analyze verify), and systemd's own exposure score falls from Debian's unit alone (9.0,
+    "UNSAFE") to that of a sandboxed service. The e2e suite relays through coturn under it."""
+    debian_unit = Path("/lib/systemd/system/coturn.service")
+    step = next(s for s in coturn.steps(make_context()) if s.name == "coturn-config")
+    (drop_in,) = [f for f in step.files if f.path == coturn.HARDENING_DROP_IN]
+    assert Path(drop_in.path).parent.name == "coturn.service.d" and drop_in.mode == "0644"
+    (tmp_path / "coturn.service").write_text(debian_unit.read_text())
+    (tmp_path / "coturn.service.d").mkdir()
+    (tmp_path / "coturn.service.d" / Path(drop_in.path).name).write_text(str(drop_in.content))
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "coturn.service")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and "Unknown" not in verify.stderr, verify.stderr
+
+    def exposure(unit: Path) -> float:
+        out = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True,
+                             text=True).stdout
+        return float(re.findall(r"Overall exposure level for \S+: ([0-9.]+)", out)[-1])
+
+    (tmp_path / "debian").mkdir()
+    (tmp_path / "debian" / "coturn.service").write_text(debian_unit.read_text())
+    before, after = exposure(tmp_path / "debian" / "coturn.service"), exposure(tmp_path / "coturn.service")
+    print(f"\n  systemd's exposure level: Debian's unit {before}, with the drop-in {after}")
+    assert before >= 8 and after <= 2.0

@@ -23,6 +23,7 @@ import pytest
 from components import paths
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, element
+from tests import pki
 from tests.signing import Signer
 from tests.templates.conftest import FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_in_sandbox
@@ -114,7 +115,18 @@ work=$1
 shift
 # As on a droplet, where gpg comes without its recommended gpg-agent: the step must not need it.
 if [ -e /usr/bin/gpg-agent ]; then mount --bind /dev/null /usr/bin/gpg-agent; fi
-python3 -m http.server PORT --bind 127.0.0.1 --directory "$work/serve" > "$work/http.log" 2>&1 &
+# The mirror speaks HTTPS (elementDownloadUrl must be https), its CA trusted as a public one would be.
+cat "$work/tls/ca.pem" >> /etc/ssl/certs/ca-certificates.crt
+python3 - "$work" > "$work/http.log" 2>&1 <<'PY' &
+import functools, http.server, ssl, sys
+work = sys.argv[1]
+server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), functools.partial(
+    http.server.SimpleHTTPRequestHandler, directory=f"{work}/serve"))
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(f"{work}/tls/cert.pem", f"{work}/tls/key.pem")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+PY
 server=$!
 trap 'kill "$server"' EXIT
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/PORT) 2>/dev/null && break; sleep 0.05; done
@@ -150,6 +162,15 @@ def _run(tmp: Path, bundles: list[str]) -> list[dict[str, Any]]:
         path = tmp / f"bundle{i}.sh"
         path.write_text(text)
         paths_.append(str(path))
+    tls = tmp / "tls"
+    tls.mkdir(exist_ok=True)
+    ca_key = pki.private_key_pem("element mirror test CA")
+    ca = pki.self_signed_cert("element mirror test CA", ca_key, {"common_name": "element mirror test CA"}, True,
+                              ["cert_signing", "crl_signing", "digital_signature"], 24 * 365)
+    cert, key = pki.server_cert("element mirror test", ca_key, ca, ["127.0.0.1"])
+    (tls / "ca.pem").write_text(ca)
+    (tls / "cert.pem").write_text(cert + ca)
+    (tls / "key.pem").write_text(key)
     proc = run_in_sandbox(tmp, DRIVER, [str(tmp), *paths_], tmpfs=["/var/www"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     keys = ("rc", "out", "link", "previous", "ls", "config", "served")
@@ -171,7 +192,7 @@ def _bundle(version: str, key: Signer, fingerprint: str | None = None, key_block
     """The step's bundle for `version`, pinned to `key` (or to an explicit key block and fingerprint)."""
     ctx = make_context(
         elementVersion=version,
-        elementDownloadUrl=f"http://127.0.0.1:{PORT}/element-v{{version}}.tar.gz",
+        elementDownloadUrl=f"https://127.0.0.1:{PORT}/element-v{{version}}.tar.gz",
         elementSigningKey=key_block or key.public_key,
         elementSigningFingerprint=fingerprint or key.fingerprint,
         **config,
@@ -244,8 +265,8 @@ def test_install_upgrade_rollback_and_every_refusal(tmp_path: Path, signers: tup
         "9.0.3": "BAD signature",
         "9.0.4": "could not download its signature",
         "9.0.5": f"signed by another key ({stranger.fingerprint[-16:]})",
-        "9.0.6": f"checksum MISMATCH for http://127.0.0.1:{PORT}/element-v9.0.6.tar.gz: expected {'0' * 64}",
-        "9.0.8": f"http://127.0.0.1:{PORT}/element-v9.0.8.tar.gz.asc is not an OpenPGP signature",
+        "9.0.6": f"checksum MISMATCH for https://127.0.0.1:{PORT}/element-v9.0.6.tar.gz: expected {'0' * 64}",
+        "9.0.8": f"https://127.0.0.1:{PORT}/element-v9.0.8.tar.gz.asc is not an OpenPGP signature",
         "9.0.9": f"{element.ELEMENT_SIGNING_KEY} holds key {stranger.fingerprint}, not the pinned {release.fingerprint}",
         "9.0.10": f"signed by another key ({stranger.fingerprint}), not by the pinned {release.fingerprint}",
     }

@@ -104,7 +104,16 @@ def _servers(text: str) -> list[str]:
 
 
 def _locations(server: str) -> dict[str, str]:
-    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", server)}
+    """Each `location SELECTOR { ... }` of a server by its selector, the body up to its own closing brace
+    (an `if` block inside it included)."""
+    found = {}
+    for m in re.finditer(r"location\s+([^{]+)\{", server):
+        depth, end = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(server[end], 0)
+            end += 1
+        found[m.group(1).strip()] = server[m.end():end - 1]
+    return found
 
 
 # ------------------------------------------------------------------------------------------
@@ -420,6 +429,21 @@ def test_live_nginx_serves_the_sites_as_intended(tmp_path: Path) -> None:
     assert bundle["status"] == 200 and "cache-control" not in bundle["headers"]
     assert bundle["headers"]["x-frame-options"] == "SAMEORIGIN" and "strict-transport-security" in bundle["headers"]
 
+    # Encoded dot-segments into the admin API: refused by nginx, never passed on (the raw URI must start
+    # with /_matrix/ or /_synapse/client/).
+    for name in ENCODED_PATHS:
+        assert res[f"encoded-{name}"]["status"] == 404, (name, res[f"encoded-{name}"])
+    assert not [x["path"] for x in seen if not x["path"].startswith(("/_matrix/", "/_synapse/client/"))]
+
+    # No log holds a query string: the access log has the paths only, the error log (which names whole
+    # request lines) is in root's directory.
+    assert res["token-upstream-failed"]["status"] == 502
+    logs = r["logs"]
+    access = logs[nginx.ACCESS_LOG]["text"]
+    assert "/_matrix/client/v3/sync HTTP/" in access and access.count("/_matrix/client/v3/sync") >= 4
+    assert [p for p, log in logs.items() if LOGGED_TOKEN in log["text"] and p != nginx.ERROR_LOG] == []
+    assert LOGGED_TOKEN in logs[nginx.ERROR_LOG]["text"] and logs[nginx.ERROR_LOG]["mode"] == "0o700"
+
     # The delegation files are on the homeserver's name too (the redirect beside a website lands there).
     matrix_well_known = res["matrix-well-known"]
     assert matrix_well_known["status"] == 200 and json.loads(matrix_well_known["body"]) == {"m.server": f"{s.matrix_host}:443"}
@@ -564,6 +588,15 @@ def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes]) -> Any:
 
 
 KEEPALIVE_PROBES = 5
+# Issue 26: encoded forms of /_synapse/admin/ that nginx's normalised $uri sees as /_matrix/...
+ENCODED_PATHS = {
+    "dot-slash": "/_synapse/admin/v2/users/..%2F..%2F..%2F..%2F_matrix%2Fclient%2Fversions",
+    "dot-segments": "/_synapse/admin/v1/..%2F..%2F..%2F_matrix/client/versions",
+    "encoded-dots": "/_synapse/admin/%2E%2E/%2E%2E/_matrix/client/versions",
+    "encoded-prefix": "/%5Fmatrix/client/versions",
+    "encoded-synapse": "/%5Fsynapse/client/../admin/v1/server_version",
+}
+LOGGED_TOKEN = "syt_bG9nZ2Vk_TOKEN0in0a0query0string"
 
 
 def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -571,6 +604,8 @@ def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]
 
     def synapse(path: str, headers: dict[str, str]) -> bytes:
         seen.append({"path": path, "headers": headers})
+        if "since=s1" in path:  # Synapse failing mid-request: nginx answers 502 and logs an error
+            raise ConnectionAbortedError(path)
         return b'{"versions": ["v1.11"]}'
 
     backend = _stand_in(8008, synapse)
@@ -605,6 +640,13 @@ def _live_checks(hosts: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]
     }
     for i in range(KEEPALIVE_PROBES):  # one after another, each on a new connection to nginx
         res[f"probe-{i}"] = _request(matrix, "/_matrix/client/v3/capabilities", headers=cf)
+    # Raw URIs that normalise into /_matrix/ (nginx's $uri) while Synapse routes them elsewhere.
+    for name, path in ENCODED_PATHS.items():
+        res[f"encoded-{name}"] = _request(matrix, path, headers=cf)
+    # A token in a query string, on every site, answered and failing (Synapse gone: 502, an error line).
+    for host in (apex, matrix, chat, UNKNOWN_NAME):
+        res[f"token-{host}"] = _request(host, f"/_matrix/client/v3/sync?access_token={LOGGED_TOKEN}")
+    res["token-upstream-failed"] = _request(matrix, f"/_matrix/client/v3/sync?access_token={LOGGED_TOKEN}&since=s1")
     backend.shutdown()
     return res, seen
 
@@ -635,6 +677,7 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
     shutil.copytree(stage, "/", symlinks=True, dirs_exist_ok=True)
     enabled = Path("/etc/nginx/sites-enabled")
     (enabled / "default").unlink(missing_ok=True)  # what the step script does
+    os.makedirs(nginx.PRIVATE_LOG_DIR, mode=0o700, exist_ok=True)  # ... and this
     for site in nginx.SITE_NAMES:
         (enabled / site).symlink_to(f"../sites-available/{site}")
     test = subprocess.run([NGINX, "-t"], capture_output=True, text=True)
@@ -662,6 +705,8 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
                 result.update(_routing_checks(hosts[1]))
             else:
                 result["responses"], result["backend"] = _live_checks(hosts)
+                result["logs"] = {str(p): {"text": p.read_text(), "mode": oct(p.parent.stat().st_mode & 0o777)}
+                                  for p in Path("/var/log/nginx").rglob("*.log")}
         finally:
             server.terminate()
             server.wait(timeout=10)

@@ -80,3 +80,44 @@ def test_password_is_only_in_the_0600_sql_file() -> None:
         for file in spec.files:
             if FAKE_SECRETS["postgres_password"] in str(file.content):
                 assert (file.mode, file.owner) == ("0600", "postgres")
+
+
+UPGRADE_DRIVER = r"""
+set -uo pipefail
+work=$1 script=$2
+export PATH=$work/bin:$PATH
+install -d -m 0700 /var/lib/postgresql/15/main
+echo 15 > /var/lib/postgresql/15/main/PG_VERSION
+bash "$script" 15 17 > "$work/out" 2>&1
+echo $? > "$work/rc"
+"""
+# debootstrap records how it was called and fails (nothing is downloaded); apt names a plain-HTTP mirror.
+UPGRADE_STUBS = {
+    "debootstrap": 'printf "%s\\n" "$@" > "$WORK/debootstrap.argv"; exit 1',
+    "apt-get": 'echo "http://mirror.invalid/debian $(sed -n "s/^VERSION_CODENAME=//p" /etc/os-release)"',
+    "apt-config": "true",
+}
+
+
+def test_the_old_release_is_unpacked_only_with_checked_signatures(tmp_path: Path) -> None:
+    """The 12 -> 13 upgrade unpacks PostgreSQL 15 with debootstrap from the droplet's mirror, which may be
+    plain HTTP: the call names Debian's archive keyring and forces the signature check."""
+    from tests.templates.sandbox import run_in_sandbox
+
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    for name, body in UPGRADE_STUBS.items():
+        (work / "bin" / name).write_text(f"#!/bin/bash\n{body}\n")
+        (work / "bin" / name).chmod(0o755)
+    script = next(str(f.content) for s in postgres.steps(make_context(dropletImage="debian-13-x64"))
+                  for f in s.files if f.path == postgres.UPGRADE_COMMAND)
+    (work / "upgrade.sh").write_text(script.replace("data_mount=/srv/matrix", "data_mount=/var/lib"))
+    driver = UPGRADE_DRIVER.replace("export PATH", f"export WORK={work}\nexport PATH")
+    proc = run_in_sandbox(tmp_path, driver, [str(work), str(work / "upgrade.sh")], tmpfs=["/var/cache", "/var/log"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = (work / "out").read_text()
+    assert "could not unpack PostgreSQL 15" in out, out
+    argv = (work / "debootstrap.argv").read_text().splitlines()
+    assert f"--keyring={postgres.DEBIAN_ARCHIVE_KEYRING}" in argv and "--force-check-gpg" in argv, argv
+    assert argv[-3:-1] == ["bookworm", "/var/cache/matrix-stack/postgresql-15-root.partial"], argv
+    assert argv[-1] == "http://mirror.invalid/debian"

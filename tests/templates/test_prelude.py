@@ -192,3 +192,81 @@ def test_ms_enable_skips_enabled_running_units_only_when_the_step_changed_nothin
     assert enables[2] == ["systemctl enable --quiet --now demo.service"], "a stopped unit was not started"
     assert enables[3] == ["systemctl enable --quiet demo.timer"], "a disabled unit was not enabled"
     assert enables[4] == ["systemctl enable --quiet --now demo.service", "systemctl enable --quiet demo.timer"]
+
+
+# A service user's directory under /etc, as /etc/postgresql is postgres's and /etc/redis redis's: the
+# user (nobody here) plants links where root's step will write, then the step runs as root.
+ATTACK_DRIVER = r"""
+set -uo pipefail
+work=$1 attack=$2 bundle=$3 attacker=$4
+install -d -m 0755 -o nobody -g nogroup /etc/ms-svc /etc/ms-svc/conf.d
+install -d -m 0700 /etc/ms-root
+printf 'root secret\n' > /etc/ms-root/canary
+chmod 0600 /etc/ms-root/canary
+printf 'old\n' > /etc/ms-svc/app.conf
+chown nobody:nogroup /etc/ms-svc/app.conf
+runuser -u "$attacker" -- bash -c "$attack" > "$work/attack" 2>&1
+bash "$bundle" > "$work/out" 2>&1
+echo $? > "$work/rc"
+stat -c '%U:%G %a' /etc/ms-root/canary > "$work/canary.meta"
+cat /etc/ms-root/canary > "$work/canary"
+ls -A /etc/ms-root > "$work/root.ls"
+find /etc/ms-svc -printf '%P %y %u\n' | sort > "$work/svc.ls"
+cat /etc/ms-svc/app.conf > "$work/app" 2>/dev/null || echo ABSENT > "$work/app"
+"""
+
+
+def _attack(tmp_path: Path, attack: str, files: list[RemoteFile], attacker: str = "nobody") -> dict[str, str]:
+    spec = StepSpec(name="test-attack", script="", files=files)
+    (tmp_path / "b.sh").write_text(bundle_text(spec, [str(f.content) for f in files]))
+    proc = run_in_sandbox(tmp_path, ATTACK_DRIVER, [str(tmp_path), attack, str(tmp_path / "b.sh"), attacker])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = ("rc", "out", "attack", "canary", "canary.meta", "root.ls", "svc.ls", "app")
+    return {name: (tmp_path / name).read_text() for name in names}
+
+
+def _root_file_untouched(seen: dict[str, str]) -> None:
+    assert seen["canary"] == "root secret\n", seen["out"]
+    assert seen["canary.meta"].split() == ["root:root", "600"], seen["out"]
+    assert seen["root.ls"].split() == ["canary"], seen["out"]
+
+
+def test_a_planted_link_for_the_previous_copy_gets_the_service_no_root_file(tmp_path: Path) -> None:
+    """The attack of issue 26 on `ms_put_file`'s old `cp -p FILE FILE.ms-previous`: a link where the copy
+    of the replaced file used to go. The copy is kept in a root-only place, never next to the file."""
+    attack = "ln -s /etc/ms-root/canary /etc/ms-svc/app.conf.ms-previous"
+    seen = _attack(tmp_path, attack, [RemoteFile("/etc/ms-svc/app.conf", "new\n", owner="nobody", group="nogroup")])
+    assert seen["rc"].strip() == "0", seen["out"]
+    _root_file_untouched(seen)
+    assert seen["app"] == "new\n"
+
+
+def test_a_planted_link_at_the_file_is_replaced_not_followed(tmp_path: Path) -> None:
+    attack = "rm /etc/ms-svc/app.conf && ln -s /etc/ms-root/canary /etc/ms-svc/app.conf"
+    seen = _attack(tmp_path, attack, [RemoteFile("/etc/ms-svc/app.conf", "new\n", mode="0640", owner="nobody",
+                                                 group="nogroup")])
+    assert seen["rc"].strip() == "0", seen["out"]
+    _root_file_untouched(seen)
+    assert "app.conf f nobody" in seen["svc.ls"].splitlines() and seen["app"] == "new\n"
+
+
+def test_a_directory_swapped_for_a_link_is_refused(tmp_path: Path) -> None:
+    """conf.d in the service's directory becomes a link to a root directory: root must not write into it
+    (a file of the service's in /etc/ld.so.conf.d or /etc/modprobe.d would be root for it)."""
+    attack = "mv /etc/ms-svc/conf.d /etc/ms-svc/old.d && ln -s /etc/ms-root /etc/ms-svc/conf.d"
+    seen = _attack(tmp_path, attack, [RemoteFile("/etc/ms-svc/conf.d/app.conf", "new\n", owner="nobody",
+                                                 group="nogroup")])
+    assert seen["rc"].strip() != "0"
+    assert "conf.d is a symbolic link" in seen["out"] and "refused" in seen["out"]
+    _root_file_untouched(seen)
+
+
+def test_a_hard_link_is_replaced_never_chowned(tmp_path: Path) -> None:
+    """With fs.protected_hardlinks off a user can hard-link a root file into its directory (root makes the
+    link here, as the sysctl is on): the step replaces the link with a new file of the same content
+    instead of chowning and chmodding the file it shares its inode with."""
+    attack = "rm /etc/ms-svc/app.conf && ln /etc/ms-root/canary /etc/ms-svc/app.conf"
+    seen = _attack(tmp_path, attack, [RemoteFile("/etc/ms-svc/app.conf", "root secret\n", owner="nobody",
+                                                 group="nogroup")], attacker="root")
+    assert seen["rc"].strip() == "0", seen["out"]
+    _root_file_untouched(seen)

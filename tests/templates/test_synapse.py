@@ -285,8 +285,11 @@ def test_systemd_unit(jemalloc: bool, database: str, tmp_path: Path, synapse_pyt
     writable = svc["ReadWritePaths"].split()
     hs = yaml.safe_load(files[paths.SYNAPSE_CONFIG])
     log_file = yaml.safe_load(files[paths.SYNAPSE_LOG_CONFIG])["handlers"]["file"]["filename"]
-    for path in (hs["media_store_path"], hs["signing_key_path"], log_file):
+    for path in (hs["media_store_path"], log_file):
         assert any(path.startswith(w + "/") for w in writable), path
+    # ... but not its signing key: root's, Synapse only reads it (issue 26).
+    assert not any(hs["signing_key_path"].startswith(w + "/") for w in writable)
+    assert hs["signing_key_path"] == paths.SYNAPSE_SIGNING_KEY
     assert hs["pid_file"].startswith(f"/run/{svc['RuntimeDirectory']}/")
     # Synapse's own hardened override, less nothing but MemoryDenyWriteExecute (Python needs W+X).
     sandbox = (svc["CapabilityBoundingSet"], svc["PrivateUsers"], svc["ProtectProc"], svc["ProcSubset"])
@@ -378,6 +381,8 @@ def _run_config_script(
     *,
     existing_key: str | None,
     changed: bool,
+    old_key: str | None = None,
+    plant_link_to: Path | None = None,
     healthy: bool = True,
     active: bool = True,
     break_config: bool = False,
@@ -403,6 +408,12 @@ def _run_config_script(
     key.unlink()
     if existing_key is not None:
         key.write_text(existing_key)
+    old = tmp / "synapse-data" / "signing.key"
+    old.parent.mkdir(exist_ok=True)
+    if old_key is not None:
+        old.write_text(old_key)
+    if plant_link_to is not None:
+        key.symlink_to(plant_link_to)
     if break_config:
         config.write_text(config.read_text().replace('max_upload_size: "50M"', 'max_upload_size: "lots"'))
     staged = tmp / "signing.key.generated"
@@ -418,6 +429,7 @@ def _run_config_script(
         venv=str(synapse_python.parent.parent),
         config=str(config),
         signing_key=str(key),
+        old_signing_key=str(old),
         signing_key_staged=str(staged),
         unit_name="matrix-synapse.service",
         health_url="http://127.0.0.1:1/health",
@@ -458,7 +470,7 @@ def test_config_script_places_missing_signing_key(tmp_path: Path, synapse_python
     assert result.returncode == 0, result.stderr
     key = tmp_path / "signing.key"
     assert key.read_text() == FAKE_SECRETS["signing_key"]
-    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.stat().st_mode & 0o777 == 0o640  # root's, readable by Synapse's group
     # A new key is a new identity: Synapse must restart even though no file changed.
     assert "systemctl restart matrix-synapse.service" in calls and "systemctl enable" in calls
 
@@ -473,6 +485,35 @@ def test_config_script_keeps_existing_signing_key(tmp_path: Path, synapse_python
     # Nothing changed and Synapse runs: enabled, not restarted, no daemon-reload; the step is done.
     assert "systemctl enable" in calls and "restart" not in calls and "daemon-reload" not in calls
     assert calls.endswith("step done\n")
+
+
+def test_config_script_moves_the_key_out_of_synapses_directory_once(tmp_path: Path, synapse_python: Path) -> None:
+    """A volume from before keeps the key in Synapse's own directory: it is read (as Synapse), checked and
+    moved to root's directory, the old copy removed; the generated key is not used."""
+    result, calls = _run_config_script(tmp_path, synapse_python, existing_key=None, changed=False, old_key=OLD_KEY)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "signing.key").read_text() == OLD_KEY
+    assert not (tmp_path / "synapse-data" / "signing.key").exists()
+    assert "moved Synapse's signing key" in result.stderr and "restart" in calls
+
+
+@pytest.mark.parametrize("planted", ["link", "not a key"])
+def test_config_script_refuses_what_is_not_a_signing_key(tmp_path: Path, synapse_python: Path, planted: str) -> None:
+    """A link at the key's path is refused, and so is an old key that is not an ed25519 key line (what a
+    compromised Synapse could leave there): nothing is placed, Synapse is not restarted."""
+    secret = tmp_path / "root-secret"
+    secret.write_text("dns_cloudflare_api_token = 0123456789abcdef0123456789\n")
+    if planted == "link":
+        result, calls = _run_config_script(tmp_path, synapse_python, existing_key=None, changed=False,
+                                           old_key=None, plant_link_to=secret)
+        assert "is not a regular file" in result.stderr
+    else:
+        result, calls = _run_config_script(tmp_path, synapse_python, existing_key=None, changed=False,
+                                           old_key=secret.read_text())
+        assert "is not a Synapse signing key" in result.stderr
+        assert not (tmp_path / "signing.key").exists()
+    assert result.returncode != 0 and "restart" not in calls
+    assert "0123456789abcdef" not in result.stderr + result.stdout
 
 
 def test_config_script_restarts_only_when_changed(tmp_path: Path, synapse_python: Path) -> None:

@@ -183,6 +183,7 @@ def test_the_redis_step_includes_its_config_once_and_pings_with_the_password_in_
                      '[ "${REDISCLI_AUTH:-}" = "$STUB_PASSWORD" ] && echo PONG',
         "journalctl": "true",
         "sleep": "true",
+        "runuser": 'echo "runuser $1 $2" >> "$STUB_LOG"; shift 3; exec "$@"',  # runuser -u USER -- CMD: as ourselves
     }
     for name, body in stubs.items():
         (bindir / name).write_text(f"#!/bin/bash\n{body}\n")
@@ -202,6 +203,7 @@ def test_the_redis_step_includes_its_config_once_and_pings_with_the_password_in_
     rc, calls = run(changed=True)
     assert rc == 0 and f"systemctl restart {synapse_workers.REDIS_UNIT}" in calls and calls.endswith("step done\n")
     assert f"redis-cli -h 127.0.0.1 -p 6379 ping auth={REDIS_PASSWORD}" in calls  # not an argument
+    assert "runuser -u redis" in calls  # redis.conf (in redis's /etc/redis) is appended to as redis
     rc, calls = run(changed=False)
     assert rc == 0 and "restart" not in calls and calls.endswith("step done\n")
     assert main_conf.read_text().count(f"include {conf}") == 1

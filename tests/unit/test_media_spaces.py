@@ -8,6 +8,8 @@ provider pointed at it, and the bucket's key only in root- or Synapse-readable f
 
 from __future__ import annotations
 
+from typing import Any
+
 import pulumi_digitalocean as do
 import pytest
 import yaml
@@ -17,7 +19,7 @@ from components.cloud.media_bucket import BACKUP_PREFIX, MEDIA_PREFIX
 from components.services import media
 from components.settings import SettingsError, load
 from tests.harness import Recording, SpacesAnswers, changed_steps, parse_bundle, record, unwrap
-from tests.unit.test_managed_database import RAW_CONFIG, one, resources, step_files
+from tests.unit.test_managed_database import RAW_CONFIG, resources, step_files
 
 ANSWERS = SpacesAnswers()
 SPACES_TYPES = {"digitalocean:index/spacesBucket:SpacesBucket", "digitalocean:index/spacesKey:SpacesKey"}
@@ -68,8 +70,16 @@ def test_without_the_providers_spaces_key_nothing_is_created(monkeypatch: pytest
     assert record({}, spaces_credentials=False).commands()
 
 
+def buckets(recording: Recording) -> dict[str, Any]:
+    return {r.name: r for r in recording.of_type("digitalocean:index/spacesBucket:SpacesBucket")}
+
+
+def keys_of(recording: Recording) -> dict[str, Any]:
+    return {r.name: r for r in recording.of_type("digitalocean:index/spacesKey:SpacesKey")}
+
+
 def test_the_bucket_is_private_and_outlives_the_stack(spaces: Recording) -> None:
-    bucket = one(spaces, "digitalocean:index/spacesBucket:SpacesBucket")
+    bucket = buckets(spaces)["media-bucket"]
     inputs = bucket.inputs
     assert (inputs["name"], inputs["region"], inputs["acl"]) == ("matrix-example-org", "nyc3", "private")
     # Pulumi's retainOnDelete: `pulumi destroy` and mediaStorage back to local leave the bucket (the
@@ -78,19 +88,54 @@ def test_the_bucket_is_private_and_outlives_the_stack(spaces: Recording) -> None
     # Backups in the bucket expire like those on the volume; media never do.
     (rule,) = inputs["lifecycleRules"]
     assert rule == {"enabled": True, "prefix": BACKUP_PREFIX, "expiration": {"days": 7}}
-    elsewhere = one(record({"mediaStorage": "spaces", "region": "nyc1", "spacesRegion": "ams3",
-                            "mediaBucket": "our-media", "backupKeepDays": "30"}),
-                    "digitalocean:index/spacesBucket:SpacesBucket")
+    elsewhere = buckets(record({"mediaStorage": "spaces", "region": "nyc1", "spacesRegion": "ams3",
+                                "mediaBucket": "our-media", "backupKeepDays": "30"}))["media-bucket"]
     assert (elsewhere.inputs["name"], elsewhere.inputs["region"]) == ("our-media", "ams3")
     assert elsewhere.inputs["lifecycleRules"][0]["expiration"] == {"days": 30}
 
 
 def test_the_key_reaches_this_bucket_alone_and_its_secret_stays_secret(spaces: Recording) -> None:
-    bucket = one(spaces, "digitalocean:index/spacesBucket:SpacesBucket")
-    key = one(spaces, "digitalocean:index/spacesKey:SpacesKey")
+    bucket = buckets(spaces)["media-bucket"]
+    key = keys_of(spaces)["media-key"]
     assert key.inputs["grants"] == [{"bucket": bucket.inputs["name"], "permission": "readwrite"}]
     assert bucket.urn in key.dependencies  # a grant names an existing bucket
     assert "secretKey" in key.additional_secret_outputs and not key.retain_on_delete
+
+
+def test_the_backups_have_their_own_versioned_bucket_and_key(spaces: Recording) -> None:
+    """Issue 26: a Spaces key's grant is a whole bucket, so Synapse's key (in homeserver.yaml) must not be
+    the backups' key: the backups get a bucket and a key of their own; deleted or overwritten backups stay
+    as noncurrent versions for backupKeepDays; the encryption key is generated, secret, and exported."""
+    backups, media_bucket = buckets(spaces)["media-backups"], buckets(spaces)["media-bucket"]
+    assert backups.inputs["name"] == "matrix-example-org-backups" != media_bucket.inputs["name"]
+    assert backups.inputs["acl"] == "private" and backups.retain_on_delete and not backups.inputs.get("forceDestroy")
+    assert backups.inputs["versioning"] == {"enabled": True}
+    (rule,) = backups.inputs["lifecycleRules"]
+    assert rule == {"enabled": True, "prefix": BACKUP_PREFIX, "expiration": {"days": 7},
+                    "noncurrentVersionExpiration": {"days": 7}}
+    key = keys_of(spaces)["media-backup-key"]
+    assert key.inputs["grants"] == [{"bucket": backups.inputs["name"], "permission": "readwrite"}]
+    assert "secretKey" in key.additional_secret_outputs
+    assert keys_of(spaces)["media-key"].inputs["grants"][0]["bucket"] == media_bucket.inputs["name"]
+    encryption = spaces.named("media-backup-encryption-key")
+    assert encryption.type == "random:index/randomBytes:RandomBytes" and encryption.inputs["length"] == 32
+    assert spaces.stack_outputs["backupEncryptionKey"][1] is True  # exported, as a secret
+    named = record({"mediaStorage": "spaces", "backupBucket": "our-backups", "backupKeepDays": "30"})
+    assert buckets(named)["media-backups"].inputs["name"] == "our-backups"
+    assert buckets(named)["media-backups"].inputs["lifecycleRules"][0]["noncurrentVersionExpiration"] == {"days": 30}
+
+
+def test_synapse_never_gets_the_backups_key_or_their_encryption_key(spaces: Recording) -> None:
+    backup_secret = ANSWERS.backup_secret_key
+    encryption = str(unwrap(spaces.named("media-backup-encryption-key").raw_outputs["base64"]))
+    placed = {}
+    for command in spaces.commands():
+        files, _ = parse_bundle(str(unwrap(command.raw_inputs["stdin"])))
+        for f in files:
+            if backup_secret in f.content or encryption in f.content:
+                placed[f.path] = (f.mode, f.owner, f.group)
+    assert placed == {paths.SPACES_BACKUP_ENV: ("0600", "root", "root"),
+                      paths.BACKUP_ENCRYPTION_KEY: ("0600", "root", "root")}
 
 
 def test_synapse_stores_media_in_the_bucket(spaces: Recording) -> None:
@@ -112,6 +157,7 @@ def test_synapse_stores_media_in_the_bucket(spaces: Recording) -> None:
 
 def test_the_key_is_only_in_files_for_root_or_synapse(spaces: Recording) -> None:
     readable_by = {paths.SPACES_ENV: ("0600", "root", "root"), paths.SYNAPSE_CONFIG: ("0640", "root", "matrix-synapse")}
+    assert ANSWERS.secret_key != ANSWERS.backup_secret_key
     seen = set()
     for command in spaces.commands():
         files, _ = parse_bundle(str(unwrap(command.raw_inputs["stdin"])))

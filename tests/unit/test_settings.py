@@ -91,6 +91,28 @@ INVALID: list[tuple[str, Any]] = [
     ("adoptVolume", "Matrix-Data"),
     ("adoptVolume", "1-data"),
     ("adoptVolume", "a" * 65),
+    # Issue 26: what would let Synapse past its own blocklist to this droplet or the metadata service.
+    ("outboundIpAllowlist", ["0.0.0.0/0"]),
+    ("outboundIpAllowlist", ["::/0"]),
+    ("outboundIpAllowlist", ["0.0.0.0/1"]),  # holds 127.0.0.0/8
+    ("outboundIpAllowlist", ["127.0.0.0/8"]),
+    ("outboundIpAllowlist", ["127.0.0.1/32"]),
+    ("outboundIpAllowlist", ["169.254.169.254/32"]),
+    ("outboundIpAllowlist", ["169.254.0.0/16"]),
+    ("outboundIpAllowlist", ["::1/128"]),
+    ("outboundIpAllowlist", ["fe80::/64"]),
+    ("outboundIpAllowlist", ["::ffff:169.254.169.254/128"]),
+    ("outboundIpAllowlist", ["::ffff:127.0.0.1/128"]),
+    ("outboundIpAllowlist", ["10.8.0.0/24", "127.0.0.0/8"]),
+    # Fetched by the droplet: over TLS it verifies, never plain HTTP.
+    ("acmeServer", "http://acme.example.com/directory"),
+    ("elementDownloadUrl", "http://mirror.example.com/element-v{version}.tar.gz"),
+    ("elementDownloadUrl", "https:///element-v{version}.tar.gz"),
+    ("automaticRebootTime", "4:00"),
+    ("automaticRebootTime", "24:00"),
+    ("automaticRebootTime", "04:60"),
+    ("automaticRebootTime", "now"),
+    ("backupBucket", "Backups"),
 ]
 
 
@@ -123,6 +145,34 @@ def test_a_mirror_signing_key_is_accepted_with_a_normalised_fingerprint() -> Non
     settings, _ = load(raw(elementSigningKey=KEY_BLOCK, elementSigningFingerprint=spaced))
     assert settings.element_signing_fingerprint == "712BFBEE92DCA45252DB17D7C7BE97EFA179B100"
     assert settings.element_signing_key == KEY_BLOCK + "\n"
+
+
+def test_other_networks_may_be_allowed_outbound() -> None:
+    settings, _ = load(raw(outboundIpAllowlist=["10.8.0.0/24", "198.18.3.0/30", "2001:db8:5::/48"]))
+    assert settings.outbound_ip_allowlist == ("10.8.0.0/24", "198.18.3.0/30", "2001:db8:5::/48")
+
+
+def test_the_backups_bucket_is_never_the_media_bucket() -> None:
+    spaces = {"mediaStorage": "spaces", "mediaBucket": "our-media"}
+    settings, _ = load(raw(**spaces))
+    assert settings.spaces_backup_bucket_name == "our-media-backups"
+    long_name = "m" * 63
+    assert load(raw(mediaStorage="spaces", mediaBucket=long_name))[0].spaces_backup_bucket_name == "m" * 55 + "-backups"
+    with pytest.raises(SettingsError) as error:
+        load(raw(**spaces, backupBucket="our-media"))
+    assert "matrix-stack:backupBucket" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_open_ssh_and_no_reboot_window_are_warned_about() -> None:
+    from components.settings import warnings
+
+    quiet, _ = load(raw(automaticRebootTime="04:00"))
+    assert warnings(quiet) == []
+    loud, _ = load(raw(sshAllowedCidrs=["0.0.0.0/0", "::/0"]))
+    said = warnings(loud)
+    assert len(said) == 2
+    assert said[0].startswith("sshAllowedCidrs: 0.0.0.0/0, ::/0 lets the whole internet") and "\n" not in said[0]
+    assert said[1].startswith("automaticRebootTime is not set")
 
 
 def test_element_signature_sits_next_to_the_tarball() -> None:

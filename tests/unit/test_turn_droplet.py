@@ -92,9 +92,12 @@ def test_turn_ports_open_on_the_turn_droplet_only_and_turn_points_at_it(turn_gra
     main = firewalls(turn_graph)["matrix-test-example-org-fw"]
     turn = firewalls(turn_graph)["matrix-test-example-org-turn-fw"]
     assert ports(main) == ports(before) - TURN_PORT_RULES
-    assert ports(turn) == TURN_PORT_RULES | {("tcp", "22")}
+    # 80 for the CA's HTTP-01 check of turn. (the TURN droplet holds no DNS token: issue 26).
+    assert ports(turn) == TURN_PORT_RULES | {("tcp", "22"), ("tcp", "80")}
     ssh = [r for r in turn.inputs["inboundRules"] if r["portRange"] == "22"]
     assert ssh[0]["sourceAddresses"] == DEFAULT_CONFIG["sshAllowedCidrs"]
+    http = [r for r in turn.inputs["inboundRules"] if r["portRange"] == "80"]
+    assert http[0]["sourceAddresses"] == ["0.0.0.0/0", "::/0"]
     assert turn.inputs["dropletIds"] == [int(droplets(turn_graph)["host-turn-droplet"].id)]
     assert turn_record(turn_graph)["content"] == TURN_IPV4 and turn_record(turn_graph)["proxied"] is False
     assert turn_record(graph)["content"] == MAIN_IPV4
@@ -113,15 +116,21 @@ def test_the_turn_droplet_gets_base_certificate_coturn_and_a_check_after_the_mai
     first = turn_graph.named("turn-base-packages")
     assert turn_graph.named("certificates-issue").urn in first.dependencies
     # Its certificate covers turn. alone; coturn relays on the TURN droplet's address.
-    _, issue = bundle(turn_graph, "turn-certificates-issue")
+    files, issue = bundle(turn_graph, "turn-certificates-issue")
     assert "-d turn.example.org" in issue and "-d matrix.example.org" not in issue
+    # No Cloudflare token on the TURN droplet: not in any of its steps (its certificate is HTTP-01's).
+    token = DEFAULT_CONFIG["certbotCloudflareToken"]
+    for command in turn_graph.commands():
+        if command.name.startswith("turn-"):
+            assert token not in str(unwrap(command.raw_inputs["stdin"])), command.name
+    assert "/etc/letsencrypt/cloudflare.ini" not in files
     files, _ = bundle(turn_graph, "turn-coturn-config")
     conf = files["/etc/turnserver.conf"]
     assert f"relay-ip={TURN_IPV4}" in conf and f"external-ip={TURN_IPV4}" in conf and MAIN_IPV4 not in conf
     files, _ = bundle(turn_graph, "turn-base-firewall")
     rules = {tuple(line.split()[:2]) for line in files["/etc/matrix-stack/ufw.rules"].splitlines()
              if not line.startswith("#")}
-    assert rules == {("tcp", "22"), ("tcp", "3478"), ("udp", "3478"), ("tcp", "5349"), ("udp", "5349"),
+    assert rules == {("tcp", "22"), ("tcp", "80"), ("tcp", "3478"), ("udp", "3478"), ("tcp", "5349"), ("udp", "5349"),
                      ("udp", DEFAULTS["turnRelayPorts"].replace("-", ":"))}
 
 

@@ -88,7 +88,8 @@ class Pebble:
             "listenAddress": f"{self.address}:{ACME_PORT}",
             "managementListenAddress": f"{self.address}:{MANAGEMENT_PORT}",
             "certificate": str(cert), "privateKey": str(key),
-            "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "",
+            # HTTP-01 on port 80, as Let's Encrypt checks it (the TURN droplet's certificate).
+            "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }}))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
