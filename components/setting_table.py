@@ -1,0 +1,187 @@
+"""Every stack setting, declared once: its name, type, default, the check that refuses a bad value (with the
+error text, setting_checks.py) and the one description users read.
+
+Everything else is made from this table: the loader's defaults and checks (settings.py), Pulumi.yaml's
+`config` block and its `template` section for `pulumi new`, and the settings page of the docs
+(setting_docs.py writes them; a test fails when they differ from what it would write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from components import setting_checks as check
+from components.platform import DEFAULT_IMAGE
+
+
+class Required:
+    """The default of a setting every stack must set."""
+
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = Required()
+Kind = Literal["string", "integer", "boolean", "array"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: Kind
+    default: Any  # REQUIRED: no default
+    check: Callable[[str, Any], Any]
+    description: str  # one paragraph, plain text with `code`: Pulumi.yaml and the docs show it as is
+    secret: bool = False  # set with `pulumi config set --secret` (refused in plain text)
+    ask: str = ""  # the question `pulumi new` asks for it (Pulumi.yaml's template section); "" = not asked
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("domain", "string", REQUIRED, check.dns_name,
+            "Your Matrix server name, in a Cloudflare zone of your account; user IDs are `@user:domain`.",
+            ask="Matrix server name (user IDs are @user:<this>), in your Cloudflare zone, e.g. example.com"),
+    Setting("sshAllowedCidrs", "array", REQUIRED, check.string_list(check.cidr_range),
+            "CIDRs allowed to reach SSH (port 22); must include where `pulumi up` runs. A list, or one string of "
+            "comma-separated CIDRs (what `pulumi new` stores).",
+            ask="CIDRs allowed to SSH, comma-separated; include where you run `pulumi up` (e.g. 203.0.113.7/32)"),
+    Setting("letsencryptEmail", "string", REQUIRED, check.email_address,
+            "The ACME account's e-mail (Let's Encrypt's expiry notices).",
+            ask="E-mail for the Let's Encrypt account"),
+    Setting("certbotCloudflareToken", "string", REQUIRED, check.required_secret,
+            "A Cloudflare API token with Zone:DNS:Edit on this zone only, placed on the server for certbot's "
+            "DNS-01 challenges; refused unless set as a secret.", secret=True,
+            ask="Cloudflare API token with Zone > DNS > Edit on this zone only (for certbot on the server)"),
+    Setting("region", "string", "nyc3", check.digitalocean_slug, "DigitalOcean region slug."),
+    Setting("dropletSize", "string", "s-1vcpu-1gb", check.digitalocean_slug,
+            "DigitalOcean size slug. PostgreSQL's memory and Synapse's caches follow its memory, presence is off "
+            "below 2 GB; a change replaces the droplet (docs/operate.md, Resizing)."),
+    Setting("dropletImage", "string", DEFAULT_IMAGE, check.debian_image,
+            "`debian-13-x64` or `debian-12-x64`; a change replaces the droplet, and a move from 12 to 13 upgrades "
+            "the database on the volume (docs/operate.md)."),
+    Setting("volumeSizeGb", "integer", 10, check.int_range(1, 16384),
+            "Size of the data volume (PostgreSQL, media, signing key, backups), kept on destroy; grow only: raising "
+            "it grows the filesystem."),
+    Setting("matrixSubdomain", "string", "matrix", check.dns_label,
+            "Subdomain serving the Matrix APIs (Synapse); the three subdomains must differ."),
+    Setting("chatSubdomain", "string", "chat", check.dns_label, "Subdomain serving Element Web."),
+    Setting("turnSubdomain", "string", "turn", check.dns_label, "Subdomain of the TURN server (DNS only, not proxied)."),
+    Setting("acmeServer", "string", check.LETSENCRYPT_PRODUCTION, check.acme_server,
+            "ACME directory URL (https only). Let's Encrypt staging is refused: Cloudflare's Full (strict) answers "
+            "526 to its certificates (put test stacks under a subdomain instead)."),
+    Setting("synapseVersion", "string", "1.163.2", check.release_version,
+            "Synapse release, installed from PyPI with every package pinned by the lock in the repository "
+            "(docs/operate.md, Upgrading Synapse)."),
+    # Element Web 1.12.30 (2026-09-29), the newest final release found: a copy of element-web's releases page
+    # taken 2026-10-10 (v1.12.30 final, v1.12.31 only as rc.1) and deployments pinning
+    # ghcr.io/element-hq/element-web:v1.12.30 by digest; v1.12.28 is confirmed by Element's own
+    # element-hq/ess-helm #1582. Integrity comes from Element's release signature (sha256 optional).
+    Setting("elementVersion", "string", "1.12.30", check.element_version,
+            "Element Web release, 1.11.109 or newer; its signature by Element's release key is verified before "
+            "it is unpacked (docs/operate.md, Upgrading Element Web)."),
+    Setting("elementSha256", "string", "", check.optional_sha256,
+            "The release tarball's sha256, checked in addition to the signature; empty: not checked."),
+    Setting("elementDownloadUrl", "string", check.ELEMENT_GITHUB_URL, check.download_url,
+            "Element tarball URL with `{version}` (https only), for mirrors and air-gapped setups; the signature "
+            "is read from the same URL plus `.asc`."),
+    Setting("elementSigningKey", "string", "", check.optional_public_key,
+            "ASCII-armored public key of a mirror that re-signs the releases; empty: Element's release key, "
+            "pinned in the repository. Set together with elementSigningFingerprint."),
+    Setting("elementSigningFingerprint", "string", "", check.optional_fingerprint,
+            "Primary-key fingerprint of elementSigningKey (40 hex digits): a release must be signed by this key."),
+    Setting("maxUploadSizeMb", "integer", 50,
+            check.int_range(1, check.MAX_UPLOAD_MB_CLOUDFLARE, " (Cloudflare Free/Pro cap uploads at 100 MB)"),
+            "Largest upload in MB (Synapse and nginx), 1-100: Cloudflare Free and Pro refuse larger bodies."),
+    Setting("enableRegistration", "boolean", False, check.boolean,
+            "Open registration, still gated by a registration token; local passwords need 12 characters at least "
+            "(on sign-up and every change). Off: accounts are made by the admin."),
+    Setting("federation", "string", "open", check.federation_mode,
+            "`open`, `allowlist` (only federationAllowlist) or `off`."),
+    Setting("federationAllowlist", "array", [], check.string_list(check.dns_name),
+            "Server names allowed to federate, only with federation `allowlist`."),
+    Setting("turnRelayPorts", "string", "49152-49251", check.relay_ports,
+            "TURN relay UDP port range LOW-HIGH inside 49152-65535, at most 2000 ports; the cloud firewall, ufw and "
+            "coturn use the same."),
+    # TURN exposes its host's address, as Cloudflare does not proxy it: a droplet of its own keeps the main
+    # droplet's address out of every call.
+    Setting("turnDroplet", "boolean", False, check.boolean,
+            "Run coturn on a small droplet of its own (`turn.` points at it); the main droplet then opens no TURN "
+            "port (docs/grow.md, A TURN droplet)."),
+    Setting("turnDropletSize", "string", "s-1vcpu-512mb-10gb", check.droplet_size,
+            "The TURN droplet's size slug; a change replaces that droplet only."),
+    Setting("database", "string", "local", check.database_kind,
+            "Synapse's database: `local` (PostgreSQL on the droplet, data on the volume) or `managed` (a "
+            "DigitalOcean Managed PostgreSQL cluster; switching moves the data: docs/grow.md)."),
+    Setting("databaseSize", "string", "db-s-1vcpu-1gb", check.database_size,
+            "The managed cluster's size slug (memory last), with database `managed`; DigitalOcean resizes a "
+            "cluster to bigger sizes only."),
+    Setting("mediaStorage", "string", "local", check.media_storage,
+            "Synapse's media: `local` (on the data volume) or `spaces` (a DigitalOcean Spaces bucket the stack "
+            "creates; the daily backup is copied to a bucket of its own too: docs/grow.md)."),
+    Setting("mediaCacheDays", "integer", 14, check.int_range(1, 3650),
+            "With mediaStorage `spaces`: local copies of media unused this many days are removed (they stay in the "
+            "bucket); 1-3650."),
+    Setting("spacesRegion", "string", "", check.optional_spaces_region,
+            "The buckets' region, one with Spaces; empty: the droplet's region."),
+    Setting("mediaBucket", "string", "", check.optional_bucket,
+            "The media bucket's name, global across Spaces; empty: matrix-<domain with dashes>. Read once: the "
+            "bucket keeps the name it was created with (the provider cannot rename a bucket)."),
+    # A Spaces key's grant is a whole bucket, never a prefix: the backups need a bucket of their own.
+    Setting("backupBucket", "string", "", check.optional_bucket,
+            "With mediaStorage `spaces`: the backups' own versioned bucket, with a key Synapse never holds; empty: "
+            "<mediaBucket>-backups. Read once, as mediaBucket."),
+    Setting("synapseWorkers", "boolean", False, check.boolean,
+            "Synapse as a main process plus workers (sync, client and federation, media, federation sender) with "
+            "Redis, routed by nginx; needs a dropletSize of at least 2 vCPUs and 4 GB (docs/grow.md)."),
+    Setting("adminUser", "string", "admin", check.localpart,
+            "Local part of the admin account made on the first deploy (its password: the adminPassword output)."),
+    Setting("sshPublicKeys", "array", [], check.string_list(check.ssh_public_key),
+            "Your own SSH public keys for root (the deploy key is added by itself); changing them never replaces "
+            "the droplet."),
+    Setting("enableUrlPreviews", "boolean", False, check.boolean,
+            "URL previews in Synapse, with its SSRF IP blacklist."),
+    Setting("enableJemalloc", "boolean", True, check.boolean,
+            "Run Synapse with jemalloc (less memory, cache autotuning)."),
+    Setting("backupKeepDays", "integer", 7, check.int_range(1, 365),
+            "Days of daily backups (database dump, signing key, config) kept on the volume, 1-365; in the backups "
+            "bucket, also how long a deleted backup stays recoverable."),
+    # Unattended-upgrades installs security updates every day; a new kernel or libc takes effect only at a reboot.
+    Setting("automaticRebootTime", "string", "", check.optional_time_of_day,
+            "`HH:MM` (UTC): when the droplet reboots if a security update (a kernel, libc) needs it; empty: never "
+            "(every `up` warns, and the self-check says when a reboot is pending)."),
+    Setting("adoptVolume", "string", "", check.optional_volume_name,
+            "Name of a kept data volume (a destroyed stack's dataVolume output) to adopt instead of creating one "
+            "(docs/operate.md, Adopting a kept volume)."),
+    Setting("cloudflareZone", "string", "", check.optional_dns_name,
+            "The Cloudflare zone holding domain: domain itself or a parent; empty: the first of domain and its "
+            "parents that is a zone of the account."),
+    Setting("wellKnownOnWebsite", "boolean", False, check.boolean,
+            "Your website on domain, which Cloudflare does not proxy, serves `/.well-known/matrix/server` and "
+            "`/client` itself, so the stack adds no delegation redirect (docs/cloudflare.md)."),
+    Setting("outboundIpAllowlist", "array", [], check.string_list(check.outbound_cidr),
+            "CIDRs Synapse may reach although its blocklist covers them (private and reserved ranges): a "
+            "homeserver, push gateway or identity server on your own network; never 0.0.0.0/0, loopback or "
+            "link-local."),
+    Setting("localMediaRetentionDays", "integer", 0, check.int_range(0, 36500, " (0: kept forever)"),
+            "Days after their last access that your users' uploads are deleted; 0 keeps them forever (they are the "
+            "only copy)."),
+    Setting("remoteMediaRetentionDays", "integer", 14, check.int_range(0, 3650, " (0: kept forever)"),
+            "Days after their last access that cached copies of other servers' media are deleted (fetched again "
+            "when asked for); 0 keeps them."),
+    Setting("remoteRoomMaxStateEvents", "integer", 500, check.int_range(0, 10_000_000, " (0: no limit)"),
+            "Users may not join a remote room with more current state events (Synapse's limit_remote_rooms: big "
+            "federated rooms fill small volumes); the admin may. 0: no limit."),
+    Setting("staleDeviceDays", "integer", 0, check.int_range(0, 36500, " (0: never deleted)"),
+            "Sessions unused this many days are logged out and deleted by Synapse; 0: never."),
+)
+
+# Provider settings `pulumi new` asks for too: the Pulumi providers' own keys, not the project's.
+PROVIDER_QUESTIONS: dict[str, str] = {
+    "digitalocean:token": "DigitalOcean API token (read/write)",
+    "cloudflare:apiToken": "Cloudflare API token for Pulumi (the permissions in the README's prerequisites)",
+}
