@@ -3,7 +3,7 @@ and the commands to take one by hand and to restore one.
 
 The step runs right after PostgreSQL, so the backup command exists before `synapse-install`, which
 takes a backup before every Synapse version change. Backups live on the volume, so they outlive
-the droplet; they do not protect against losing the volume itself (see the README), unless
+the droplet; they do not protect against losing the volume itself (docs/operate.md), unless
 `mediaStorage: spaces` copies each one to the bucket as well (`matrix-stack-spaces`), from where
 `matrix-stack-restore spaces:<name>` restores it on any droplet of the stack.
 """

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pulumi
 
-from components import paths, workers
+from components import paths, worker_topology
 from components.cloud.edge_rules import TLS_REFUSED_HEADER
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
@@ -25,7 +25,7 @@ SNIPPETS = "/etc/nginx/snippets"
 SITE_NAMES = ("matrix-stack-default", "matrix-stack-apex", "matrix-stack-chat", "matrix-stack-matrix")
 HTTP_CONF = "/etc/nginx/conf.d/matrix-stack.conf"
 # Idle keep-alive connections each nginx worker keeps per Synapse process (nginx's upstream `keepalive`):
-# enough for the requests of a busy moment at 1 CPU; measured in the README (Tuning at 1 CPU).
+# enough for the requests of a busy moment at 1 CPU; measured in docs/benchmarks.md (Tuning at 1 CPU).
 UPSTREAM_KEEPALIVE = 16
 UPSTREAM_LOG = "/var/log/nginx/matrix-upstream.log"  # synapseWorkers: which process answered (logrotate's nginx/*.log)
 ACCESS_LOG = "/var/log/nginx/access.log"  # Debian's, in the stack's format: no query strings
@@ -93,8 +93,8 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
                 max_upload_size_mb=s.max_upload_size_mb,
                 apex_root=paths.APEX_ROOT,
                 # synapseWorkers: the routing map (empty: every request to the one process).
-                workers=workers.http_workers() if s.synapse_workers else (),
-                main_upstream=workers.MAIN_UPSTREAM,
+                workers=worker_topology.http_workers() if s.synapse_workers else (),
+                main_upstream=worker_topology.MAIN_UPSTREAM,
                 upstream_keepalive=UPSTREAM_KEEPALIVE,
                 upstream_log=UPSTREAM_LOG,
                 **names,

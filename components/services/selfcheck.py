@@ -13,7 +13,7 @@ by adding the other steps' triggers to this one), not this pure function's.
 
 from __future__ import annotations
 
-from components import paths, workers
+from components import paths, worker_topology
 from components.remote import StepSpec
 from components.render import render
 from components.services import ServiceContext, backup, coturn, synapse_workers
@@ -65,6 +65,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         managed_database=ctx.database is not None,
         database_command=paths.DATABASE_COMMAND,
         spaces_command=paths.SPACES_COMMAND if ctx.media is not None else "",
-        worker_units=[synapse_workers.worker_unit(w.name) for w in workers.WORKERS] if synapse_workers.enabled(ctx) else [],
+        worker_units=[synapse_workers.worker_unit(w.name) for w in worker_topology.WORKERS]
+        if synapse_workers.enabled(ctx) else [],
     )
     return [StepSpec(name="selfcheck-verify", script=script)]

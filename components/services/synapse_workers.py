@@ -1,5 +1,5 @@
 """synapseWorkers on the droplet: Redis, a config file and a unit instance per worker, and the
-values homeserver.yaml and the Synapse step's script need (the topology is components/workers.py).
+values homeserver.yaml and the Synapse step's script need (the topology is components/worker_topology.py).
 
 Everything here is empty when synapseWorkers is off, so the Synapse step of a stack without workers
 renders exactly as before. The workers share homeserver.yaml and run under the main unit's sandbox
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from components import paths, workers
+from components import paths, worker_topology
 from components.remote import RemoteFile, StepSpec
 from components.services import ServiceContext, rendered
 
@@ -38,21 +38,21 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
     assert ctx.worker_secrets is not None
     return {
         "workers": True,
-        "replication_address": workers.REPLICATION_LISTEN[0],
-        "replication_port": workers.REPLICATION_LISTEN[1],
+        "replication_address": worker_topology.REPLICATION_LISTEN[0],
+        "replication_port": worker_topology.REPLICATION_LISTEN[1],
         "replication_secret": ctx.worker_secrets.replication_secret,
-        "redis_host": workers.REDIS_LISTEN[0],
-        "redis_port": workers.REDIS_LISTEN[1],
+        "redis_host": worker_topology.REDIS_LISTEN[0],
+        "redis_port": worker_topology.REDIS_LISTEN[1],
         "redis_password": ctx.worker_secrets.redis_password,
-        "federation_senders": workers.FEDERATION_SENDERS,
-        "media_worker": workers.MEDIA_WORKER,
+        "federation_senders": worker_topology.FEDERATION_SENDERS,
+        "media_worker": worker_topology.MEDIA_WORKER,
     }
 
 
 def script_values(ctx: ServiceContext) -> dict[str, Any]:
     """What synapse/install.sh.j2 (the Redis package) and config.sh.j2 (start, check and, when off,
     remove the workers) need."""
-    listed = workers.WORKERS if enabled(ctx) else ()
+    listed = worker_topology.WORKERS if enabled(ctx) else ()
     host = paths.SYNAPSE_LISTEN[0]
     return {
         "redis_package": REDIS_PACKAGE if enabled(ctx) else "",
@@ -71,7 +71,7 @@ def worker_files(ctx: ServiceContext, unit: Any) -> list[RemoteFile]:
     if not enabled(ctx):
         return []
     files: list[RemoteFile] = []
-    for worker in workers.WORKERS:
+    for worker in worker_topology.WORKERS:
         log_config = f"{WORKER_CONFIG_DIR}/{worker.name}.log.yaml"
         files.append(RemoteFile(
             f"{WORKER_CONFIG_DIR}/{worker.name}.yaml",
@@ -89,7 +89,7 @@ def redis_steps(ctx: ServiceContext) -> list[StepSpec]:
     if not enabled(ctx):
         return []
     assert ctx.worker_secrets is not None
-    host, port = workers.REDIS_LISTEN
+    host, port = worker_topology.REDIS_LISTEN
     conf = rendered("synapse/redis.conf.j2", bind=host, port=port, password=ctx.worker_secrets.redis_password,
                     maxmemory_mb=REDIS_MAXMEMORY_MB)
     script = rendered("synapse/redis.sh.j2", conf=REDIS_CONF, main_conf=REDIS_MAIN_CONF, unit=REDIS_UNIT,

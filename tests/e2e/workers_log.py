@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components import paths, workers
+from components import paths, worker_topology
 from components.services import nginx
 
-PORTS = {paths.SYNAPSE_LISTEN[1]: "main", **{w.port: w.name for w in workers.http_workers()}}
+PORTS = {paths.SYNAPSE_LISTEN[1]: "main", **{w.port: w.name for w in worker_topology.http_workers()}}
 
 
 @dataclass(frozen=True)

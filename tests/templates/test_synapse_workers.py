@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components import paths, workers
+from components import paths, worker_topology
 from components.render import render
 from components.services import synapse, synapse_workers
 from tests.templates.conftest import REDIS_PASSWORD, REPLICATION_SECRET, make_context, parse_unit, prelude_function
@@ -62,14 +62,14 @@ def test_synapse_gives_every_process_its_job(tmp_path: Path) -> None:
     main = _probe(homeserver)
     assert main["app"] is None and main["name"] == "master"
     assert main["listeners"] == [[8008, ["127.0.0.1"], ["client", "federation"]],
-                                 [workers.REPLICATION_LISTEN[1], ["127.0.0.1"], ["replication"]]]
+                                 [worker_topology.REPLICATION_LISTEN[1], ["127.0.0.1"], ["replication"]]]
     assert main["redis"] == [True, "127.0.0.1", 6379, REDIS_PASSWORD]
     assert main["replication_secret"] == REPLICATION_SECRET
-    assert main["main"] == ["127.0.0.1", workers.REPLICATION_LISTEN[1]]
+    assert main["main"] == ["127.0.0.1", worker_topology.REPLICATION_LISTEN[1]]
     # The main process persists events and no longer sends federation nor serves media.
     assert (main["sends_federation"], main["media_repo"], main["writes_events"]) == (False, False, ["master"])
     seen = {}
-    for worker in workers.WORKERS:
+    for worker in worker_topology.WORKERS:
         text = files[f"{synapse_workers.WORKER_CONFIG_DIR}/{worker.name}.yaml"]
         log_config = tmp_path / f"{worker.name}.log.yaml"
         log_config.write_text(_replace_line(files[f"{synapse_workers.WORKER_CONFIG_DIR}/{worker.name}.log.yaml"],

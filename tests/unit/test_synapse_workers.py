@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from components import paths, workers
+from components import paths, worker_topology
 from components.services import synapse_workers
 from components.settings import SettingsError, load
 from tests.harness import Recording, changed_steps, parse_bundle, record, unwrap
@@ -53,19 +53,19 @@ def test_too_small_a_droplet_is_a_one_line_error(size: str) -> None:
 def test_bigger_droplets_are_accepted() -> None:
     for size in ("s-2vcpu-4gb", "s-4vcpu-8gb", "g-2vcpu-8gb", "s-8vcpu-16gb"):
         settings, _ = load({**RAW_CONFIG, **ON, "dropletSize": size}, "test")
-        assert settings.synapse_workers and settings.synapse_processes == workers.PROCESSES
+        assert settings.synapse_workers and settings.synapse_processes == worker_topology.PROCESSES
 
 
 def test_each_process_gets_its_share_of_connections_and_cache() -> None:
     single, _ = load({**RAW_CONFIG, "dropletSize": "s-2vcpu-4gb", "database": "managed"}, "test")
     split, _ = load({**RAW_CONFIG, **ON, "database": "managed"}, "test")
     # db-s-1vcpu-1gb grants 22; the tools keep 3; 19 shared by 5 processes.
-    assert (single.synapse_pool_max, split.synapse_pool_max) == (10, 19 // workers.PROCESSES)
+    assert (single.synapse_pool_max, split.synapse_pool_max) == (10, 19 // worker_topology.PROCESSES)
     assert split.synapse_pool_min <= split.synapse_pool_max
-    assert split.synapse_pool_max * workers.PROCESSES + 3 <= split.database_connection_limit
+    assert split.synapse_pool_max * worker_topology.PROCESSES + 3 <= split.database_connection_limit
     local, _ = load({**RAW_CONFIG, **ON}, "test")
-    assert local.synapse_pool_max * workers.PROCESSES + 3 <= local.tuning.pg_max_connections
-    assert split.tuning.synapse_cache_max_mb * workers.PROCESSES <= single.tuning.synapse_cache_max_mb
+    assert local.synapse_pool_max * worker_topology.PROCESSES + 3 <= local.tuning.pg_max_connections
+    assert split.tuning.synapse_cache_max_mb * worker_topology.PROCESSES <= single.tuning.synapse_cache_max_mb
 
 
 def test_switching_on_runs_synapse_nginx_and_the_check(graph: Recording, on: Recording) -> None:
@@ -86,12 +86,12 @@ def test_the_shared_config_wires_every_process(on: Recording) -> None:
     redis_password, replication_secret = _secret(on, "redis-password"), _secret(on, "replication-secret")
     assert homeserver["redis"] == {"enabled": True, "host": "127.0.0.1", "port": 6379, "password": redis_password}
     assert homeserver["worker_replication_secret"] == replication_secret
-    assert homeserver["instance_map"] == {"main": {"host": "127.0.0.1", "port": workers.REPLICATION_LISTEN[1]}}
+    assert homeserver["instance_map"] == {"main": {"host": "127.0.0.1", "port": worker_topology.REPLICATION_LISTEN[1]}}
     replication = homeserver["listeners"][1]
     assert replication["bind_addresses"] == ["127.0.0.1"] and replication["resources"] == [{"names": ["replication"]}]
     assert homeserver["federation_sender_instances"] == ["federation_sender1"]
     assert homeserver["enable_media_repo"] is False and homeserver["media_instance_running_background_jobs"] == "media1"
-    for worker in workers.WORKERS:
+    for worker in worker_topology.WORKERS:
         config = yaml.safe_load(files[f"{synapse_workers.WORKER_CONFIG_DIR}/{worker.name}.yaml"].content)
         assert (config["worker_name"], config["worker_app"]) == (worker.name, worker.app)
     lock = step_files(on, "synapse-install")["/opt/synapse/requirements.lock"].content
