@@ -74,7 +74,7 @@ class MediaBucket(pulumi.ComponentResource):
             versioning=do.SpacesBucketVersioningArgs(enabled=True))
         self.backup_key = self._key_for(f"{name}-backup-key", f"{settings.resource_prefix}-backups", self.backup_bucket)
         # The backups' encryption key: in the state (encrypted) and on the droplet (0600 root) only. A new
-        # stack restoring an old stack's bucket imports the old value (README "Media and backups on Spaces").
+        # stack restoring an old stack's bucket imports the old value (docs/grow.md, "Media and backups on Spaces").
         self.backup_encryption_key = random.RandomBytes(f"{name}-backup-encryption-key", length=32,
                                                         opts=pulumi.ResourceOptions(parent=self))
         self.endpoint = MediaBucketEndpoint(

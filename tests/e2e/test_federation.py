@@ -54,7 +54,7 @@ PEER_INDEX, THIRD_INDEX = E2E_INDEX + 102, E2E_INDEX + 103
 CHECKER = Path(__file__).with_name("federation_check.py")
 SYNAPSE_PYTHON = "/opt/synapse/venv/bin/python"
 WAIT = 90.0  # federation between two busy 1-core servers: bounded waits for what crosses
-# synapseWorkers needs a bigger droplet; the README's runbook resizes first, then turns workers on.
+# synapseWorkers needs a bigger droplet; the runbook in docs/grow.md resizes first, then turns workers on.
 WORKERS_SIZE = "s-2vcpu-4gb"
 # What `pulumi up` runs (tests/unit/test_synapse_workers.py checks the same sets under mocks).
 WORKERS_ON = {"synapse-install", "synapse-redis", "synapse-config", "nginx-sites", "selfcheck-verify"}
@@ -363,7 +363,7 @@ def _routed_since(a: Deployment, line: int) -> list[Routed]:
 def test_with_synapse_workers_sync_federation_and_media_go_to_the_workers(
     servers: Servers, rooms: dict[str, str]
 ) -> None:
-    """synapseWorkers on A (after a resize, as the README's runbook says): every worker runs, messages,
+    """synapseWorkers on A (after a resize, as the runbook in docs/grow.md says): every worker runs, messages,
     a file and syncs still cross both ways, and nginx's upstream log shows which process answered; A's
     outbound federation leaves from the federation sender. Then off again: the workers and Redis stop,
     and federation still works."""

@@ -7,7 +7,7 @@ admin role that is not a superuser. The program's recorded answers (the cluster'
 its CA, the passwords DigitalOcean generates) are that host's. Only the steps `pulumi up` would run are
 run. Then real clients: messages written before the move are read after it, Synapse's connections on
 the cluster are TLS from the droplet, backups and the weekly VACUUM reach the cluster. Last, the
-README's way back (backup, marker removed, database local, restore) returns the shared host to its
+The way back in docs/grow.md (backup, marker removed, database local, restore) returns the shared host to its
 local database with what was written on the cluster.
 """
 
@@ -141,7 +141,7 @@ class ManagedSwitch:
         self.on = (changed, run_all(after, only=changed))
 
     def switch_back(self) -> tuple[str, set[str], list[StepResult]]:
-        """The README's way back: refused while the marker exists; then backup, marker removed, up, restore."""
+        """The The way back in docs/grow.md: refused while the marker exists; then backup, marker removed, up, restore."""
         d = self.deployment
         assert d.recording is not None
         before = d.recording

@@ -5,7 +5,7 @@ the program's recorded answers (the bucket's endpoint, the key) are its. Only th
 would run are run. Then: an upload is in the bucket when Synapse answers it; the local cache is
 emptied and every file still downloads through the edge; the daily backup lands in the bucket; a
 fresh droplet of the stack, on a new empty volume, restores from that copy and serves the messages
-and files; last, the README's way back (fetch-media, then mediaStorage: local) brings every file
+and files; last, the way back in docs/grow.md (fetch-media, then mediaStorage: local) brings every file
 back onto the volume.
 """
 
