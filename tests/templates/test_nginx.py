@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from components import paths, workers
-from components.remote import StepSpec
+from components import paths, worker_topology
+from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, element, nginx
 from tests.pki import origin_pull_pair
 from tests.templates.conftest import FAKE_SECRETS, make_context
+from tests.templates.sandbox import run_in_sandbox
 
 NGINX = "/usr/sbin/nginx"
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 WORKERS_CONFIG = CONFIGS["workers"]
 
 # synapseWorkers: requests and the process Synapse's workers documentation sends each to (written
-# out here, not derived from components/workers.py, so a wrong table there fails).
+# out here, not derived from components/worker_topology.py, so a wrong table there fails).
 ROUTES = [
     ("GET", "/_matrix/client/v3/sync?since=s1&timeout=30000", "sync1"),
     ("GET", "/_matrix/client/r0/sync", "sync1"),
@@ -236,8 +237,8 @@ def test_matrix_site_proxies_only_the_client_and_federation_apis() -> None:
     ((selector, body),) = proxied.items()
     # No URI part after the upstream's name (not even "/"), so nginx passes the raw request URI; the
     # upstream is Synapse's listener, with idle connections kept for the next request.
-    assert re.findall(r"proxy_pass\s+([^;]+);", body) == [f"http://{workers.MAIN_UPSTREAM}"]
-    upstream = re.search(r"upstream\s+" + workers.MAIN_UPSTREAM + r"\s*\{([^}]*)\}", _site(ctx, "matrix"))
+    assert re.findall(r"proxy_pass\s+([^;]+);", body) == [f"http://{worker_topology.MAIN_UPSTREAM}"]
+    upstream = re.search(r"upstream\s+" + worker_topology.MAIN_UPSTREAM + r"\s*\{([^}]*)\}", _site(ctx, "matrix"))
     assert upstream and re.findall(r"server\s+([^;]+);", upstream.group(1)) == [
         f"{paths.SYNAPSE_LISTEN[0]}:{paths.SYNAPSE_LISTEN[1]}"]
     assert 'proxy_set_header Connection "";' in body
@@ -486,7 +487,7 @@ def test_live_nginx_answers_only_this_zones_cloudflare_for_its_own_names(tmp_pat
 
 
 def test_live_nginx_keeps_connections_to_synapse_open(tmp_path: Path) -> None:
-    """Upstream keep-alive (README: Tuning at 1 CPU): nginx asks Synapse without "Connection: close" and
+    """Upstream keep-alive (docs/benchmarks.md: Tuning at 1 CPU): nginx asks Synapse without "Connection: close" and
     sends later requests over a connection it already has, so Synapse sees fewer connections than requests
     (each nginx worker keeps its own; there are fewer workers than probes)."""
     r = _live(tmp_path, make_context())
@@ -719,3 +720,53 @@ if __name__ == "__main__":
         _sandbox_main(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5].split(","))
     else:
         raise SystemExit("usage: test_nginx.py --sandbox STAGE SCRATCH MODE HOSTS")
+
+
+ROLLBACK_DRIVER = r"""
+set -uo pipefail
+work=$1
+live=$2
+shift 2
+mkdir -p "$live" /var/log/nginx && cp "$work/fullchain.pem" "$work/privkey.pem" "$live/"
+export PATH="$work/bin:$PATH"
+i=0
+for bundle in "$@"; do
+  i=$((i + 1))
+  echo "--- bundle $i" >> "$work/calls"
+  bash "$bundle" > "$work/out.$i" 2>&1
+  echo $? > "$work/rc.$i"
+  cp /etc/nginx/sites-available/matrix-stack-matrix "$work/site.$i"
+done
+"""
+
+
+def test_the_sites_step_puts_back_the_previous_site_when_nginx_rejects_a_new_one(tmp_path: Path) -> None:
+    """The real nginx-sites bundle (prelude, files, script) in a sandbox with the real `nginx -t`: a site nginx
+    rejects fails the step, the previous one is back in place, and nginx is not reloaded."""
+    ctx = make_context()
+    (step,) = nginx.steps(ctx)
+    contents = [str(f.content) for f in step.files]
+    path = f"{nginx.SITES_AVAILABLE}/matrix-stack-matrix"
+    index = [f.path for f in step.files].index(path)
+    broken = list(contents)
+    broken[index] = contents[index].replace("proxy_http_version 1.1;", "proxy_http_version 1.1; no_such_directive on;")
+    for i, texts in enumerate((contents, broken), 1):
+        (tmp_path / f"b{i}.sh").write_text(bundle_text(step, texts, private_output=True))
+    cert, key = _throwaway_cert(list(ctx.settings.hostnames))
+    (tmp_path / "fullchain.pem").write_text(cert)
+    (tmp_path / "privkey.pem").write_text(key)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text(f'#!/bin/bash\necho "systemctl $*" >> {tmp_path}/calls\n')
+    (bindir / "systemctl").chmod(0o755)
+    live = f"{paths.CERT_LIVE_DIR}/{ctx.settings.domain}"
+    proc = run_in_sandbox(tmp_path, ROLLBACK_DRIVER, [str(tmp_path), live, str(tmp_path / "b1.sh"),
+                                                      str(tmp_path / "b2.sh")], tmpfs=["/var/log", "/run"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = {i: (tmp_path / f"out.{i}").read_text() for i in (1, 2)}
+    assert (tmp_path / "rc.1").read_text().strip() == "0", out[1][-3000:]
+    assert (tmp_path / "rc.2").read_text().strip() != "0"
+    assert "nginx rejects the new configuration" in out[2], out[2][-3000:]
+    assert (tmp_path / "site.1").read_text() == contents[index]
+    assert (tmp_path / "site.2").read_text() == contents[index], "the rejected site stayed in place"
+    assert "reload" not in (tmp_path / "calls").read_text().split("--- bundle 2", 1)[1]

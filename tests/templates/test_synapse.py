@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components import paths, synapse_lock, workers
-from components.remote import StepSpec
+from components import paths, synapse_lock, worker_topology
+from components.remote import StepSpec, bundle_text
 from components.render import render
 from components.services import synapse, synapse_workers
 from tests.templates.conftest import FAKE_SECRETS, make_context, parse_unit, prelude_function
+from tests.templates.sandbox import run_in_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNAPSE_PY = ROOT / "build" / "synapse-venv" / "bin" / "python"
@@ -533,7 +534,7 @@ def test_config_script_starts_every_worker_and_checks_its_health(tmp_path: Path,
     result, calls = _run_config_script(tmp_path, synapse_python, existing_key=OLD_KEY, changed=True, active=False,
                                        config_overrides={"synapseWorkers": "true", "dropletSize": "s-2vcpu-4gb"})
     assert result.returncode == 0, result.stderr
-    for worker in workers.WORKERS:
+    for worker in worker_topology.WORKERS:
         unit = f"matrix-synapse-worker@{worker.name}.service"
         assert f"systemctl enable --quiet {unit}" in calls and f"systemctl start {unit}" in calls
     assert "Synapse workers are running" in result.stderr and calls.endswith("step done\n")
@@ -581,3 +582,56 @@ def test_config_script_fails_when_unhealthy(tmp_path: Path, synapse_python: Path
     assert result.returncode != 0
     assert "journal: last lines" in result.stdout + result.stderr and "did not answer" in result.stderr
     assert "systemctl restart" in calls  # it did restart, then waited for /health in vain
+
+
+ROLLBACK_DRIVER = r"""
+set -uo pipefail
+work=$1
+venv=$2
+shift 2
+useradd --system --no-create-home matrix-synapse  # /etc is the sandbox's overlay
+mkdir -p /opt/synapse && ln -s "$venv" /opt/synapse/venv
+export PATH="$work/bin:$PATH" STUB_LOG="$work/calls"
+i=0
+for bundle in "$@"; do
+  i=$((i + 1))
+  echo "--- bundle $i" >> "$work/calls"
+  bash "$bundle" > "$work/out.$i" 2>&1
+  echo $? > "$work/rc.$i"
+  cp /etc/matrix-synapse/homeserver.yaml "$work/config.$i"
+done
+"""
+
+
+def test_the_config_step_puts_back_the_previous_config_when_synapse_rejects_a_new_one(
+    tmp_path: Path, synapse_python: Path
+) -> None:
+    """The real synapse-config bundle (prelude, files, script) in a sandbox with the real Synapse's config check:
+    a first config is accepted; a second one Synapse rejects fails the step, the first is back in place, and
+    Synapse is not restarted. (The e2e host proves the same on the real server, test_lifecycle.py.)"""
+    (step,) = [s for s in synapse.steps(make_context()) if s.name == "synapse-config"]
+    contents = [str(f.content) for f in step.files]
+    broken = [c.replace('max_upload_size: "50M"', 'max_upload_size: "lots"') if f.path == paths.SYNAPSE_CONFIG
+              else c for f, c in zip(step.files, contents)]
+    assert broken != contents
+    for i, texts in enumerate((contents, broken), 1):
+        (tmp_path / f"b{i}.sh").write_text(bundle_text(step, texts, private_output=True))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, body in STUBS.items():
+        if name != "chown":  # the sandbox's /etc knows matrix-synapse: the real chown runs
+            (bindir / name).write_text(f"#!/bin/bash\n{body}\n")
+            (bindir / name).chmod(0o755)
+    proc = run_in_sandbox(tmp_path, ROLLBACK_DRIVER, [str(tmp_path), str(synapse_python.parent.parent),
+                                                      str(tmp_path / "b1.sh"), str(tmp_path / "b2.sh")],
+                          tmpfs=["/opt", "/srv", "/var/log", "/run"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = {i: (tmp_path / f"out.{i}").read_text() for i in (1, 2)}
+    assert (tmp_path / "rc.1").read_text().strip() == "0", out[1][-3000:]
+    assert (tmp_path / "rc.2").read_text().strip() != "0"
+    assert "Synapse rejects" in out[2] and "the previous config is back in place" in out[2], out[2][-3000:]
+    first = (tmp_path / "config.1").read_text()
+    assert first == contents[[f.path for f in step.files].index(paths.SYNAPSE_CONFIG)]
+    assert (tmp_path / "config.2").read_text() == first
+    second_run = (tmp_path / "calls").read_text().split("--- bundle 2", 1)[1]
+    assert "restart" not in second_run, second_run
