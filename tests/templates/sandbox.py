@@ -8,6 +8,7 @@ without touching this machine. Used where a script's behaviour (not just its syn
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,3 +41,31 @@ def run_in_sandbox(tmp: Path, driver: str, args: Sequence[str], tmpfs: Sequence[
     command = ["unshare", "--mount", "--net", "--propagation", "private", "--",
                "bash", str(tmp / "sandbox.sh"), str(tmp / "ns"), str(tmp / "driver.sh"), *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+_BUNDLES_DRIVER = r"""
+set -uo pipefail
+work=$1
+shift
+{setup}
+export PATH="$work/bin:$PATH" STUB_LOG="$work/calls"
+i=0
+for bundle in "$@"; do
+  i=$((i + 1))
+  echo "--- bundle $i" >> "$work/calls"
+  bash "$bundle" > "$work/out.$i" 2>&1
+  echo $? > "$work/rc.$i"
+  cp {kept} "$work/kept.$i"
+done
+"""
+
+
+def run_bundles_in_sandbox(tmp: Path, setup: str, bundles: Sequence[Path], kept: str,
+                           tmpfs: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run step bundles one after another in one sandbox, as successive deploys would, after the bash `setup`.
+
+    Bundle i leaves its output in tmp/out.i, its exit status in tmp/rc.i and a copy of the file `kept` (the
+    live file the bundles write) in tmp/kept.i; a `bin` directory under tmp comes first on PATH (stubs log to
+    tmp/calls, where each bundle's start is marked `--- bundle i`)."""
+    driver = _BUNDLES_DRIVER.replace("{setup}", setup).replace("{kept}", shlex.quote(kept))
+    return run_in_sandbox(tmp, driver, [str(tmp), *map(str, bundles)], tmpfs=tmpfs)

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, element, nginx
 from tests.pki import origin_pull_pair
 from tests.templates.conftest import FAKE_SECRETS, make_context
-from tests.templates.sandbox import run_in_sandbox
+from tests.templates.sandbox import run_bundles_in_sandbox
 
 NGINX = "/usr/sbin/nginx"
 REPO = Path(__file__).resolve().parents[2]
@@ -722,24 +723,6 @@ if __name__ == "__main__":
         raise SystemExit("usage: test_nginx.py --sandbox STAGE SCRATCH MODE HOSTS")
 
 
-ROLLBACK_DRIVER = r"""
-set -uo pipefail
-work=$1
-live=$2
-shift 2
-mkdir -p "$live" /var/log/nginx && cp "$work/fullchain.pem" "$work/privkey.pem" "$live/"
-export PATH="$work/bin:$PATH"
-i=0
-for bundle in "$@"; do
-  i=$((i + 1))
-  echo "--- bundle $i" >> "$work/calls"
-  bash "$bundle" > "$work/out.$i" 2>&1
-  echo $? > "$work/rc.$i"
-  cp /etc/nginx/sites-available/matrix-stack-matrix "$work/site.$i"
-done
-"""
-
-
 def test_the_sites_step_puts_back_the_previous_site_when_nginx_rejects_a_new_one(tmp_path: Path) -> None:
     """The real nginx-sites bundle (prelude, files, script) in a sandbox with the real `nginx -t`: a site nginx
     rejects fails the step, the previous one is back in place, and nginx is not reloaded."""
@@ -760,13 +743,15 @@ def test_the_sites_step_puts_back_the_previous_site_when_nginx_rejects_a_new_one
     (bindir / "systemctl").write_text(f'#!/bin/bash\necho "systemctl $*" >> {tmp_path}/calls\n')
     (bindir / "systemctl").chmod(0o755)
     live = f"{paths.CERT_LIVE_DIR}/{ctx.settings.domain}"
-    proc = run_in_sandbox(tmp_path, ROLLBACK_DRIVER, [str(tmp_path), live, str(tmp_path / "b1.sh"),
-                                                      str(tmp_path / "b2.sh")], tmpfs=["/var/log", "/run"])
+    setup = (f"mkdir -p {shlex.quote(live)} /var/log/nginx && "
+             f'cp "$work/fullchain.pem" "$work/privkey.pem" {shlex.quote(live)}/')
+    proc = run_bundles_in_sandbox(tmp_path, setup, [tmp_path / "b1.sh", tmp_path / "b2.sh"],
+                                  f"{nginx.SITES_AVAILABLE}/matrix-stack-matrix", tmpfs=["/var/log", "/run"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = {i: (tmp_path / f"out.{i}").read_text() for i in (1, 2)}
     assert (tmp_path / "rc.1").read_text().strip() == "0", out[1][-3000:]
     assert (tmp_path / "rc.2").read_text().strip() != "0"
     assert "nginx rejects the new configuration" in out[2], out[2][-3000:]
-    assert (tmp_path / "site.1").read_text() == contents[index]
-    assert (tmp_path / "site.2").read_text() == contents[index], "the rejected site stayed in place"
+    assert (tmp_path / "kept.1").read_text() == contents[index]
+    assert (tmp_path / "kept.2").read_text() == contents[index], "the rejected site stayed in place"
     assert "reload" not in (tmp_path / "calls").read_text().split("--- bundle 2", 1)[1]

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from components.remote import StepSpec, bundle_text
 from components.render import render
 from components.services import synapse, synapse_workers
 from tests.templates.conftest import FAKE_SECRETS, make_context, parse_unit, prelude_function
-from tests.templates.sandbox import run_in_sandbox
+from tests.templates.sandbox import run_bundles_in_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNAPSE_PY = ROOT / "build" / "synapse-venv" / "bin" / "python"
@@ -584,25 +585,6 @@ def test_config_script_fails_when_unhealthy(tmp_path: Path, synapse_python: Path
     assert "systemctl restart" in calls  # it did restart, then waited for /health in vain
 
 
-ROLLBACK_DRIVER = r"""
-set -uo pipefail
-work=$1
-venv=$2
-shift 2
-useradd --system --no-create-home matrix-synapse  # /etc is the sandbox's overlay
-mkdir -p /opt/synapse && ln -s "$venv" /opt/synapse/venv
-export PATH="$work/bin:$PATH" STUB_LOG="$work/calls"
-i=0
-for bundle in "$@"; do
-  i=$((i + 1))
-  echo "--- bundle $i" >> "$work/calls"
-  bash "$bundle" > "$work/out.$i" 2>&1
-  echo $? > "$work/rc.$i"
-  cp /etc/matrix-synapse/homeserver.yaml "$work/config.$i"
-done
-"""
-
-
 def test_the_config_step_puts_back_the_previous_config_when_synapse_rejects_a_new_one(
     tmp_path: Path, synapse_python: Path
 ) -> None:
@@ -622,16 +604,17 @@ def test_the_config_step_puts_back_the_previous_config_when_synapse_rejects_a_ne
         if name != "chown":  # the sandbox's /etc knows matrix-synapse: the real chown runs
             (bindir / name).write_text(f"#!/bin/bash\n{body}\n")
             (bindir / name).chmod(0o755)
-    proc = run_in_sandbox(tmp_path, ROLLBACK_DRIVER, [str(tmp_path), str(synapse_python.parent.parent),
-                                                      str(tmp_path / "b1.sh"), str(tmp_path / "b2.sh")],
-                          tmpfs=["/opt", "/srv", "/var/log", "/run"])
+    setup = ("useradd --system --no-create-home matrix-synapse\n"  # /etc is the sandbox's overlay
+             f"mkdir -p /opt/synapse && ln -s {shlex.quote(str(synapse_python.parent.parent))} /opt/synapse/venv")
+    proc = run_bundles_in_sandbox(tmp_path, setup, [tmp_path / "b1.sh", tmp_path / "b2.sh"], paths.SYNAPSE_CONFIG,
+                                  tmpfs=["/opt", "/srv", "/var/log", "/run"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = {i: (tmp_path / f"out.{i}").read_text() for i in (1, 2)}
     assert (tmp_path / "rc.1").read_text().strip() == "0", out[1][-3000:]
     assert (tmp_path / "rc.2").read_text().strip() != "0"
     assert "Synapse rejects" in out[2] and "the previous config is back in place" in out[2], out[2][-3000:]
-    first = (tmp_path / "config.1").read_text()
+    first = (tmp_path / "kept.1").read_text()
     assert first == contents[[f.path for f in step.files].index(paths.SYNAPSE_CONFIG)]
-    assert (tmp_path / "config.2").read_text() == first
+    assert (tmp_path / "kept.2").read_text() == first
     second_run = (tmp_path / "calls").read_text().split("--- bundle 2", 1)[1]
     assert "restart" not in second_run, second_run
