@@ -33,7 +33,7 @@ import dill
 from pulumi.dynamic import ConfigureRequest, ResourceProvider
 from pulumi.dynamic.config import Config
 
-from tests.e2e.runner import StepFailed, StepResult, deploy_key_file, run_step
+from tests.e2e.runner import StepResult, deploy_key_file, run_reported_step
 from tests.e2e.testhost.cloudflare_standin import API, CloudflareStandin
 from tests.harness import COMMAND, PROJECT, Recording, Registration, unwrap
 
@@ -197,12 +197,7 @@ class Engine:
                 if wanted is not None and reg.name not in wanted:
                     return None
                 assert key is not None
-                result = run_step(reg, key)
-                results.append(result)
-                if on_step:
-                    on_step(result)
-                if result.returncode != 0:
-                    raise StepFailed(result)
+                run_reported_step(reg, key, results, on_step)
                 return None
 
             done: set[str] = set()

@@ -97,16 +97,22 @@ def run_all(
 ) -> list[StepResult]:
     """Run every recorded step in dependency order (or just `only`); stop at the first failure."""
     wanted = set(only) if only is not None else None
-    results = []
+    results: list[StepResult] = []
     with tempfile.TemporaryDirectory(prefix="matrix-stack-runner-") as tmp:
         key = deploy_key_file(recording, Path(tmp))
         for command in recording.commands():
             if wanted is not None and command.name not in wanted:
                 continue
-            result = run_step(command, key)
-            results.append(result)
-            if on_step:
-                on_step(result)
-            if result.returncode != 0:
-                raise StepFailed(result)
+            run_reported_step(command, key, results, on_step)
     return results
+
+
+def run_reported_step(command: Registration, key_file: Path, results: list[StepResult],
+                      on_step: Callable[[StepResult], None] | None) -> None:
+    """Run one step, add its result to `results`, tell `on_step`; raise StepFailed if it failed."""
+    result = run_step(command, key_file)
+    results.append(result)
+    if on_step:
+        on_step(result)
+    if result.returncode != 0:
+        raise StepFailed(result)
