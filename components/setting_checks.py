@@ -30,7 +30,7 @@ RELAY_PORT_MIN, RELAY_PORT_MAX = 49152, 65535
 RELAY_RANGE_MAX_WIDTH = 2000  # ufw/firewall rules stay readable; coturn needs ~4 ports per call.
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,62}}(?<!-)$")
+_DOMAIN_RE = re.compile(rf"^(?=.{{1,200}}$)(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,62}}(?<!-)$")
 _SUBDOMAIN_RE = re.compile(rf"^{_LABEL}$")
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}$")
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -71,28 +71,30 @@ def invalid(key: str, value: Any, allowed: str) -> SettingsError:
 # The checks: each returns the normalised value or raises a one-line SettingsError.
 
 
-def dns_name(key: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 200 or not _DOMAIN_RE.match(value):
-        raise invalid(key, value, "a lower-case DNS name such as example.com (no scheme, no trailing dot)")
-    return value
+def matching(pattern: re.Pattern[str], allowed: str, empty_too: bool = False) -> Callable[[str, Any], str]:
+    """A check for strings that `pattern` matches (and "" too, with `empty_too`)."""
+    def check(key: str, value: Any) -> str:
+        if not isinstance(value, str) or not ((empty_too and value == "") or pattern.match(value)):
+            raise invalid(key, value, allowed)
+        return value
+
+    return check
 
 
-def dns_label(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _SUBDOMAIN_RE.match(value):
-        raise invalid(key, value, "one lower-case DNS label such as matrix (letters, digits, inner dashes)")
-    return value
+def one_of(choices: tuple[str, ...], allowed: str) -> Callable[[str, Any], str]:
+    """A check for one of a few fixed words."""
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise invalid(key, value, allowed)
+        return str(value)
+
+    return check
 
 
-def email_address(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _EMAIL_RE.match(value):
-        raise invalid(key, value, "an e-mail address such as ops@example.com")
-    return value
-
-
-def digitalocean_slug(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _SLUG_RE.match(value):
-        raise invalid(key, value, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
-    return value
+dns_name = matching(_DOMAIN_RE, "a lower-case DNS name such as example.com (no scheme, no trailing dot)")
+dns_label = matching(_SUBDOMAIN_RE, "one lower-case DNS label such as matrix (letters, digits, inner dashes)")
+email_address = matching(_EMAIL_RE, "an e-mail address such as ops@example.com")
+digitalocean_slug = matching(_SLUG_RE, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
 
 
 def droplet_size(key: str, value: Any) -> str:
@@ -102,16 +104,10 @@ def droplet_size(key: str, value: Any) -> str:
     return slug
 
 
-def database_kind(key: str, value: Any) -> str:
-    if value not in ("local", "managed"):
-        raise invalid(key, value, "local (PostgreSQL on the droplet) or managed (a DigitalOcean Managed PostgreSQL cluster)")
-    return str(value)
-
-
-def media_storage(key: str, value: Any) -> str:
-    if value not in ("local", "spaces"):
-        raise invalid(key, value, "local (media on the data volume) or spaces (a DigitalOcean Spaces bucket)")
-    return str(value)
+database_kind = one_of(("local", "managed"), "local (PostgreSQL on the droplet) or managed (a DigitalOcean "
+                       "Managed PostgreSQL cluster)")
+media_storage = one_of(("local", "spaces"), "local (media on the data volume) or spaces (a DigitalOcean Spaces "
+                       "bucket)")
 
 
 def optional_spaces_region(key: str, value: Any) -> str:
@@ -143,17 +139,10 @@ def debian_image(key: str, value: Any) -> str:
     return slug
 
 
-def optional_volume_name(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not (value == "" or _VOLUME_NAME_RE.match(value)):
-        raise invalid(key, value, "a DigitalOcean volume name (lower-case letters, digits, dashes, a letter "
-                      "first, at most 64), e.g. the dataVolume output of the destroyed stack, or empty")
-    return value
-
-
-def release_version(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _VERSION_RE.match(value):
-        raise invalid(key, value, "a release version such as 1.2.3 (digits and dots, no leading v)")
-    return value
+optional_volume_name = matching(_VOLUME_NAME_RE, "a DigitalOcean volume name (lower-case letters, digits, dashes, "
+                                "a letter first, at most 64), e.g. the dataVolume output of the destroyed stack, or "
+                                "empty", empty_too=True)
+release_version = matching(_VERSION_RE, "a release version such as 1.2.3 (digits and dots, no leading v)")
 
 
 def element_version(key: str, value: Any) -> str:
@@ -165,10 +154,8 @@ def element_version(key: str, value: Any) -> str:
     return version
 
 
-def optional_sha256(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not (value == "" or _SHA256_RE.match(value)):
-        raise invalid(key, value, "64 lower-case hex characters (sha256sum of the release tarball), or empty")
-    return value
+optional_sha256 = matching(_SHA256_RE, "64 lower-case hex characters (sha256sum of the release tarball), or empty",
+                           empty_too=True)
 
 
 def optional_fingerprint(key: str, value: Any) -> str:
@@ -234,10 +221,7 @@ def boolean(key: str, value: Any) -> bool:
     return value
 
 
-def federation_mode(key: str, value: Any) -> str:
-    if value not in ("open", "allowlist", "off"):
-        raise invalid(key, value, "one of open, allowlist, off")
-    return str(value)
+federation_mode = one_of(("open", "allowlist", "off"), "one of open, allowlist, off")
 
 
 def string_list(item: Callable[[str, Any], str]) -> Callable[[str, Any], tuple[str, ...]]:
@@ -276,10 +260,8 @@ def outbound_cidr(key: str, value: Any) -> str:
     return cidr
 
 
-def optional_time_of_day(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not (value == "" or re.match(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", value)):
-        raise invalid(key, value, "a time of day HH:MM (UTC, 24 hours) such as 04:00, or empty for never")
-    return value
+optional_time_of_day = matching(re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$"), "a time of day HH:MM (UTC, 24 hours) "
+                                "such as 04:00, or empty for never", empty_too=True)
 
 
 def ssh_public_key(key: str, value: Any) -> str:
@@ -288,10 +270,7 @@ def ssh_public_key(key: str, value: Any) -> str:
     return value.strip()
 
 
-def localpart(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _LOCALPART_RE.match(value):
-        raise invalid(key, value, "a Matrix user name: lower-case letters, digits and ._=-/ only")
-    return value
+localpart = matching(_LOCALPART_RE, "a Matrix user name: lower-case letters, digits and ._=-/ only")
 
 
 def relay_ports(key: str, value: Any) -> tuple[int, int]:
