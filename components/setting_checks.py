@@ -6,6 +6,7 @@ The settings themselves (name, type, default, description, which check) are decl
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import re
 from collections.abc import Callable
@@ -284,6 +285,37 @@ def relay_ports(key: str, value: Any) -> tuple[int, int]:
             f"LOW < HIGH, at most {RELAY_RANGE_MAX_WIDTH} ports",
         )
     return low, high
+
+
+def smtp_port(key: str, value: Any) -> int:
+    port = int_range(1, 65535)(key, value)
+    if port == 25:
+        raise invalid(key, port, "the relay's submission port, 587 (starttls) or 465 (tls): DigitalOcean blocks "
+                      "outbound port 25 on droplets")
+    return port
+
+
+smtp_tls = one_of(("starttls", "tls"), "starttls (port 587) or tls (port 465); mail is never sent without TLS")
+_SMTP_USER_RE = re.compile(r"^[^\s\x00-\x1f'\"\\]{1,256}$")
+smtp_user = matching(_SMTP_USER_RE, "the relay's login name (no spaces or quotes), or empty", empty_too=True)
+
+
+def optional_secret(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 1024 or any(c in value for c in "\r\n\x00"):
+        raise invalid(key, "[secret]", "one line of at most 1024 characters (set it with --secret)")
+    return value
+
+
+def mail_from(key: str, value: Any) -> str:
+    """`Name <address>` or an address. Synapse formats the sender with %-placeholders: a % is refused."""
+    if not isinstance(value, str):
+        raise invalid(key, value, "a sender such as 'Matrix <matrix@example.com>', or empty")
+    name, address = email.utils.parseaddr(value)
+    if value and (not _EMAIL_RE.match(address) or "%" in value or "\n" in value
+                  or (name == "" and value.strip() != address)):
+        raise invalid(key, value, "a sender such as 'Matrix <matrix@example.com>' or matrix@example.com (no %), "
+                      "or empty")
+    return value.strip()
 
 
 def required_secret(key: str, value: Any) -> str:

@@ -5,10 +5,10 @@
 
 Pulumi.yaml gets the project's `config` block (each setting's type, description, default and secret flag,
 as Pulumi's project schema describes them) and the `template` section `pulumi new` reads: the settings it
-asks a new stack for, the providers' tokens among them. A setting `pulumi new` asks for carries no `type`
-in the config block when it is a list: `pulumi new` stores an answer as text, and the CLI checks a stack's
-value against a declared type (pulumi/pulumi #10832), so the program reads such a list from a JSON list or
-from comma-separated text instead (settings.py).
+asks a new stack for, the providers' tokens among them. A list of objects (users, invitations) carries no `type`
+(the schema has none for objects). Nor does a setting `pulumi new` asks for when it is a list: `pulumi new` stores
+an answer as text, and the CLI checks a stack's value against a declared type (pulumi/pulumi #10832), so the
+program reads such a list from a JSON list or from comma-separated text instead (settings.py).
 """
 
 from __future__ import annotations
@@ -41,14 +41,16 @@ GENERATED = "# Made by `python -m components.setting_docs` from components/setti
 def config_declaration(setting: Setting) -> dict[str, Any]:
     """One setting as Pulumi.yaml's config block declares it."""
     declared: dict[str, Any] = {}
-    if not (setting.kind == "array" and setting.ask):
+    if setting.kind != "objects" and not (setting.kind == "array" and setting.ask):
         declared["type"] = setting.kind
         if setting.kind == "array":
             declared["items"] = {"type": "string"}
     declared["description"] = setting.description
     if setting.secret:
         declared["secret"] = True
-    if not setting.required:
+    # An untyped default would be typed by the CLI from its value ([]: an array of no declared items); the
+    # program's loader applies a list of objects' default instead.
+    if not setting.required and setting.kind != "objects":
         declared["default"] = setting.default
     return declared
 

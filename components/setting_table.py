@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from components import setting_checks as check
+from components import team
 from components.platform import DEFAULT_IMAGE
 
 
@@ -24,7 +25,8 @@ class Required:
 
 
 REQUIRED = Required()
-Kind = Literal["string", "integer", "boolean", "array"]
+# "objects": a list of objects, which Pulumi's project schema cannot type (Pulumi.yaml leaves it untyped).
+Kind = Literal["string", "integer", "boolean", "array", "objects"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,34 @@ SETTINGS: tuple[Setting, ...] = (
             "Redis, routed by nginx; needs a dropletSize of at least 2 vCPUs and 4 GB (docs/grow.md)."),
     Setting("adminUser", "string", "admin", check.localpart,
             "Local part of the admin account made on the first deploy (its password: the adminPassword output)."),
+    Setting("users", "objects", [], team.team_members,
+            "The server's people besides the admin, each `{localpart, admin, displayName, email}` (all but localpart "
+            "optional; a plain string is a local part). Each account is made once with a generated password (the "
+            "initialPasswords output); one taken off the list is locked, never deleted, and unlocked when put back; "
+            "accounts made otherwise are left alone (docs/team.md)."),
+    Setting("invitations", "objects", [], team.invitations,
+            "Registration tokens, each `{name, uses, expires}`: `uses` sign-ups until the end of day `expires` "
+            "(YYYY-MM-DD, UTC; empty: never). Needs enableRegistration; the invitationLinks output has each one's "
+            "sign-up link (docs/team.md)."),
+    Setting("smtpHost", "string", "", check.optional_dns_name,
+            "Your mail relay; empty: no mail. With it Synapse sends password resets, e-mail address confirmations "
+            "and missed-message notifications. DigitalOcean blocks port 25: use the relay's 587 or 465 (docs/team.md)."),
+    Setting("smtpPort", "integer", 587, check.smtp_port,
+            "The relay's port: 587 with smtpTls `starttls`, 465 with `tls`; 25 is refused (blocked by DigitalOcean)."),
+    Setting("smtpTls", "string", "starttls", check.smtp_tls,
+            "`starttls` (a plain connection that must switch to TLS before the login) or `tls` (TLS from the first "
+            "byte); the relay's certificate must be valid for smtpHost. Mail without TLS is refused."),
+    Setting("smtpUser", "string", "", check.smtp_user, "The relay's login; empty: the relay takes mail without one."),
+    Setting("smtpPassword", "string", "", check.optional_secret, "The relay's password, set as a secret.",
+            secret=True),
+    Setting("mailFrom", "string", "", check.mail_from,
+            "Sender of the server's mail, `Name <address>` or an address your relay lets you send from; empty: "
+            "`Matrix <matrix@domain>`."),
+    Setting("mailNotifications", "boolean", True, check.boolean,
+            "With smtpHost: e-mail each user with an address about messages unread for a while (Synapse's "
+            "missed-message notifications; anyone can turn theirs off in Element)."),
+    Setting("mailNotificationMinutes", "integer", 10, check.int_range(1, 1440),
+            "Minutes a message stays unread before its notification mail (Synapse's default: 10), 1-1440."),
     Setting("sshPublicKeys", "array", [], check.string_list(check.ssh_public_key),
             "Your own SSH public keys for root (the deploy key is added by itself); changing them never replaces "
             "the droplet."),

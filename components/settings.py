@@ -29,8 +29,10 @@ from components.setting_checks import (
 )
 from components.setting_table import SETTINGS
 from components.synapse_lock import lock_path, locked_versions
+from components.team import Invitation, TeamMember
 
-__all__ = ["ALL_KEYS", "DEFAULTS", "PROJECT", "REQUIRED", "SECRET_KEYS", "Settings", "SettingsError", "Tuning",
+__all__ = ["ALL_KEYS", "DEFAULTS", "PROJECT", "REQUIRED", "SECRET_KEYS", "ConfigSecrets", "Settings", "SettingsError",
+           "Tuning",
            "invalid", "load", "memory_mb_of", "tuning_for", "vcpus_of"]
 
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS if not s.required}
@@ -99,6 +101,14 @@ def vcpus_of(size_slug: str) -> int:
 
 
 @dataclass(frozen=True)
+class ConfigSecrets:
+    """The settings set with --secret, kept apart from Settings: they go into the program only as secret Outputs."""
+
+    certbot_cloudflare_token: str
+    smtp_password: str  # "" = none
+
+
+@dataclass(frozen=True)
 class Settings:
     """Validated stack settings plus the values derived from them."""
 
@@ -136,6 +146,15 @@ class Settings:
     backup_bucket: str  # "" = derived from the media bucket's name (used only when media_storage is spaces)
     synapse_workers: bool  # Synapse workers with Redis (components/worker_topology.py)
     admin_user: str
+    users: tuple[TeamMember, ...]  # the team besides the admin (components/team.py)
+    invitations: tuple[Invitation, ...]
+    smtp_host: str  # "" = no mail
+    smtp_port: int
+    smtp_tls: str  # "starttls" | "tls"
+    smtp_user: str  # "" = no login
+    mail_from: str  # "" = Matrix <matrix@domain>
+    mail_notifications: bool
+    mail_notification_minutes: int
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
     enable_jemalloc: bool
@@ -192,8 +211,21 @@ class Settings:
         return f"https://{self.chat_host}"
 
     @property
+    def sign_up_url(self) -> str:
+        """Element's sign-up page; it asks for the registration token (it has no way to take one from a link)."""
+        return f"{self.element_url}/#/register"
+
+    @property
     def admin_user_id(self) -> str:
         return f"@{self.admin_user}:{self.domain}"
+
+    @property
+    def mail_enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+    @property
+    def mail_sender(self) -> str:
+        return self.mail_from or f"Matrix <matrix@{self.domain}>"
 
     @property
     def resource_prefix(self) -> str:
@@ -301,7 +333,7 @@ def _decode(key: str, raw: str) -> Any:
     kind = _BY_KEY[key].kind
     if kind == "string":
         return raw
-    if kind == "array" and not raw.lstrip().startswith("["):
+    if kind in ("array", "objects") and not raw.lstrip().startswith("["):
         return [item.strip() for item in raw.split(",") if item.strip()]
     try:
         return json.loads(raw)
@@ -309,8 +341,8 @@ def _decode(key: str, raw: str) -> Any:
         raise invalid(key, raw, "valid JSON (a list, number or true/false)") from None
 
 
-def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, str]:
-    """Validate raw config strings; returns the settings and the certbot token (kept apart: secret)."""
+def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, ConfigSecrets]:
+    """Validate raw config strings; returns the settings and, kept apart, the secret ones."""
     unknown = sorted(set(raw) - set(ALL_KEYS))
     if unknown:
         raise SettingsError(
@@ -330,7 +362,9 @@ def load(raw: Mapping[str, str | None], stack: str = "dev") -> tuple[Settings, s
             values[key] = _BY_KEY[key].check(key, DEFAULTS[key])
         else:
             values[key] = _BY_KEY[key].check(key, _decode(key, text))
-    return _cross_checked(values, stack), values["certbotCloudflareToken"]
+    secrets = ConfigSecrets(certbot_cloudflare_token=values["certbotCloudflareToken"],
+                            smtp_password=values["smtpPassword"])
+    return _cross_checked(values, stack), secrets
 
 
 def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
@@ -370,6 +404,7 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
                       f"({', '.join(SPACES_REGIONS)} do)")
     if v["synapseWorkers"]:
         _check_workers(v, platform)
+    _check_team_and_mail(v)
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
     settings = Settings(
@@ -382,6 +417,31 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
         raise invalid("backupBucket", v["backupBucket"], "a bucket name other than the media bucket's: the backups "
                       "need a bucket (and a key) of their own that Synapse cannot reach")
     return settings
+
+
+def _check_team_and_mail(v: dict[str, Any]) -> None:
+    """The team, invitations and mail settings that only make sense together."""
+    admin = next((m for m in v["users"] if m.localpart == v["adminUser"]), None)
+    if admin:
+        raise invalid("users", admin.localpart, f"people besides the admin account ({v['adminUser']}, adminUser): "
+                      "remove it from users")
+    if v["invitations"] and not v["enableRegistration"]:
+        raise invalid("invitations", [i.name for i in v["invitations"]], "invitations only with sign-up open to "
+                      "token holders (fix: pulumi config set enableRegistration true)")
+    if not v["smtpHost"]:
+        stray = next((k for k in ("smtpUser", "smtpPassword", "mailFrom") if v[k]), None)
+        if stray:
+            raise invalid(stray, v[stray] if stray != "smtpPassword" else "[secret]", "set with smtpHost only "
+                          "(fix: pulumi config set smtpHost <your relay>, or remove it)")
+        return
+    if bool(v["smtpUser"]) != bool(v["smtpPassword"]):
+        missing = "smtpPassword" if v["smtpUser"] else "smtpUser"
+        raise invalid(missing, "", "smtpUser and smtpPassword go together (fix: pulumi config set "
+                      f"{'--secret ' if missing == 'smtpPassword' else ''}{missing} <value>)")
+    wrong = {465: "starttls", 587: "tls"}.get(v["smtpPort"])
+    if v["smtpTls"] == wrong:
+        right = "tls" if wrong == "starttls" else "starttls"
+        raise invalid("smtpTls", wrong, f"{right} on port {v['smtpPort']} (fix: pulumi config set smtpTls {right})")
 
 
 def _check_workers(v: dict[str, Any], platform: Platform) -> None:
@@ -431,7 +491,7 @@ def check_spaces_provider_credentials(settings: Settings, config: Mapping[str, A
         )
 
 
-def from_pulumi_config() -> tuple[Settings, str]:
+def from_pulumi_config() -> tuple[Settings, ConfigSecrets]:
     """Read the stack's config (namespace `matrix-stack`) and validate it."""
     import pulumi
     from pulumi.runtime.config import CONFIG, is_config_secret
@@ -444,6 +504,6 @@ def from_pulumi_config() -> tuple[Settings, str]:
                 f"config {PROJECT}:{key} is stored in plain text: it must be a secret "
                 f"(fix: pulumi config set --secret {key} <value>)"
             )
-    settings, token = load(raw, pulumi.get_stack())
+    settings, secrets = load(raw, pulumi.get_stack())
     check_spaces_provider_credentials(settings, CONFIG.get(), os.environ)
-    return settings, token
+    return settings, secrets

@@ -206,7 +206,7 @@ def test_secret_value_is_never_echoed_in_the_error() -> None:
 
 
 def test_valid_values_are_accepted_and_normalised() -> None:
-    settings, token = load(
+    settings, config_secrets = load(
         raw(
             federation="allowlist",
             federationAllowlist=["matrix.org", "example.net"],
@@ -221,7 +221,7 @@ def test_valid_values_are_accepted_and_normalised() -> None:
     assert settings.federation_allowlist == ("matrix.org", "example.net")
     assert settings.hostnames == ("example.org", "matrix.example.org", "chat.example.org", "turn.example.org")
     assert settings.tuning.memory_mb == 4096
-    assert token == DEFAULT_CONFIG["certbotCloudflareToken"]
+    assert config_secrets.certbot_cloudflare_token == DEFAULT_CONFIG["certbotCloudflareToken"]
 
 
 @pytest.mark.parametrize(("image", "python", "postgres"), [("debian-13-x64", "3.13", "17"), ("debian-12-x64", "3.11", "15")])
