@@ -12,7 +12,7 @@ from components.cloud.edge import plan_edge
 from components.settings import from_pulumi_config, warnings
 from components.stack import MatrixStack
 
-settings, certbot_token = from_pulumi_config()
+settings, config_secrets = from_pulumi_config()
 for warning in warnings(settings):
     pulumi.log.warn(warning)
 # Before any resource (one-line errors): the Cloudflare credentials; the zone, what lives on the stack's
@@ -20,7 +20,9 @@ for warning in warnings(settings):
 # volume named by adoptVolume.
 check_credentials(CONFIG.get(), os.environ)
 edge_plan = plan_edge(settings, zone.look_up(settings))
-stack = MatrixStack("matrix", settings, edge_plan, volume_plan(settings), pulumi.Output.secret(certbot_token))
+stack = MatrixStack("matrix", settings, edge_plan, volume_plan(settings),
+                    certbot_token=pulumi.Output.secret(config_secrets.certbot_cloudflare_token),
+                    smtp_password=pulumi.Output.secret(config_secrets.smtp_password))
 droplet = stack.host.droplet
 
 pulumi.export("homeserverUrl", settings.homeserver_url)
@@ -38,6 +40,11 @@ if stack.database is not None:
         lambda cluster_id: f"pulumi destroy keeps this cluster; delete it for good with: doctl databases delete {cluster_id}"))
 pulumi.export("adminUserId", settings.admin_user_id)
 pulumi.export("adminPassword", stack.secrets.admin_password)
+# The team (secrets): each listed account's first password; each invitation's token and where to use it.
+pulumi.export("initialPasswords", pulumi.Output.secret(pulumi.Output.all(**stack.secrets.user_passwords)))
+pulumi.export("invitations", pulumi.Output.secret(pulumi.Output.all(**{
+    name: token.apply(lambda t: {"signUpPage": settings.sign_up_url, "token": t})
+    for name, token in stack.secrets.invitation_tokens.items()})))
 pulumi.export("sshCommand", droplet.ipv4_address.apply(lambda ip: f"ssh root@{ip}"))
 # What `pulumi destroy` leaves in the account, and how to remove it for good (README "Tearing down").
 pulumi.export("dataVolume", stack.host.volume.name)

@@ -37,7 +37,7 @@ SECRET_FIELDS = ("postgres_password", "registration_shared_secret", "macaroon_se
 def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
     """The settings from `raw`, with placeholders for what only a deployment knows."""
     raw = {**raw, "certbotCloudflareToken": raw.get("certbotCloudflareToken") or "<secret:certbotCloudflareToken>"}
-    settings, token = load(raw, stack)
+    settings, config_secrets = load(raw, stack)
     return ServiceContext(
         settings=settings,
         deploy_public_key="<deploy public key>",
@@ -45,7 +45,7 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
         droplet_ipv6="2001:db8::1",
         cloudflare_ipv4=["198.51.100.0/24"],  # and these for Cloudflare's published ranges
         cloudflare_ipv6=["2001:db8:cf::/48"],
-        certbot_token=token,
+        certbot_token=config_secrets.certbot_cloudflare_token,
         signing_key="<secret:signing_key>\n",
         origin_pull_ca="<origin-pull CA certificate (pulumi-tls)>\n",
         origin_pull_client="<secret:origin_pull_client certificate and key>\n",

@@ -32,6 +32,7 @@ from components.services import (
     release,
     selfcheck,
     synapse,
+    team,
     volume,
 )
 from components.settings import Settings
@@ -52,6 +53,7 @@ SERVICE_ORDER: tuple[ModuleType, ...] = (
     element,
     nginx,
     admin,
+    team,
     selfcheck,
 )
 # The TURN droplet (turnDroplet): the same services in role "turn" (services/__init__.py ServiceContext).
@@ -84,11 +86,14 @@ class MatrixStack(pulumi.ComponentResource):
         edge_plan: EdgePlan,
         volume_plan: VolumePlan,
         certbot_token: pulumi.Output[str],
+        smtp_password: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("matrix-stack:index:MatrixStack", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.secrets = Secrets("secrets", opts=child, workers=settings.synapse_workers)
+        self.secrets = Secrets("secrets", opts=child, workers=settings.synapse_workers,
+                               users=[m.localpart for m in settings.users],
+                               invitations=[i.name for i in settings.invitations])
         self.host = Host("host", settings, volume_plan, opts=child)
         ranges = cloudflare.get_ip_ranges_output(opts=pulumi.InvokeOptions(parent=self))
         cloudflare_cidrs = pulumi.Output.all(ranges.ipv4_cidrs, ranges.ipv6_cidrs).apply(
@@ -131,6 +136,9 @@ class MatrixStack(pulumi.ComponentResource):
             database=self.database.endpoint if self.database else None,
             media=self.media.endpoint if self.media else None,
             worker_secrets=self.secrets.workers,
+            user_passwords=self.secrets.user_passwords,
+            invitation_tokens=self.secrets.invitation_tokens,
+            smtp_password=smtp_password,
         )
         # The volume guard comes first, right after the attachment (and the firewall): every other
         # step depends on it, and it is replaced, its delete command stopping the writers and

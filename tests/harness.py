@@ -483,7 +483,7 @@ def record(
     mocks = mocks or CloudMocks()
     monitor = RecordingMonitor(mocks, recording)
     strings = config_strings(merged)
-    secret_keys = [f"{PROJECT}:certbotCloudflareToken"]
+    secret_keys = [f"{PROJECT}:certbotCloudflareToken", f"{PROJECT}:smtpPassword"]
     secret_keys = [k for k in secret_keys if k in strings and k.split(":", 1)[1] not in plain_keys]
     if spaces_credentials:
         strings.update({"digitalocean:spacesAccessId": "DO00PROVIDERSPACESKEY",

@@ -6,6 +6,7 @@ Random resources never change unless their own inputs change, so secrets are sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -28,6 +29,13 @@ WORKER_PASSWORDS = {
 }
 
 
+# The team (users, invitations): a password per listed account, a token per invitation. Each is its own
+# resource named after its account or invitation, so `pulumi preview` shows who is added or removed.
+USER_PASSWORD_LENGTH = 24
+# A registration token holder signs up with it: 20 letters and digits (Synapse allows A-Za-z0-9._~-, 64 at most).
+INVITATION_TOKEN_LENGTH = 20
+
+
 @dataclass(frozen=True)
 class WorkerSecrets:
     """synapseWorkers: Redis's password and the secret of the main process's replication listener."""
@@ -47,8 +55,11 @@ class Secrets(pulumi.ComponentResource):
     admin_password: pulumi.Output[str]
     signing_key: pulumi.Output[str]
     workers: WorkerSecrets | None
+    user_passwords: dict[str, pulumi.Output[str]]  # local part -> initial password
+    invitation_tokens: dict[str, pulumi.Output[str]]  # invitation name -> registration token
 
-    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, workers: bool = False) -> None:
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, workers: bool = False,
+                 users: Sequence[str] = (), invitations: Sequence[str] = ()) -> None:
         super().__init__("matrix-stack:cloud:Secrets", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         values: dict[str, pulumi.Output[str]] = {}
@@ -62,6 +73,16 @@ class Secrets(pulumi.ComponentResource):
         self.turn_shared_secret = values["turn-shared-secret"]
         self.admin_password = values["admin-password"]
         self.workers = WorkerSecrets(values["redis-password"], values["replication-secret"]) if workers else None
+        self.user_passwords = {
+            user: pulumi.Output.secret(random.RandomPassword(f"{name}-user-{user}",
+                                                             length=USER_PASSWORD_LENGTH, special=False,
+                                                             opts=child).result)
+            for user in users}
+        self.invitation_tokens = {
+            invitation: pulumi.Output.secret(random.RandomPassword(f"{name}-invitation-{invitation}",
+                                                                   length=INVITATION_TOKEN_LENGTH, special=False,
+                                                                   opts=child).result)
+            for invitation in invitations}
 
         # Synapse's signing key file format: "ed25519 <key id> <unpadded base64 of a 32-byte seed>".
         seed = random.RandomBytes(f"{name}-signing-key-seed", length=32, opts=child)

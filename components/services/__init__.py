@@ -7,8 +7,8 @@ ComponentResource and chains them; services share only this context and the conn
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -48,6 +48,9 @@ class ServiceContext:
     database: DatabaseEndpoint | None = None  # database: managed; None: PostgreSQL on the droplet
     media: MediaBucketEndpoint | None = None  # mediaStorage: spaces; None: media on the volume only
     worker_secrets: WorkerSecrets | None = None  # synapseWorkers: Redis's password, the replication secret
+    user_passwords: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # users: local part -> password
+    invitation_tokens: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # invitations: name -> token
+    smtp_password: pulumi.Input[str] = ""  # secret: smtpPassword
 
     @property
     def local_postgres_unit(self) -> str:

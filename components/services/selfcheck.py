@@ -65,6 +65,9 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         managed_database=ctx.database is not None,
         database_command=paths.DATABASE_COMMAND,
         spaces_command=paths.SPACES_COMMAND if ctx.media is not None else "",
+        smtp_host=settings.smtp_host,
+        smtp_port=settings.smtp_port,
+        smtp_starttls=settings.smtp_tls == "starttls",
         worker_units=[synapse_workers.worker_unit(w.name) for w in worker_topology.WORKERS]
         if synapse_workers.enabled(ctx) else [],
     )

@@ -96,6 +96,27 @@ def _media_storage_values(ctx: ServiceContext) -> dict[str, Any]:
             "s3_access_key": media.access_key, "s3_secret_key": media.secret_key, "s3_prefix": MEDIA_PREFIX}
 
 
+def _email_values(ctx: ServiceContext) -> dict[str, Any] | None:
+    """Synapse's `email` section with smtpHost (None without): the relay, always over TLS (the certificate
+    checked against smtpHost), the sender, links to Element, and missed-message mail. The relay's password is
+    smtp_pass, beside it."""
+    s = ctx.settings
+    if not s.mail_enabled:
+        return None
+    return {
+        "smtp_host": s.smtp_host,
+        "smtp_port": s.smtp_port,
+        "force_tls": s.smtp_tls == "tls",
+        "require_transport_security": s.smtp_tls == "starttls",
+        "smtp_user": s.smtp_user,
+        "notif_from": s.mail_sender,
+        "client_base_url": s.element_url,
+        "invite_client_location": s.element_url,
+        "enable_notifs": s.mail_notifications,
+        "notif_delay_before_mail": f"{s.mail_notification_minutes}m",
+    }
+
+
 def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
     """Everything homeserver.yaml.j2 needs (secrets may be Outputs)."""
     s = ctx.settings
@@ -137,6 +158,9 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
         ),
         "stale_device_days": s.stale_device_days,
         "password_min_length": PASSWORD_MIN_LENGTH,
+        "email": _email_values(ctx),
+        # Top level: the template's values may be Outputs only there (services.rendered).
+        "smtp_pass": ctx.smtp_password if s.mail_enabled and s.smtp_user else "",
         "presence_enabled": s.tuning.presence_enabled,
         # cache_autotuning reads jemalloc's statistics; without jemalloc it would do nothing.
         "cache_autotuning": s.enable_jemalloc,

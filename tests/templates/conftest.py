@@ -107,9 +107,18 @@ REPLICATION_SECRET = "ReplicationSecretForTestsOnly0123456789abcdefghijklmnopqrs
 WORKER_SECRETS = WorkerSecrets(redis_password=REDIS_PASSWORD, replication_secret=REPLICATION_SECRET)
 
 
+def user_password(localpart: str) -> str:
+    """A listed account's fake generated password: recognisable, and different per account."""
+    return f"InitialPasswordOf{localpart.replace('.', '').replace('-', '')}ForTests0"
+
+
+def invitation_token(name: str) -> str:
+    return f"InvitationToken{name.replace('-', '')}ForTests"
+
+
 def make_context(**config: Any) -> ServiceContext:
     """A context for `config` overrides (raw strings, as `pulumi config` stores them)."""
-    settings, token = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
+    settings, config_secrets = load({**BASE_CONFIG, **{k: str(v) for k, v in config.items()}}, stack="test")
     return ServiceContext(
         settings=settings,
         deploy_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployKeyForTestsOnly0000000000000000 deploy",
@@ -117,7 +126,10 @@ def make_context(**config: Any) -> ServiceContext:
         droplet_ipv6="2001:db8::10",
         cloudflare_ipv4=["173.245.48.0/20", "103.21.244.0/22"],
         cloudflare_ipv6=["2400:cb00::/32"],
-        certbot_token=token,
+        certbot_token=config_secrets.certbot_cloudflare_token,
+        user_passwords={m.localpart: user_password(m.localpart) for m in settings.users},
+        invitation_tokens={i.name: invitation_token(i.name) for i in settings.invitations},
+        smtp_password=config_secrets.smtp_password,
         origin_pull_ca=ORIGIN_PULL_CA,
         origin_pull_client=ORIGIN_PULL_CLIENT,
         website_on_server_name=False,

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components import paths
 from components.remote import StepSpec
 from components.render import render
-from components.services import admin, synapse
+from components.services import admin
 from tests.templates.conftest import FAKE_SECRETS, make_context
-
-ROOT = Path(__file__).resolve().parents[2]
-SYNAPSE_VENV = ROOT / "build" / "synapse-venv"
+from tests.templates.homeserver import SYNAPSE_VENV, login, register, running_synapse
 
 
 def _step(**config: str) -> StepSpec:
@@ -64,61 +56,10 @@ def test_script_holds_no_secret_and_takes_the_password_from_a_file() -> None:
 # --- the script against a real Synapse ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """Synapse from our rendered homeserver.yaml, with SQLite instead of PostgreSQL, paths in a temp
-    dir, a free port and relaxed login rate limits (this test logs in several times in a row)."""
-    assert (SYNAPSE_VENV / "bin" / "python").exists(), "build/synapse-venv missing: run tests/tools/install-deps.sh"
-    tmp = tmp_path_factory.mktemp("synapse")
-    files = {f.path: str(f.content) for f in synapse.steps(make_context(federation="off"))[1].files}
-    cfg = yaml.safe_load(files[paths.SYNAPSE_CONFIG])
-    port = _free_port()
-    cfg["listeners"][0]["port"] = port
-    cfg["database"] = {"name": "sqlite3", "args": {"database": str(tmp / "homeserver.db")}}
-    cfg.update(
-        log_config=str(tmp / "log.yaml"),
-        media_store_path=str(tmp / "media"),
-        signing_key_path=str(tmp / "signing.key"),
-        pid_file=str(tmp / "homeserver.pid"),
-        rc_login={k: {"per_second": 100, "burst_count": 100} for k in ("address", "account", "failed_attempts")},
-    )
-    config = tmp / "homeserver.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = yaml.safe_load(files[paths.SYNAPSE_LOG_CONFIG])
-    log["handlers"]["file"]["filename"] = str(tmp / "homeserver.log")
-    (tmp / "log.yaml").write_text(yaml.safe_dump(log))
-    (tmp / "signing.key").write_text(files[synapse.SIGNING_KEY_STAGED])
-    base_url = f"http://127.0.0.1:{port}"
-    stderr_path = tmp / "synapse.stderr"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [str(SYNAPSE_VENV / "bin" / "python"), "-m", "synapse.app.homeserver", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=tmp,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as r:
-                    if r.read() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, stderr_path.read_text()
-            assert time.monotonic() < deadline, "synapse did not start"
-            time.sleep(0.5)
-        yield config, base_url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_synapse(tmp_path_factory.mktemp("synapse")) as running:
+        yield running
 
 
 def _run(tmp: Path, config: Path, base_url: str, localpart: str, password: str) -> subprocess.CompletedProcess[str]:
@@ -149,16 +90,9 @@ def _run(tmp: Path, config: Path, base_url: str, localpart: str, password: str) 
 
 
 def _logs_in(base_url: str, localpart: str, password: str) -> bool:
-    body = json.dumps({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
-                       "password": password}).encode()
-    request = urllib.request.Request(f"{base_url}/_matrix/client/v3/login", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return bool(response.status == 200)
-    except urllib.error.HTTPError as error:
-        assert error.code == 403, error.code
-        return False
+    status, _ = login(base_url, localpart, password)
+    assert status in (200, 403), status
+    return status == 200
 
 
 def test_admin_user_created_once_and_verified(homeserver: tuple[Path, str], tmp_path: Path) -> None:
@@ -208,24 +142,7 @@ def test_a_new_stack_life_sets_its_own_admin_password(homeserver: tuple[Path, st
 
 def test_existing_non_admin_account_is_refused(homeserver: tuple[Path, str], tmp_path: Path) -> None:
     config, base_url = homeserver
-    pw = tmp_path / "pw"
-    pw.write_text("bob-password-789\n")
-    subprocess.run(
-        [
-            str(SYNAPSE_VENV / "bin" / "register_new_matrix_user"),
-            "-c",
-            str(config),
-            "-u",
-            "bob",
-            "--password-file",
-            str(pw),
-            "--no-admin",
-            base_url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    register(config, base_url, "bob", "bob-password-789", tmp_path)
     result = _run(tmp_path, config, base_url, "bob", "bob-password-789")
     assert result.returncode != 0
     assert "exists but is not a server admin" in result.stderr

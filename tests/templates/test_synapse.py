@@ -49,6 +49,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "retention-and-limits": {"localMediaRetentionDays": "365", "remoteMediaRetentionDays": "3",
                              "remoteRoomMaxStateEvents": "1", "staleDeviceDays": "180"},
     "nothing-purged-no-room-limit": {"remoteMediaRetentionDays": "0", "remoteRoomMaxStateEvents": "0"},
+    "mail-starttls-login": {"smtpHost": "smtp.mail.example.net", "smtpUser": "matrix@example.org",
+                            "smtpPassword": "relay 'pass\" word", "mailFrom": "Example Chat <chat@example.org>",
+                            "mailNotificationMinutes": "3"},
+    "mail-tls-no-notifications": {"smtpHost": "relay.example.net", "smtpPort": "465", "smtpTls": "tls",
+                                  "mailNotifications": "false"},
 }
 
 
@@ -137,6 +142,13 @@ print(json.dumps({
     "macaroon": c.key.macaroon_secret_key.decode() if isinstance(c.key.macaroon_secret_key, bytes)
                 else c.key.macaroon_secret_key,
     "form_secret": c.key.form_secret,
+    "email": {"host": c.email.email_smtp_host, "port": c.email.email_smtp_port, "force_tls": c.email.force_tls,
+              "require_tls": c.email.require_transport_security, "tls": c.email.enable_smtp_tls,
+              "user": c.email.email_smtp_user, "password": c.email.email_smtp_pass, "from": c.email.email_notif_from,
+              "notifs": c.email.email_enable_notifs, "client": getattr(c.email, "email_riot_base_url", None),
+              "delay_ms": getattr(c.email, "notif_delay_before_mail_ms", None),
+              "for_new_users": getattr(c.email, "email_notif_for_new_users", None),
+              "can_verify": c.email.can_verify_email, "invite_to": c.email.invite_client_location},
     "media_providers": [[p[0].__module__ + "." + p[0].__name__, p[1], p[2].store_local, p[2].store_remote,
                          p[2].store_synchronous] for p in c.media.media_storage_providers],
 }))
@@ -241,6 +253,18 @@ def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synap
     assert got["registration_shared_secret"] == FAKE_SECRETS["registration_shared_secret"]
     assert got["macaroon"] == FAKE_SECRETS["macaroon_secret"]
     assert got["form_secret"] == FAKE_SECRETS["form_secret"]
+    mail = got["email"]
+    if not s.mail_enabled:  # Synapse's defaults: it would try localhost:25, but nothing asks it to mail
+        assert (mail["host"], mail["can_verify"], mail["notifs"]) == ("localhost", False, False)
+    else:  # the relay over TLS, the login, the sender, links into Element; notifications as set
+        assert (mail["host"], mail["port"], mail["tls"]) == (s.smtp_host, s.smtp_port, True)
+        assert (mail["force_tls"], mail["require_tls"]) == (s.smtp_tls == "tls", s.smtp_tls == "starttls")
+        assert (mail["user"], mail["password"]) == ((s.smtp_user, config["smtpPassword"]) if s.smtp_user else (None, None))
+        assert mail["from"] == s.mail_sender and mail["can_verify"] is True and mail["invite_to"] == f"https://{s.chat_host}"
+        assert mail["notifs"] is s.mail_notifications
+        if s.mail_notifications:
+            assert (mail["client"], mail["for_new_users"]) == (f"https://{s.chat_host}", True)
+            assert mail["delay_ms"] == s.mail_notification_minutes * 60_000
     if ctx.media is None:
         assert got["media_providers"] == []
     else:  # mediaStorage: spaces: the provider as Synapse loaded it, with the config it parsed

@@ -218,6 +218,7 @@ def test_outputs_are_named_as_the_design_says(graph: Recording) -> None:
     assert set(outputs) == {
         "homeserverUrl", "elementUrl", "serverName", "dropletIpv4", "dropletIpv6",
         "adminUserId", "adminPassword", "sshCommand", "dataVolume", "dataVolumeId", "dataVolumeKeptOnDestroy",
+        "initialPasswords", "invitations",
     }
     assert outputs["homeserverUrl"] == ("https://matrix.example.org", False)
     assert outputs["adminUserId"] == ("@admin:example.org", False)
