@@ -125,6 +125,8 @@ def test_the_certificate_verifies_against_the_relay_ca_only(relay: SmtpRelay) ->
     cert = x509.load_pem_x509_certificate((relay.state / "cert.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == [relay.name] and not names.get_values_for_type(x509.IPAddress)
+    with relay.tls_client(context=relay.tls_context()) as smtp:
+        assert smtp.noop()[0] == 250
     system_only = ssl.create_default_context()  # this machine's trust store, without the relay's CA
     with relay.client() as smtp, pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
         smtp.starttls(context=system_only)
@@ -134,8 +136,6 @@ def test_the_certificate_verifies_against_the_relay_ca_only(relay: SmtpRelay) ->
     with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"), \
             smtplib.SMTP_SSL(relay.address, relay.tls_port, context=relay.tls_context(), timeout=10):
         pass
-    with relay.tls_client(context=relay.tls_context()) as smtp:
-        assert smtp.noop()[0] == 250
 
 
 def test_wait_for_skips_older_messages_and_times_out(relay: SmtpRelay) -> None:
@@ -146,6 +146,20 @@ def test_wait_for_skips_older_messages_and_times_out(relay: SmtpRelay) -> None:
         relay.wait_for("carol@example.test", timeout=0.5, after=mark)
     relay.send("noreply@example.test", "carol@example.test", "second", "two")
     assert relay.wait_for("carol@example.test", timeout=5, after=mark).subject == "second"
+
+
+def test_a_restarted_relay_keeps_its_ca_and_ports(relay: SmtpRelay) -> None:
+    """The guest trusts the CA it was given at boot: a relay stopped and started (the self-check's
+    unreachable-relay test) must still verify against it, on the same ports."""
+    ca, ports = relay.ca_file.read_bytes(), (relay.starttls_port, relay.tls_port)
+    relay.stop()
+    relay.start()
+    assert relay.ca_file.read_bytes() == ca and (relay.starttls_port, relay.tls_port) == ports
+    with relay.client() as smtp:
+        smtp.starttls(context=relay.tls_context())
+        smtp.login(USER, PASSWORD)
+        smtp.send_message(_message("dave@example.test", "after restart"))
+    assert relay.wait_for("dave@example.test", timeout=5).subject == "after restart"
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "10.0.0.1", "192.0.2.1", "::"])
@@ -173,7 +187,10 @@ def _started_in_child(state: Path, *, linger: float) -> Iterator[tuple[subproces
 def test_it_stops_when_its_parent_is_gone(tmp_path: Path) -> None:
     with _started_in_child(tmp_path, linger=0) as (child, pid):
         child.wait(timeout=10)
-        wait_until("the orphaned relay to exit", lambda: not _alive(pid), timeout=5, interval=0.1)
+        try:
+            wait_until("the orphaned relay to exit", lambda: not _alive(pid), timeout=5, interval=0.1)
+        finally:
+            SmtpRelay.kill_leftovers(tmp_path)  # if it failed to
     assert json.loads((tmp_path / "sessions.jsonl").read_text().splitlines()[-1])["reason"] == "parent gone"
 
 

@@ -177,7 +177,8 @@ class SmtpRelay:
         self.state.mkdir(parents=True, exist_ok=True)
         ready = self.state / "ready.json"
         ready.unlink(missing_ok=True)
-        make_tls(self.state, self.name)
+        if not all((self.state / f).exists() for f in ("ca.pem", "cert.pem", "key.pem")):
+            make_tls(self.state, self.name)  # once: a restarted relay stays trusted by the guest that took its CA
         config = self.state / "config.json"
         config.touch(mode=0o600)  # it holds the password
         config.write_text(json.dumps({
