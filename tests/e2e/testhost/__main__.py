@@ -1,7 +1,7 @@
 """Manual use: `python -m tests.e2e.testhost up --index 1 --key ~/.ssh/id_ed25519.pub`.
 
-`up` boots a test host, prints its addresses and stays in the foreground (the proxy, pebble and
-the Cloudflare stand-in live in this process); Ctrl-C or SIGTERM tears it down.
+`up` boots a test host, prints its addresses and stays in the foreground (the proxy, pebble, the
+Cloudflare stand-in and the mail relay live with this process); Ctrl-C or SIGTERM tears it down.
 `down [--index N]` removes leftovers of a crashed run; `build` only builds the cached rootfs.
 """
 
@@ -32,6 +32,10 @@ def _up(args: argparse.Namespace) -> None:
         print(f"pebble TLS CA    {host.pebble_tls_ca_file}")
         print(f"issuing root     {host.client_ca_file}")
         print(f"Cloudflare API   {host.cloudflare_api_url}")
+        if host.smtp is not None:
+            relay = host.smtp
+            print(f"mail relay       {relay.name} = {relay.address}:{relay.starttls_port} (STARTTLS), "
+                  f":{relay.tls_port} (TLS); login {relay.username} / {relay.password}; CA {relay.ca_file}")
         print(f"volume           {host.volume_image} -> {host.volume_guest_path}")
         if args.outsider:
             print(f"outsider         {host.outsider_address} (ip netns exec {host.addr.outsider_netns} ...)")

@@ -118,6 +118,13 @@ class Pebble:
             data: bytes = resp.read()
         return data
 
+    def publish_address(self, name: str, address: str) -> None:
+        """Have the DNS stand-in answer `name` with `address`, as public DNS would (names outside the zones)."""
+        for path, body in (("/clear-a", {"host": f"{name}."}), ("/add-a", {"host": f"{name}.", "addresses": [address]})):
+            request = urllib.request.Request(self.challtestsrv_url + path, data=json.dumps(body).encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
+
     def stop(self) -> None:
         for proc in self._procs:
             stop_popen(proc, grace=5)

@@ -10,6 +10,8 @@ Paths inside the guest (documented for tests and the program's scripts):
   /etc/resolv.conf                      the DNS stand-in on the host side (the zones' names, as published)
   /usr/local/share/ca-certificates/matrix-stack-e2e-edge.crt   the edge stand-in's CA, trusted like
                                         Cloudflare's public certificates (also in the system bundle)
+  /usr/local/share/ca-certificates/matrix-stack-e2e-mail.crt   the mail relay's CA, trusted like a mail
+                                        provider's public certificate (also in the system bundle)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class GuestSettings:
     pebble_tls_ca: bytes
     pebble_root: bytes
     edge_ca: bytes = b""
+    mail_ca: bytes = b""  # the mail relay's CA (smtp.SmtpRelay)
     direct: tuple[str, ...] = ()  # more addresses reached without the proxy (another host's ACME, Cloudflare)
 
 
@@ -83,12 +86,14 @@ def write(root: Path, s: GuestSettings) -> None:
     write_file(root, "/etc/e2e/pebble-tls-ca.pem", s.pebble_tls_ca)
     write_file(root, "/etc/e2e/pebble-root.pem", s.pebble_root)
     system_cas = (root / "etc/ssl/certs/ca-certificates.crt").read_bytes()
-    if s.edge_ca:
-        # Like Cloudflare's certificates, the edge's are publicly trusted: in the system store, where
-        # curl and Synapse's federation client look, kept when update-ca-certificates runs.
-        write_file(root, "/usr/local/share/ca-certificates/matrix-stack-e2e-edge.crt", s.edge_ca)
-        system_cas = system_cas.rstrip(b"\n") + b"\n" + s.edge_ca
-        write_file(root, "/etc/ssl/certs/ca-certificates.crt", system_cas)
+    # Like Cloudflare's certificates and a mail provider's, the edge's and the mail relay's are publicly
+    # trusted: in the system store, where curl, Synapse's federation client and its SMTP client look,
+    # kept when update-ca-certificates runs.
+    for name, ca in (("edge", s.edge_ca), ("mail", s.mail_ca)):
+        if ca:
+            write_file(root, f"/usr/local/share/ca-certificates/matrix-stack-e2e-{name}.crt", ca)
+            system_cas = system_cas.rstrip(b"\n") + b"\n" + ca
+            write_file(root, "/etc/ssl/certs/ca-certificates.crt", system_cas)
     write_file(root, BUNDLE, system_cas + b"\n" + s.pebble_tls_ca)
     resolv = root / "etc/resolv.conf"
     if resolv.is_symlink():

@@ -1,7 +1,8 @@
 """TestHost: a local Debian "droplet" (13 by default, or 12) reachable over SSH, for end-to-end tests.
 
-It ties together the rootfs image, the network namespace, the registry proxy, pebble and the
-Cloudflare stand-in, the loop-device volume and the nspawn machine, and removes all of it again.
+It ties together the rootfs image, the network namespace, the registry proxy, pebble, the
+Cloudflare stand-in, the mail relay, the loop-device volume and the nspawn machine, and removes all
+of it again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ._proc import run, wait_until
 from .acme import Pebble
 from .cloudflare_standin import CloudflareStandin
 from .proxy import ForwardProxy
+from .smtp import SmtpRelay
 
 HOSTS_DIR = Path("/var/lib/matrix-stack-e2e/hosts")
 # Host commands used here besides rootfs.HOST_TOOLS, and the Debian packages that provide them.
@@ -76,6 +78,7 @@ class TestHost:
         self.proxy: ForwardProxy | None = None
         self.pebble: Pebble | None = None
         self.cloudflare: CloudflareStandin | None = None
+        self.smtp: SmtpRelay | None = None
         self.machine: machine.Machine | None = None
         self.loop_device: str | None = None
         # As a droplet: the user data it was created with, a new instance id, and a volume that
@@ -127,6 +130,13 @@ class TestHost:
         if self.services_of is not None:
             return self.services_of.cloudflare_api_url
         return f"http://{self.addr.host_side}:{CLOUDFLARE_PORT}/client/v4"
+
+    @property
+    def mail_relay(self) -> SmtpRelay | None:
+        """The mail provider's relay this droplet may send through (its name, login, CA, what arrived)."""
+        if self.services_of is not None:
+            return self.services_of.mail_relay
+        return self.smtp
 
     @property
     def proxy_url(self) -> str:
@@ -187,6 +197,11 @@ class TestHost:
             # publishes no figure), so a step that needs them active waits (the first `up`'s nginx).
             self.cloudflare.deployment_seconds = ORIGIN_PULLS_DEPLOYMENT_SECONDS
             self.cloudflare.start()
+            # A mail provider's submission relay; its name is public DNS (the stand-in), its CA publicly trusted.
+            self.smtp = SmtpRelay(self.addr.host_side, self.state / "smtp")
+            self.smtp.start()
+            self.pebble.publish_address(self.smtp.name, self.smtp.address)
+        relay = self.mail_relay
         keys = [self.authorized_key]
         if self._own_identity:
             keys.append(Path(f"{self.identity_file}.pub").read_text())
@@ -197,6 +212,7 @@ class TestHost:
             authorized_keys=tuple(k for k in keys if k.strip()),
             pebble_tls_ca=self.pebble_tls_ca_file.read_bytes(),
             pebble_root=self.client_ca_file.read_bytes(), edge_ca=self.edge_ca.encode(),
+            mail_ca=relay.ca_file.read_bytes() if relay is not None else b"",
             direct=(self.services_of.host_side_address,) if self.services_of is not None else ()))
         created = volume.ensure_image(self.volume_image, self.volume_size, self.volume_filesystem)
         droplet.write(self.root, droplet.DropletModel(
@@ -274,10 +290,10 @@ class TestHost:
         """Power off and remove everything; the volume image stays unless keep_volume is False."""
         self.shutdown()
         self.machine = None
-        for service in (self.cloudflare, self.pebble, self.proxy):
+        for service in (self.cloudflare, self.smtp, self.pebble, self.proxy):
             if service is not None:
                 service.stop()
-        self.cloudflare = self.pebble = self.proxy = None
+        self.cloudflare = self.smtp = self.pebble = self.proxy = None
         if self.loop_device is not None:
             volume.detach_device(self.loop_device)  # only this host's device: another may share the image
         self.loop_device = None
@@ -290,7 +306,7 @@ class TestHost:
     def cleanup(index: int | None = None) -> None:
         """Remove leftovers of one index (or of every index), e.g. after a crashed run.
 
-        Kills our nspawn machines and pebble processes by exact argv, detaches loop devices of
+        Kills our nspawn machines, pebble and mail relay processes by exact argv, detaches loop devices of
         our volume images, deletes the namespaces and veths and the rootfs; keeps volume images.
         Proxy and Cloudflare stand-in are threads of the test process and end with it.
         """
@@ -305,6 +321,7 @@ class TestHost:
             limits.remove(addr.netns)
             state = HOSTS_DIR / str(i) / "state"
             Pebble.kill_leftovers(state)
+            SmtpRelay.kill_leftovers(state / "smtp")
             record = state / "volume-image"
             if record.exists():
                 volume.detach(Path(record.read_text().strip()))
