@@ -72,7 +72,7 @@ class Tool:
 @pytest.fixture
 def tool(server: Server, tmp_path: Path) -> Tool:
     private = tmp_path / "root"
-    private.mkdir(mode=0o700)
+    private.mkdir(mode=0o755)  # as the step's file placement makes /root/.matrix-stack on the droplet
     credentials = private / "admin.env"
     credentials.write_text(render("admin/admin.env.j2", localpart="admin", user_id=f"@admin:{SERVER}",
                                   homeserver_url=f"https://matrix.{SERVER}", password=ADMIN_PASSWORD))
@@ -248,13 +248,17 @@ def test_a_password_is_reset_without_mail_and_sessions_end_only_when_asked(tool:
     assert nobody.returncode != 0 and "no account @nobody:example.org" in nobody.stderr
 
 
-def test_the_tool_refuses_a_state_file_anyone_else_could_have_written(tool: Tool) -> None:
+def test_the_tool_refuses_a_state_file_or_directory_anyone_else_could_have_written(tool: Tool) -> None:
     assert tool.sync(users=users("nina")).returncode == 0
     tool.state.chmod(0o644)
     refused = tool.sync(users=users())
     assert refused.returncode != 0 and "must be root's own" in refused.stderr
     assert account(tool.server, "nina")["locked"] is False
     os.chmod(tool.state, 0o600)
+    tool.state.parent.chmod(0o777)  # a directory anyone could put a file or a link into
+    refused = tool.sync(users=users())
+    assert refused.returncode != 0 and "that only root can write to" in refused.stderr
+    assert account(tool.server, "nina")["locked"] is False
 
 
 def test_the_step_installs_the_tool_and_keeps_the_wanted_state_root_only() -> None:

@@ -29,6 +29,7 @@ STEP_ORDER = [
     "element-web",
     "nginx-sites",
     "admin-user",
+    "team-accounts",
     "selfcheck-verify",
 ]
 

@@ -12,8 +12,8 @@ import pytest
 from components.settings import SettingsError
 from tests.harness import Recording, changed_steps, parse_bundle, record, registered_resources, unwrap
 
-TEAM = {"users": [{"localpart": "alice", "admin": True, "email": "alice@example.org"}, "bob"],
-        "enableRegistration": True, "invitations": [{"name": "crew", "uses": 5}]}
+TEAM: dict[str, Any] = {"users": [{"localpart": "alice", "admin": True, "email": "alice@example.org"}, "bob"],
+                        "enableRegistration": True, "invitations": [{"name": "crew", "uses": 5}]}
 MAIL = {"smtpHost": "smtp.mail.example.net", "smtpUser": "chat@example.org", "smtpPassword": "relay-SECRET-pass"}
 
 
