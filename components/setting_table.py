@@ -149,8 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "accounts made otherwise are left alone (docs/team.md)."),
     Setting("invitations", "objects", [], team.invitations,
             "Registration tokens, each `{name, uses, expires}`: `uses` sign-ups until the end of day `expires` "
-            "(YYYY-MM-DD, UTC; empty: never). Needs enableRegistration; the invitationLinks output has each one's "
-            "sign-up link (docs/team.md)."),
+            "(YYYY-MM-DD, UTC; empty: never). Needs enableRegistration; the `invitations` output has each one's "
+            "sign-up page and token (docs/team.md)."),
     Setting("smtpHost", "string", "", check.optional_dns_name,
             "Your mail relay; empty: no mail. With it Synapse sends password resets, e-mail address confirmations "
             "and missed-message notifications. DigitalOcean blocks port 25: use the relay's 587 or 465 (docs/team.md)."),
