@@ -46,6 +46,8 @@ pulumi.export("invitations", pulumi.Output.secret(pulumi.Output.all(**{
     name: token.apply(lambda t: {"signUpPage": settings.sign_up_url, "token": t})
     for name, token in stack.secrets.invitation_tokens.items()})))
 pulumi.export("sshCommand", droplet.ipv4_address.apply(lambda ip: f"ssh root@{ip}"))
+if stack.alerts is not None:  # where DigitalOcean's alerts go (README "What tells you something is wrong")
+    pulumi.export("alertEmail", stack.alerts.email)
 # What `pulumi destroy` leaves in the account, and how to remove it for good (README "Tearing down").
 pulumi.export("dataVolume", stack.host.volume.name)
 pulumi.export("dataVolumeId", stack.host.volume.id)

@@ -95,6 +95,7 @@ def one_of(choices: tuple[str, ...], allowed: str) -> Callable[[str, Any], str]:
 dns_name = matching(_DOMAIN_RE, "a lower-case DNS name such as example.com (no scheme, no trailing dot)")
 dns_label = matching(_SUBDOMAIN_RE, "one lower-case DNS label such as matrix (letters, digits, inner dashes)")
 email_address = matching(_EMAIL_RE, "an e-mail address such as ops@example.com")
+optional_email_address = matching(_EMAIL_RE, "an e-mail address such as ops@example.com, or empty", empty_too=True)
 digitalocean_slug = matching(_SLUG_RE, "a DigitalOcean slug such as nyc3 or s-1vcpu-1gb (lower-case, digits, dashes)")
 
 

@@ -155,6 +155,11 @@ class Settings:
     mail_from: str  # "" = Matrix <matrix@domain>
     mail_notifications: bool
     mail_notification_minutes: int
+    alerts: bool  # DigitalOcean alert policies and the uptime check (components/cloud/alerts.py)
+    alert_email: str  # "" = the DigitalOcean account's own e-mail
+    alert_cpu_percent: int
+    alert_memory_percent: int
+    alert_disk_percent: int
     ssh_public_keys: tuple[str, ...]
     enable_url_previews: bool
     enable_jemalloc: bool

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 
 from components.cloud.adoption import VolumePlan
+from components.cloud.alerts import Alerts
 from components.cloud.database import ManagedDatabase
 from components.cloud.edge import Edge, EdgePlan
 from components.cloud.firewall import Firewall, inbound_rules
@@ -78,6 +79,7 @@ class MatrixStack(pulumi.ComponentResource):
     turn: Service | None  # the TURN droplet's steps, named turn-<step>
     database: ManagedDatabase | None  # database: managed
     media: MediaBucket | None  # mediaStorage: spaces
+    alerts: Alerts | None  # alerts: DigitalOcean's alert policies and uptime check
 
     def __init__(
         self,
@@ -164,6 +166,9 @@ class MatrixStack(pulumi.ComponentResource):
             self.services.append(service)
             previous = service.last or previous
         self.turn = self._turn_droplet_steps(settings, context, cloudflare_cidrs, child)
+        droplet_ids = [droplet.id, *([self.host.turn.droplet.id] if self.host.turn else [])]
+        ready = [*previous, *(self.turn.last if self.turn else [])]
+        self.alerts = Alerts("alerts", settings, droplet_ids, server_ready=ready, opts=child) if settings.alerts else None
         self.register_outputs({})
 
     def _turn_droplet_steps(self, settings: Settings, context: ServiceContext,

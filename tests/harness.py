@@ -271,6 +271,7 @@ class CloudMocks(pulumi_mocks.Mocks):
         dns_records: Sequence[Mapping[str, Any]] = (),
         managed_db: ManagedDbAnswers | None = None,
         spaces: SpacesAnswers | None = None,
+        account_email: str = "owner@example.org",
     ) -> None:
         self.droplet_ipv4 = droplet_ipv4
         self.droplet_ipv6 = droplet_ipv6
@@ -300,6 +301,7 @@ class CloudMocks(pulumi_mocks.Mocks):
                         {"ttl": 1, "proxied": False, **record})
         self.managed_db = managed_db or ManagedDbAnswers()
         self.spaces = spaces or SpacesAnswers()
+        self.account_email = account_email  # the DigitalOcean account's own, verified e-mail (getAccount)
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
@@ -427,6 +429,9 @@ class CloudMocks(pulumi_mocks.Mocks):
                     "tags": [], "urn": f"do:volume:{found['id']}", **found}
         if args.token == "digitalocean:index/getDroplet:getDroplet":
             return {"id": args.args["id"], "name": self.droplet_names[int(args.args["id"])]}
+        if args.token == "digitalocean:index/getAccount:getAccount":
+            return {"email": self.account_email, "emailVerified": True, "dropletLimit": 25, "floatingIpLimit": 3,
+                    "status": "active", "statusMessage": "", "uuid": "a1b2c3d4-account", "id": "a1b2c3d4-account"}
         if args.token == "digitalocean:index/getDatabaseCa:getDatabaseCa":
             return {"clusterId": args.args["clusterId"], "certificate": self.managed_db.ca_pem, "id": args.args["clusterId"]}
         if args.token == "cloudflare:index/getIpRanges:getIpRanges":

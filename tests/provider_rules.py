@@ -437,6 +437,75 @@ def _spaces_key(reg: Registration, _: Recording) -> Iterable[str]:
             yield "fullaccess goes with bucket \"\", read and readwrite with a bucket"
 
 
+MONITOR_ALERT = f"{DO}monitorAlert:MonitorAlert"
+UPTIME_CHECK = f"{DO}uptimeCheck:UptimeCheck"
+UPTIME_ALERT = f"{DO}uptimeAlert:UptimeAlert"
+_DROPLET_ALERT_TYPES = {f"v1/insights/droplet/{t}" for t in (
+    "cpu", "memory_utilization_percent", "disk_utilization_percent", "public_outbound_bandwidth",
+    "public_inbound_bandwidth", "private_outbound_bandwidth", "private_inbound_bandwidth", "disk_read", "disk_write",
+    "load_1", "load_5", "load_15")}
+
+
+def _notified_by_email(notify: Any) -> Iterable[str]:
+    """The provider reads one notification block (config[0]); an empty address list mails nobody."""
+    blocks = notify if isinstance(notify, list) else [notify] if notify else []
+    if len(blocks) != 1:
+        yield f"exactly one notification block is read by the provider ({len(blocks)} given)"
+    for block in blocks[:1]:
+        emails = (block or {}).get("emails") or []
+        if not emails or any(not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", str(e)) for e in emails):
+            yield f"emails must be one or more addresses (verified on the account), not {emails!r}"
+
+
+@rule("monitor-alert-fields", MONITOR_ALERT, "digitalocean/monitoring/resource_monitor_alert.go L32-155 (type, "
+      "compare, description, value >= 0, alerts MaxItems 1, entities MinItems 1, window), L187 (alerts[0] only)")
+def _monitor_alert(reg: Registration, _: Recording) -> Iterable[str]:
+    values = reg.inputs
+    yield from _missing(values, "type", "compare", "description", "window")
+    if values.get("type") not in _DROPLET_ALERT_TYPES:  # the program watches droplets only
+        yield f"type {values.get('type')!r} is not a droplet alert type"
+    if values.get("compare") not in ("GreaterThan", "LessThan"):
+        yield f"compare {values.get('compare')!r} must be GreaterThan or LessThan"
+    if not isinstance(values.get("value"), (int, float)) or values["value"] < 0:
+        yield f"value {values.get('value')!r} must be a number of at least 0"
+    if values.get("window") not in ("5m", "10m", "30m", "1h"):
+        yield f"window {values.get('window')!r} must be 5m, 10m, 30m or 1h"
+    if "entities" in values and not values["entities"]:
+        yield "entities, when given, needs at least one droplet (none: the policy watches every droplet)"
+    yield from _notified_by_email(values.get("alerts"))
+
+
+@rule("uptime-check-fields", UPTIME_CHECK, "digitalocean/uptime/resource_uptime_check.go L25-62; API: regions are "
+      "us_east, us_west, eu_west, se_asia; an http(s) target is a URL of that scheme")
+def _uptime_check(reg: Registration, _: Recording) -> Iterable[str]:
+    values = reg.inputs
+    yield from _missing(values, "name", "target")
+    kind = values.get("type") or "https"
+    if kind not in ("ping", "http", "https"):
+        yield f"type {kind!r} must be ping, http or https"
+    elif kind != "ping" and not str(values.get("target") or "").startswith(f"{kind}://"):
+        yield f"an {kind} check's target must be an {kind}:// URL, not {values.get('target')!r}"
+    for region in values.get("regions") or []:
+        if region not in ("us_east", "us_west", "eu_west", "se_asia"):
+            yield f"region {region!r} is not an uptime region"
+
+
+@rule("uptime-alert-fields", UPTIME_ALERT, "digitalocean/uptime/resource_uptime_alert.go L29-120, L152 "
+      "(notifications[0] only); API: type, name, period and notifications are required, threshold and comparison "
+      "for latency and ssl_expiry alerts")
+def _uptime_alert(reg: Registration, _: Recording) -> Iterable[str]:
+    values = reg.inputs
+    yield from _missing(values, "checkId", "name", "type", "period")
+    if values.get("type") not in ("latency", "down", "down_global", "ssl_expiry"):
+        yield f"type {values.get('type')!r} must be latency, down, down_global or ssl_expiry"
+    if values.get("period") not in ("2m", "3m", "5m", "10m", "15m", "30m", "1h"):
+        yield f"period {values.get('period')!r} must be 2m, 3m, 5m, 10m, 15m, 30m or 1h"
+    if values.get("type") in ("latency", "ssl_expiry") and (
+            values.get("threshold") is None or values.get("comparison") not in ("greater_than", "less_than")):
+        yield f"a {values.get('type')} alert needs a threshold and a comparison"
+    yield from _notified_by_email(values.get("notifications"))
+
+
 # -- functions ------------------------------------------------------------------------------------------
 @argument_rule("get-volume-name", f"{DO}getVolume:getVolume", "digitalocean/volume/datasource_volume.go L24-47")
 def _get_volume(args: dict[str, Any]) -> Iterable[str]:
@@ -450,6 +519,13 @@ def _get_droplet(args: dict[str, Any]) -> Iterable[str]:
         yield f"exactly one of id, tag and name is required ({given or 'none'} given)"
     if args.get("gpu") and args.get("tag"):
         yield "gpu conflicts with tag"
+
+
+@argument_rule("get-account-no-arguments", f"{DO}getAccount:getAccount",
+               "digitalocean/account/datasource_account.go L15-52 (every field computed)")
+def _get_account(args: dict[str, Any]) -> Iterable[str]:
+    if args:
+        yield f"getAccount takes no arguments ({sorted(args)} given)"
 
 
 @argument_rule("get-database-ca-cluster", f"{DO}getDatabaseCa:getDatabaseCa",

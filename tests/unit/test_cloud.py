@@ -218,12 +218,13 @@ def test_outputs_are_named_as_the_design_says(graph: Recording) -> None:
     assert set(outputs) == {
         "homeserverUrl", "elementUrl", "serverName", "dropletIpv4", "dropletIpv6",
         "adminUserId", "adminPassword", "sshCommand", "dataVolume", "dataVolumeId", "dataVolumeKeptOnDestroy",
-        "initialPasswords", "invitations",
+        "initialPasswords", "invitations", "alertEmail",
     }
     assert outputs["homeserverUrl"] == ("https://matrix.example.org", False)
     assert outputs["adminUserId"] == ("@admin:example.org", False)
     assert outputs["adminPassword"][1] is True
     assert outputs["sshCommand"][0] == "ssh root@203.0.113.10"
+    assert outputs["alertEmail"] == ("owner@example.org", False)  # the account's own (getAccount), as the mocks say
 
 
 @pytest.mark.parametrize("name", ["postgres-password", "admin-password", "turn-shared-secret"])

@@ -64,6 +64,10 @@ def registration(type_: str, inputs: dict[str, Any], **options: Any) -> Registra
 ZONE = "0123456789abcdef0123456789abcdef"
 CF, DO = "cloudflare:index/", "digitalocean:index/"
 GOOD_FIREWALL_RULE = {"protocol": "tcp", "portRange": "443", "sourceAddresses": ["0.0.0.0/0"]}
+GOOD_MONITOR_ALERT = {"type": "v1/insights/droplet/cpu", "compare": "GreaterThan", "value": 90.0, "window": "30m",
+                      "description": "cpu", "entities": ["1"], "alerts": {"emails": ["ops@example.org"]}}
+GOOD_UPTIME_ALERT = {"checkId": "c", "name": "down", "type": "down_global", "period": "5m",
+                     "notifications": [{"emails": ["ops@example.org"]}]}
 
 
 @pytest.mark.parametrize(("rule", "type_", "inputs", "options"), [
@@ -115,6 +119,19 @@ GOOD_FIREWALL_RULE = {"protocol": "tcp", "portRange": "443", "sourceAddresses": 
     ("spaces-bucket-name-is-not-renamed", f"{DO}spacesBucket:SpacesBucket", {"name": "media", "region": "nyc3"}, {}),
     ("spaces-key-grants", f"{DO}spacesKey:SpacesKey", {"name": "k", "grants": [{"bucket": "media", "permission": "write"}]},
      {}),
+    ("monitor-alert-fields", f"{DO}monitorAlert:MonitorAlert", {**GOOD_MONITOR_ALERT, "window": "15m"}, {}),
+    ("monitor-alert-fields", f"{DO}monitorAlert:MonitorAlert", {**GOOD_MONITOR_ALERT, "value": -1.0}, {}),
+    ("monitor-alert-fields", f"{DO}monitorAlert:MonitorAlert",
+     {**GOOD_MONITOR_ALERT, "type": "v1/insights/lbaas/avg_cpu_utilization_percent"}, {}),
+    ("monitor-alert-fields", f"{DO}monitorAlert:MonitorAlert", {**GOOD_MONITOR_ALERT, "alerts": {"emails": []}}, {}),
+    ("monitor-alert-fields", f"{DO}monitorAlert:MonitorAlert", {**GOOD_MONITOR_ALERT, "entities": []}, {}),
+    ("uptime-check-fields", f"{DO}uptimeCheck:UptimeCheck", {"name": "c", "target": "http://a.example.org/"}, {}),
+    ("uptime-check-fields", f"{DO}uptimeCheck:UptimeCheck",
+     {"name": "c", "target": "https://a.example.org/", "regions": ["eu_central"]}, {}),
+    ("uptime-alert-fields", f"{DO}uptimeAlert:UptimeAlert", {**GOOD_UPTIME_ALERT, "period": "4m"}, {}),
+    ("uptime-alert-fields", f"{DO}uptimeAlert:UptimeAlert", {**GOOD_UPTIME_ALERT, "type": "ssl_expiry"}, {}),
+    ("uptime-alert-fields", f"{DO}uptimeAlert:UptimeAlert",
+     {**GOOD_UPTIME_ALERT, "notifications": [{"emails": ["a@example.org"]}, {"emails": ["b@example.org"]}]}, {}),
 ], ids=lambda v: v if isinstance(v, str) and "/" not in v and ":" not in v else None)
 def test_each_provider_rule_refuses_what_its_provider_refuses(rule: str, type_: str, inputs: dict[str, Any],
                                                               options: dict[str, Any]) -> None:
@@ -128,6 +145,7 @@ def test_each_provider_rule_refuses_what_its_provider_refuses(rule: str, type_: 
     ("digitalocean:index/getVolume:getVolume", {"region": "nyc3"}, "get-volume-name"),
     ("digitalocean:index/getDroplet:getDroplet", {"id": 1, "name": "a"}, "get-droplet-one-of"),
     ("digitalocean:index/getDatabaseCa:getDatabaseCa", {}, "get-database-ca-cluster"),
+    ("digitalocean:index/getAccount:getAccount", {"id": "x"}, "get-account-no-arguments"),
     ("cloudflare:index/getDnsRecords:getDnsRecords", {"zoneId": "zone-example"}, "cloudflare-zone-argument"),
     ("cloudflare:index/getRuleset:getRuleset", {"zoneId": ZONE}, "get-ruleset-id"),
 ])
@@ -158,3 +176,13 @@ def test_the_schema_of_a_function_and_of_outputs() -> None:
     assert not provider_schema.argument_violations("cloudflare:index/getZones:getZones", {"name": "example.org"})
     assert provider_schema.output_violations("digitalocean:index/droplet:Droplet", {"ipv4": "192.0.2.1"})
     assert not provider_schema.output_violations("digitalocean:index/droplet:Droplet", {"ipv4Address": "192.0.2.1"})
+
+
+@pytest.mark.parametrize(("type_", "inputs"), [
+    (f"{DO}monitorAlert:MonitorAlert", GOOD_MONITOR_ALERT),
+    (f"{DO}uptimeAlert:UptimeAlert", GOOD_UPTIME_ALERT),
+    (f"{DO}uptimeCheck:UptimeCheck", {"name": "c", "target": "https://a.example.org/", "regions": ["us_east"]}),
+])
+def test_the_alert_rules_accept_what_their_provider_accepts(type_: str, inputs: dict[str, Any]) -> None:
+    """The bases the refusals above mutate: so each refusal is the mutation's doing."""
+    assert provider_rules.violations(Recording(registrations=[registration(type_, inputs)])) == []
