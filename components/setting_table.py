@@ -222,6 +222,10 @@ SETTINGS: tuple[Setting, ...] = (
             "federated rooms fill small volumes); the admin may. 0: no limit."),
     Setting("staleDeviceDays", "integer", 0, check.int_range(0, 36500, " (0: never deleted)"),
             "Sessions unused this many days are logged out and deleted by Synapse; 0: never."),
+    Setting("forgottenRoomPurgeDays", "integer", 7, check.int_range(0, 3650, " (0: never purged)"),
+            "Days after the last person on this server left and forgot a room (Element: Forget) until Synapse "
+            "deletes it from the database; 0: never. Nobody here can open such a room any more; one with members "
+            "on other servers is fetched again if someone here rejoins it."),
 )
 
 # Provider settings `pulumi new` asks for too: the Pulumi providers' own keys, not the project's.

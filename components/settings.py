@@ -173,6 +173,7 @@ class Settings:
     remote_media_retention_days: int  # 0 = forever
     remote_room_max_state_events: int  # 0 = no limit
     stale_device_days: int  # 0 = never
+    forgotten_room_purge_days: int  # 0 = never
     tuning: Tuning
 
     @property

@@ -157,6 +157,7 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
             "the server's admin can raise remoteRoomMaxStateEvents"
         ),
         "stale_device_days": s.stale_device_days,
+        "forgotten_room_purge_days": s.forgotten_room_purge_days,
         "password_min_length": PASSWORD_MIN_LENGTH,
         "email": _email_values(ctx),
         # Top level: the template's values may be Outputs only there (services.rendered).

@@ -47,8 +47,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "big-droplet": {"dropletSize": "m-8vcpu-64gb", "turnSubdomain": "relay"},
     "private-peer": {"outboundIpAllowlist": '["198.18.5.1/32"]'},
     "retention-and-limits": {"localMediaRetentionDays": "365", "remoteMediaRetentionDays": "3",
-                             "remoteRoomMaxStateEvents": "1", "staleDeviceDays": "180"},
-    "nothing-purged-no-room-limit": {"remoteMediaRetentionDays": "0", "remoteRoomMaxStateEvents": "0"},
+                             "remoteRoomMaxStateEvents": "1", "staleDeviceDays": "180", "forgottenRoomPurgeDays": "30"},
+    "nothing-purged-no-room-limit": {"remoteMediaRetentionDays": "0", "remoteRoomMaxStateEvents": "0",
+                                     "forgottenRoomPurgeDays": "0"},
     "mail-starttls-login": {"smtpHost": "smtp.mail.example.net", "smtpUser": "matrix@example.org",
                             "smtpPassword": "relay 'pass\" word", "mailFrom": "Example Chat <chat@example.org>",
                             "mailNotificationMinutes": "3"},
@@ -135,6 +136,7 @@ print(json.dumps({
     "room_limit": [c.server.limit_remote_rooms.enabled, c.server.limit_remote_rooms.complexity,
                    c.server.limit_remote_rooms.admins_can_join, c.server.limit_remote_rooms.complexity_error],
     "stale_devices_ms": c.server.delete_stale_devices_after,
+    "forgotten_room_ms": c.server.forgotten_room_retention_period,
     "password_policy": c.auth.password_policy if c.auth.password_policy_enabled else None,
     "profile_auth": c.server.require_auth_for_profile_requests,
     "report_stats": c.metrics.report_stats,
@@ -242,6 +244,7 @@ def test_homeserver_yaml_is_accepted_by_synapse(name: str, tmp_path: Path, synap
     assert got["remote_media_lifetime_ms"] == (s.remote_media_retention_days * day_ms or None)
     assert got["local_media_lifetime_ms"] == (s.local_media_retention_days * day_ms or None)
     assert got["stale_devices_ms"] == (s.stale_device_days * day_ms or None)
+    assert got["forgotten_room_ms"] == (s.forgotten_room_purge_days * day_ms or None)
     enabled, complexity, admins, error = got["room_limit"]
     assert enabled is bool(s.remote_room_max_state_events) and admins is enabled
     if enabled:  # Synapse refuses a join when state events / 500 > complexity
