@@ -57,27 +57,48 @@ def connect(command: Registration, key_file: Path) -> list[str]:
     return ssh_command(connection["host"], key_file, int(connection.get("port", 22)), connection.get("hostKey"))
 
 
+# pulumi-command dials again when the SSH connection cannot be made (remote/connection.go: every dial error,
+# up to the connection's dialErrorLimit, 10 by default, with a growing pause), and only then runs the command.
+# The ssh client reports such a failure with exit 255 and one of these before anything ran on the host: e.g.
+# sshd re-executing itself on a reload (base-firewall) refuses connections for a moment.
+DIAL_ERRORS = ("ssh: connect to host", "kex_exchange_identification", "Connection closed by",
+               "Connection reset by")
+DEFAULT_DIAL_ERROR_LIMIT = 10
+
+
+def _ssh(command: Registration, key_file: Path, remote: str, stdin: str | None,
+         timeout: float) -> subprocess.CompletedProcess[str]:
+    """One ssh session as the provider makes it: dialled again after a connection error, never after the
+    command started."""
+    limit = int(command.inputs["connection"].get("dialErrorLimit", DEFAULT_DIAL_ERROR_LIMIT))
+    pause = 0.1
+    for attempt in range(limit + 1):
+        proc = subprocess.run([*connect(command, key_file), remote], input=stdin,
+                              stdin=subprocess.DEVNULL if stdin is None else None,
+                              capture_output=True, text=True, timeout=timeout)
+        dial_failed = proc.returncode == 255 and proc.stdout == "" and \
+            proc.stderr.startswith(DIAL_ERRORS) and "\n" not in proc.stderr.rstrip("\n")
+        if not dial_failed or attempt == limit:
+            return proc
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
 def run_step(command: Registration, key_file: Path, timeout: float = 1800) -> StepResult:
     """Run one recorded command the way the provider would: ssh, `create` as the command, stdin."""
     inputs = command.inputs
     if inputs.get("environment"):
         raise AssertionError(f"{command.name} uses environment, which needs AcceptEnv on the droplet")
     started = time.monotonic()
-    proc = subprocess.run(
-        [*connect(command, key_file), inputs["create"]],
-        input=inputs.get("stdin", ""),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = _ssh(command, key_file, inputs["create"], inputs.get("stdin", ""), timeout)
     return StepResult(command.name, time.monotonic() - started, proc.returncode, proc.stdout, proc.stderr)
 
 
 def run_delete(command: Registration, key_file: Path, timeout: float = 600) -> StepResult:
     """Run a recorded command's `delete` the way the provider does when the engine deletes it (no stdin)."""
     started = time.monotonic()
-    proc = subprocess.run([*connect(command, key_file), command.inputs["delete"]], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = _ssh(command, key_file, command.inputs["delete"], None, timeout)
     return StepResult(f"{command.name} (delete)", time.monotonic() - started, proc.returncode, proc.stdout, proc.stderr)
 
 
