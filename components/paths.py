@@ -58,3 +58,7 @@ BACKUP_COMMAND = "/usr/local/sbin/matrix-stack-backup"
 RESTORE_COMMAND = "/usr/local/sbin/matrix-stack-restore"
 ORIGIN_PULL_CA = "/etc/nginx/matrix-stack/origin-pull-ca.pem"  # nginx requires Cloudflare's client cert to chain to it
 ORIGIN_PULL_CLIENT = "/etc/matrix-stack/origin-pull-client.pem"  # that client cert + key (0600 root): the self-check's
+# matrix-stack-health's status page on the matrix. name: this prefix + a secret token (services/health.py). Cloudflare
+# lets it through unchallenged like Matrix traffic (cloud/edge_rules.py), as DigitalOcean's uptime checkers are no
+# browsers.
+HEALTH_STATUS_PATH = "/_matrix-stack/health/"

@@ -26,12 +26,12 @@ from components.cloud.database import DatabaseEndpoint
 from components.cloud.media_bucket import MediaBucketEndpoint
 from components.cloud.secrets import WorkerSecrets
 from components.remote import StepSpec, bundle_text
-from components.services import ServiceContext, release
+from components.services import ServiceContext, health, release
 from components.settings import PROJECT, load
 from components.stack import SERVICE_ORDER, turn_steps
 
 SECRET_FIELDS = ("postgres_password", "registration_shared_secret", "macaroon_secret", "form_secret",
-                 "turn_shared_secret", "admin_password")
+                 "turn_shared_secret", "admin_password", "health_token", "smtp_password")
 
 
 def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
@@ -73,12 +73,12 @@ def placeholder_context(raw: dict[str, str], stack: str) -> ServiceContext:
 
 
 def all_steps(ctx: ServiceContext) -> list[StepSpec]:
-    """Every step in the order the stack runs them (the volume guard first)."""
+    """Every step in the order the stack runs them (the volume guard first, the checks between deploys last)."""
     main = [spec for module in (release, *SERVICE_ORDER) for spec in module.steps(ctx)]
-    if not ctx.settings.turn_droplet:
-        return main
-    # The TURN droplet's address stands in as the next documentation address.
-    return main + turn_steps(dataclasses.replace(ctx, droplet_ipv4="192.0.2.2", droplet_ipv6="", role="turn"))
+    if ctx.settings.turn_droplet:
+        # The TURN droplet's address stands in as the next documentation address.
+        main += turn_steps(dataclasses.replace(ctx, droplet_ipv4="192.0.2.2", droplet_ipv6="", role="turn"))
+    return main + health.steps(ctx)
 
 
 def write(out: Path, ctx: ServiceContext) -> list[str]:

@@ -172,18 +172,20 @@ SETTINGS: tuple[Setting, ...] = (
             "Minutes a message stays unread before its notification mail (Synapse's default: 10), 1-1440."),
     # DigitalOcean watches from outside (components/cloud/alerts.py): it still sees a droplet nobody deploys to.
     Setting("alerts", "boolean", True, check.boolean,
-            "DigitalOcean alert policies (CPU, memory, disk of each droplet) and an uptime check of the Matrix API "
-            "through Cloudflare, mailed to alertEmail (docs/operate.md, What tells you something is wrong)."),
+            "DigitalOcean alert policies (CPU, memory, disk of each droplet) and uptime checks of the Matrix API and "
+            "of the server's own hourly checks, through Cloudflare, mailed to alertEmail (README, What tells you "
+            "something is wrong). The hourly checks run either way."),
     Setting("alertEmail", "string", "", check.optional_email_address,
-            "Where DigitalOcean sends alerts; it must be an address verified on the DigitalOcean account (its "
-            "owner's or a team member's). Empty: the account's own e-mail, read from the API."),
+            "Where DigitalOcean sends alerts, and the server's hourly checks mail (with smtpHost); it must be an "
+            "address verified on the DigitalOcean account (its owner's or a team member's). Empty: the account's own "
+            "e-mail, read from the API (with alerts: false, letsencryptEmail)."),
     Setting("alertCpuPercent", "integer", 90, check.int_range(1, 100),
             "CPU use, in percent, that alerts when it lasts 30 minutes."),
     Setting("alertMemoryPercent", "integer", 90, check.int_range(1, 100),
             "Memory use, in percent, that alerts when it lasts 10 minutes."),
     Setting("alertDiskPercent", "integer", 85, check.int_range(1, 100),
-            "Use of the droplet's own disk, in percent, that alerts when it lasts 10 minutes (the data volume is "
-            "checked by the self-check: a warning from 80 %)."),
+            "Use, in percent, of the droplet's own disk that alerts when it lasts 10 minutes, and of the data volume "
+            "that the server's hourly checks report."),
     Setting("sshPublicKeys", "array", [], check.string_list(check.ssh_public_key),
             "Your own SSH public keys for root (the deploy key is added by itself); changing them never replaces "
             "the droplet."),

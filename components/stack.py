@@ -9,7 +9,7 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 
 from components.cloud.adoption import VolumePlan
-from components.cloud.alerts import Alerts
+from components.cloud.alerts import Alerts, alert_email
 from components.cloud.database import ManagedDatabase
 from components.cloud.edge import Edge, EdgePlan
 from components.cloud.firewall import Firewall, inbound_rules
@@ -26,6 +26,7 @@ from components.services import (
     certificates,
     coturn,
     element,
+    health,
     maintenance,
     media,
     nginx,
@@ -117,6 +118,7 @@ class MatrixStack(pulumi.ComponentResource):
         self.edge = Edge("edge", settings, edge_plan, ipv4=droplet.ipv4_address, ipv6=droplet.ipv6_address,
                          turn_ipv4=turn_droplet.ipv4_address, opts=child)
 
+        alerts_to = alert_email(settings, parent=self)
         context = ServiceContext(
             settings=settings,
             deploy_public_key=self.host.deploy_key.public_key_openssh,
@@ -141,6 +143,8 @@ class MatrixStack(pulumi.ComponentResource):
             user_passwords=self.secrets.user_passwords,
             invitation_tokens=self.secrets.invitation_tokens,
             smtp_password=smtp_password,
+            health_token=self.secrets.health_token,
+            alert_email=alerts_to,
         )
         # The volume guard comes first, right after the attachment (and the firewall): every other
         # step depends on it, and it is replaced, its delete command stopping the writers and
@@ -166,9 +170,14 @@ class MatrixStack(pulumi.ComponentResource):
             self.services.append(service)
             previous = service.last or previous
         self.turn = self._turn_droplet_steps(settings, context, cloudflare_cidrs, child)
+        # The inside checks start last, once both droplets passed their self-checks: their first run is then a
+        # healthy server's, and the uptime check of their status starts after it.
+        checks = Service("health", health.steps(context), self.host.connection,
+                         after=[*previous, *(self.turn.last if self.turn else [])], opts=child)
+        self.services.append(checks)
         droplet_ids = [droplet.id, *([self.host.turn.droplet.id] if self.host.turn else [])]
-        ready = [*previous, *(self.turn.last if self.turn else [])]
-        self.alerts = Alerts("alerts", settings, droplet_ids, server_ready=ready, opts=child) if settings.alerts else None
+        self.alerts = Alerts("alerts", settings, droplet_ids, server_ready=checks.last, email=alerts_to,
+                             health_token=self.secrets.health_token, opts=child) if settings.alerts else None
         self.register_outputs({})
 
     def _turn_droplet_steps(self, settings: Settings, context: ServiceContext,

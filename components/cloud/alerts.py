@@ -1,5 +1,6 @@
-"""DigitalOcean's view from outside: alert policies on each droplet's CPU, memory and disk, and an uptime check
-of the Matrix API through Cloudflare, all mailed to one address.
+"""DigitalOcean's view from outside: alert policies on each droplet's CPU, memory and disk, an uptime check of
+the Matrix API through Cloudflare, and one of the inside checks' status page (services/health.py), all mailed to
+one address.
 
 They run at DigitalOcean, so they keep watching between deploys and still speak when the droplet cannot: a
 droplet that is down, or nginx, Synapse or the Cloudflare path broken, fails the uptime check (Cloudflare
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_digitalocean as do
 
+from components.paths import HEALTH_STATUS_PATH as STATUS_PATH
 from components.settings import Settings
 
 # Where DigitalOcean's uptime checkers run (the API's regions; all of them, so one region's trouble is not an
@@ -22,6 +24,9 @@ from components.settings import Settings
 UPTIME_REGIONS = ("us_east", "us_west", "eu_west", "se_asia")
 UPTIME_DOWN_PERIOD = "5m"
 UPTIME_PATH = "/_matrix/client/versions"  # answered by Synapse, through nginx, unchallenged by Cloudflare
+# The inside checks fail for an hour (their timer's period) before the page says so; the alert then needs the
+# page to fail everywhere for 10 minutes, so a run that finds a passing problem once does not mail.
+HEALTH_DOWN_PERIOD = "10m"
 
 
 @dataclass(frozen=True)
@@ -46,17 +51,27 @@ def threshold(settings: Settings, metric: Metric) -> int:
             "disk": settings.alert_disk_percent}[metric.key]
 
 
+def alert_email(settings: Settings, parent: pulumi.Resource) -> pulumi.Output[str]:
+    """Where alerts go: alertEmail; else, with DigitalOcean's alerts on, the account's own address (the only one
+    it mails unverified); else letsencryptEmail (then only the inside checks' mails use it)."""
+    if settings.alert_email:
+        return pulumi.Output.from_input(settings.alert_email)
+    if settings.alerts:
+        return do.get_account_output(opts=pulumi.InvokeOptions(parent=parent)).email
+    return pulumi.Output.from_input(settings.letsencrypt_email)
+
+
 class Alerts(pulumi.ComponentResource):
-    """The alert policies on `droplet_ids` and the Matrix API's uptime check with its alert. The check starts
-    only after `server_ready` (the self-check), so a first deployment's ten minutes raise no alarm."""
+    """The alert policies on `droplet_ids`, and the uptime checks of the Matrix API and of the inside checks'
+    status page (its path ends in `health_token`) with their alerts. The checks start only after `server_ready`
+    (the last step), so a first deployment's ten minutes raise no alarm."""
 
     def __init__(self, name: str, settings: Settings, droplet_ids: Sequence[pulumi.Input[str]],
-                 server_ready: Sequence[pulumi.Resource], opts: pulumi.ResourceOptions | None = None) -> None:
+                 server_ready: Sequence[pulumi.Resource], email: pulumi.Output[str],
+                 health_token: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("matrix-stack:cloud:Alerts", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.email: pulumi.Output[str] = (
-            pulumi.Output.from_input(settings.alert_email) if settings.alert_email else
-            do.get_account_output(opts=pulumi.InvokeOptions(parent=self)).email)
+        self.email = email
         emails = self.email.apply(lambda address: [address])
         server = settings.domain
         self.policies = [
@@ -74,22 +89,28 @@ class Alerts(pulumi.ComponentResource):
             )
             for metric in METRICS
         ]
-        self.check = do.UptimeCheck(
-            f"{name}-matrix-api",
-            name=f"Matrix {server}: the Matrix API through Cloudflare",
-            target=f"https://{settings.matrix_host}{UPTIME_PATH}",
-            type="https",
-            regions=list(UPTIME_REGIONS),
-            enabled=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(server_ready)),
-        )
-        self.down = do.UptimeAlert(
-            f"{name}-matrix-api-down",
-            check_id=self.check.id,
-            name=f"Matrix {server}: the Matrix API does not answer",
-            type="down_global",
-            period=UPTIME_DOWN_PERIOD,
-            notifications=[do.UptimeAlertNotificationArgs(emails=emails)],
-            opts=child,
-        )
+        ready = pulumi.ResourceOptions(parent=self, depends_on=list(server_ready))
+        self.check, self.down = self._watch(
+            f"{name}-matrix-api", f"Matrix {server}: the Matrix API through Cloudflare",
+            f"https://{settings.matrix_host}{UPTIME_PATH}", UPTIME_DOWN_PERIOD,
+            (f"{name}-matrix-api-down", f"Matrix {server}: the Matrix API does not answer"), emails, ready)
+        # The token keeps the page private: secret in the state too.
+        self.health_check, self.health_down = self._watch(
+            f"{name}-server-checks", f"Matrix {server}: the server's own hourly checks",
+            pulumi.Output.concat(f"https://{settings.matrix_host}{STATUS_PATH}", pulumi.Output.secret(health_token)),
+            HEALTH_DOWN_PERIOD,
+            (f"{name}-server-checks-failing", f"Matrix {server}: a check on the server fails (see the mail from the "
+                                              "server, or run `sudo matrix-stack-health` on it)"), emails, ready)
         self.register_outputs({"email": self.email})
+
+    def _watch(self, key: str, name: str, url: pulumi.Input[str], period: str, alert: tuple[str, str],
+               emails: pulumi.Output[list[str]], opts: pulumi.ResourceOptions) -> tuple[do.UptimeCheck, do.UptimeAlert]:
+        """An uptime check `key` of `url` from every region, and its alert (resource name, name) when it fails in
+        all of them for `period`."""
+        check = do.UptimeCheck(key, name=name, target=url, type="https", regions=list(UPTIME_REGIONS), enabled=True,
+                               opts=opts)
+        down = do.UptimeAlert(alert[0], check_id=check.id, name=alert[1],
+                              type="down_global", period=period,
+                              notifications=[do.UptimeAlertNotificationArgs(emails=emails)],
+                              opts=pulumi.ResourceOptions(parent=self))
+        return check, down

@@ -13,9 +13,10 @@ stack's proxied names instead (rules language, Cloudflare docs "Rules language")
   transform rule (10 on Free) does it on every plan. Cloudflare sets the header itself, overwriting a
   client's own.
 - matrix-unchallenged (WAF custom rule, skip): /_matrix, /_synapse/client and /.well-known/matrix on
-  our names skip the remaining custom rules, rate limiting, managed rules, Super Bot Fight Mode (where
-  the plan has it: not on Free) and the older security products (Browser Integrity Check, Security
-  Level, ...), so other homeservers and clients are never challenged. The stack's only custom rule.
+  our names (and the server checks' status page, paths.HEALTH_STATUS_PATH) skip the remaining custom
+  rules, rate limiting, managed rules, Super Bot Fight Mode (where the plan has it: not on Free) and the
+  older security products (Browser Integrity Check, Security Level, ...), so other homeservers and
+  clients are never challenged. The stack's only custom rule.
 - delegation (single redirect, only when a website owns the server name): /.well-known/matrix/* on
   the server name goes to the homeserver's name, which serves the same files; Synapse follows
   redirects for .well-known (the spec says servers should), the website itself is untouched.
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.paths import HEALTH_STATUS_PATH
 from components.settings import Settings
 
 CONFIG_PHASE = "http_config_settings"
@@ -39,7 +41,8 @@ TLS_REFUSED_HEADER = "x-matrix-stack-tls-refused"
 # Every phase the stack writes rules to (zone.py counts the zone's other rules in them).
 STACK_PHASES = (CONFIG_PHASE, REDIRECT_PHASE, CUSTOM_PHASE, HEADER_PHASE)
 MODERN_TLS = '{"TLSv1.2" "TLSv1.3"}'
-MATRIX_PATHS = ("/_matrix/", "/_synapse/client/", "/.well-known/matrix/")
+# Matrix traffic, and the status page of the server's own checks that DigitalOcean's uptime checkers read.
+MATRIX_PATHS = ("/_matrix/", "/_synapse/client/", "/.well-known/matrix/", HEALTH_STATUS_PATH)
 # Everything a skip rule can skip besides Bot Fight Mode (Cloudflare docs "Available skip options";
 # Bot Fight Mode cannot be skipped, so Edge turns it off). Super Bot Fight Mode's phase only on the plans
 # that have it (Pro and up, Cloudflare's plans table): the docs do not say whether a Free zone accepts

@@ -20,6 +20,8 @@ PASSWORDS = {
     "form-secret": 64,
     "turn-shared-secret": 64,
     "admin-password": 24,
+    # The secret part of the inside checks' status path (services/health.py), read by the uptime check.
+    "health-token": 32,
 }
 
 # synapseWorkers only: created when the option is on, so a stack without workers keeps its graph.
@@ -53,6 +55,7 @@ class Secrets(pulumi.ComponentResource):
     form_secret: pulumi.Output[str]
     turn_shared_secret: pulumi.Output[str]
     admin_password: pulumi.Output[str]
+    health_token: pulumi.Output[str]
     signing_key: pulumi.Output[str]
     workers: WorkerSecrets | None
     user_passwords: dict[str, pulumi.Output[str]]  # local part -> initial password
@@ -72,6 +75,7 @@ class Secrets(pulumi.ComponentResource):
         self.form_secret = values["form-secret"]
         self.turn_shared_secret = values["turn-shared-secret"]
         self.admin_password = values["admin-password"]
+        self.health_token = values["health-token"]
         self.workers = WorkerSecrets(values["redis-password"], values["replication-secret"]) if workers else None
         self.user_passwords = {
             user: pulumi.Output.secret(random.RandomPassword(f"{name}-user-{user}",

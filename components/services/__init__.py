@@ -51,6 +51,8 @@ class ServiceContext:
     user_passwords: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # users: local part -> password
     invitation_tokens: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # invitations: name -> token
     smtp_password: pulumi.Input[str] = ""  # secret: smtpPassword
+    health_token: pulumi.Input[str] = "health-token"  # secret: the inside checks' status path (services/health.py)
+    alert_email: pulumi.Input[str] = ""  # where alerts go: alertEmail, the account's e-mail or letsencryptEmail
 
     @property
     def local_postgres_unit(self) -> str:

@@ -18,7 +18,7 @@ from components import paths, worker_topology
 from components.cloud.edge_rules import TLS_REFUSED_HEADER
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
-from components.services import ServiceContext, rendered
+from components.services import ServiceContext, health, rendered
 
 SITES_AVAILABLE = "/etc/nginx/sites-available"
 SNIPPETS = "/etc/nginx/snippets"
@@ -97,9 +97,11 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
                 main_upstream=worker_topology.MAIN_UPSTREAM,
                 upstream_keepalive=UPSTREAM_KEEPALIVE,
                 upstream_log=UPSTREAM_LOG,
+                health_location=health.NGINX_LOCATION,
                 **names,
             ),
         ),
+        RemoteFile(health.NGINX_LOCATION, health.nginx_location(ctx), mode="0600"),
         RemoteFile(f"{well_known}/server", render("nginx/well-known-server.json.j2", matrix_host=s.matrix_host)),
         RemoteFile(f"{well_known}/client", render("nginx/well-known-client.json.j2", homeserver_url=s.homeserver_url)),
     ]

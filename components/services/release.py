@@ -17,15 +17,18 @@ from components.platform import Platform
 from components.remote import RemoteFile, StepSpec
 from components.render import render
 from components.services import ServiceContext, backup, maintenance
+from components.services.health import SERVICE as HEALTH_SERVICE
+from components.services.health import TIMER as HEALTH_TIMER
 
 RELEASE_COMMAND = "/usr/local/sbin/matrix-stack-release-volume"
 
 
 def volume_writers(platform: Platform) -> list[str]:
     """Every unit that writes to the volume, in stopping order. The timers first: their services would
-    start PostgreSQL (and mount the volume) again."""
+    start PostgreSQL (and mount the volume) again. The checks between deploys only read it, but would mail
+    the operator that it is gone."""
     return [paths.SYNAPSE_UNIT, backup.TIMER, backup.SERVICE, maintenance.TIMER, maintenance.SERVICE,
-            platform.postgres_unit]
+            HEALTH_TIMER, HEALTH_SERVICE, platform.postgres_unit]
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:

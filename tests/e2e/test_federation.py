@@ -57,7 +57,8 @@ WAIT = 90.0  # federation between two busy 1-core servers: bounded waits for wha
 # synapseWorkers needs a bigger droplet; the runbook in docs/grow.md resizes first, then turns workers on.
 WORKERS_SIZE = "s-2vcpu-4gb"
 # What `pulumi up` runs (tests/unit/test_synapse_workers.py checks the same sets under mocks).
-WORKERS_ON = {"synapse-install", "synapse-redis", "synapse-config", "nginx-sites", "selfcheck-verify"}
+WORKERS_ON = {"synapse-install", "synapse-redis", "synapse-config", "nginx-sites", "selfcheck-verify",
+              "health-schedule"}
 WORKERS_OFF = WORKERS_ON - {"synapse-redis"}  # what runs: that step's resource goes, nothing runs for it
 WORKER_UNITS = ("matrix-synapse-worker@sync1", "matrix-synapse-worker@client1", "matrix-synapse-worker@media1",
                 "matrix-synapse-worker@federation_sender1")

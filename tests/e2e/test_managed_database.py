@@ -43,7 +43,8 @@ CLUSTER_HOST = "private-matrix-e2e-db-do-user-1.b.db.ondigitalocean.com"
 # What `pulumi up` runs for the switch (tests/unit/test_managed_database.py checks the same set under
 # mocks): postgres-config gives way to postgres-managed; postgres-install, Synapse's config, the tools'
 # units and the self-check change.
-COMMON_STEPS = {"postgres-install", "synapse-config", "backup-schedule", "maintenance-schedule", "selfcheck-verify"}
+COMMON_STEPS = {"postgres-install", "synapse-config", "backup-schedule", "maintenance-schedule", "selfcheck-verify",
+                "health-schedule"}
 SWITCH_STEPS = COMMON_STEPS | {"postgres-managed"}
 BACK_STEPS = COMMON_STEPS | {"postgres-config"}
 

@@ -37,7 +37,8 @@ pytestmark = pytest.mark.e2e
 
 FRESH_INDEX = E2E_INDEX + 106
 # What `pulumi up` runs for the switch (tests/unit/test_media_spaces.py checks the same set under mocks).
-SWITCH_STEPS = {"synapse-install", "synapse-config", "backup-schedule", "media-offload", "selfcheck-verify"}
+SWITCH_STEPS = {"synapse-install", "synapse-config", "backup-schedule", "media-offload", "selfcheck-verify",
+               "health-schedule"}
 BACK_STEPS = SWITCH_STEPS - {"media-offload"}  # its resource goes; nothing runs for it
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from components.services import health
 from components.services.certificates import PROPAGATION_WAITS_S
 from components.settings import load
 from tests.e2e.accounts import login
@@ -40,8 +41,10 @@ TURN_INDEX = E2E_INDEX + 104
 SLOW_DNS_S = 15.0
 TURN_STEPS = {"turn-base-packages", "turn-base-firewall", "turn-certificates-install", "turn-certificates-issue",
               "turn-coturn-install", "turn-coturn-config", "turn-selfcheck-verify"}
-# Both ways the same steps change: the TURN droplet's, and the main droplet's firewall, coturn and self-check.
-SWITCHED_STEPS = TURN_STEPS | {"base-firewall", "coturn-install", "coturn-config", "coturn-off", "selfcheck-verify"}
+# Both ways the same steps change: the TURN droplet's, and the main droplet's firewall, coturn, self-check and
+# checks between deploys (which then ask the TURN droplet's coturn over the network).
+SWITCHED_STEPS = TURN_STEPS | {"base-firewall", "coturn-install", "coturn-config", "coturn-off", "selfcheck-verify",
+                               "health-schedule"}
 
 
 def turn_droplet_user_data(deployment: Deployment) -> str:
@@ -162,7 +165,8 @@ def test_switching_on_runs_the_turn_droplets_steps_and_only_the_main_steps_it_ch
     changed, results = turn.on
     assert changed == SWITCHED_STEPS
     ran = {r.name for r in results}
-    assert ran == TURN_STEPS | {"base-firewall", "coturn-off", "selfcheck-verify"}  # the other two are gone
+    # coturn-install and coturn-config are gone
+    assert ran == TURN_STEPS | {"base-firewall", "coturn-off", "selfcheck-verify", "health-schedule"}
     assert all(r.returncode == 0 for r in results)
     print("\nturnDroplet switched on:")
     for result in results:
@@ -278,12 +282,32 @@ def test_a_renewal_on_the_turn_droplet_reaches_coturn(turn: TurnSwitch) -> None:
     assert after != before and after == live
 
 
+def test_the_main_droplets_hourly_checks_watch_the_turn_droplets_coturn(turn: TurnSwitch) -> None:
+    """The TURN droplet has no checks of its own: the main droplet's ask its coturn over the network, by the
+    TURN name as DNS has it, and a stopped coturn there fails them."""
+    d = turn.deployment
+    assert turn.host is not None
+    check = d.host.ssh(health.COMMAND, timeout=180)
+    assert check.returncode == 0, check.stderr.decode()[-2000:]
+    turn.host.ssh("systemctl stop coturn.service", check=True)
+    try:
+        check = d.host.ssh(health.COMMAND, timeout=180)
+        out = check.stderr.decode()
+        assert check.returncode == 1, out
+        assert f"coturn's certificate for turn.{d.domain}: nothing answers TLS on turn.{d.domain}:5349" in out, out
+        assert f"on the TURN droplet (turn.{d.domain})" in out, out
+    finally:
+        turn.host.ssh("systemctl start coturn.service", check=True)
+    assert d.host.ssh(health.COMMAND, timeout=180).returncode == 0
+
+
 def test_switching_off_converges_back_to_coturn_on_the_main_droplet(turn: TurnSwitch) -> None:
     turn.switch_off()
     assert turn.off is not None
     changed, results = turn.off
     assert changed == SWITCHED_STEPS
-    assert {r.name for r in results} == {"base-firewall", "coturn-install", "coturn-config", "selfcheck-verify"}
+    assert {r.name for r in results} == {"base-firewall", "coturn-install", "coturn-config", "selfcheck-verify",
+                                         "health-schedule"}
     d = turn.deployment
     assert turn_a_record(d) == d.host.address
     assert d.ssh("systemctl is-enabled coturn.service").strip() == "enabled"

@@ -27,7 +27,7 @@ import pytest
 
 from components import paths, worker_topology
 from components.remote import StepSpec, bundle_text
-from components.services import ServiceContext, element, nginx
+from components.services import ServiceContext, element, health, nginx
 from tests.pki import origin_pull_pair
 from tests.templates.conftest import FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_bundles_in_sandbox
@@ -357,7 +357,10 @@ def test_no_secret_in_files_or_script_but_the_origin_pull_client_in_a_root_only_
         assert all(secret.strip() not in str(f.content) for f in step.files)
     private = [f for f in step.files if "PRIVATE KEY" in str(f.content)]
     assert [(f.path, f.mode, f.owner) for f in private] == [(paths.ORIGIN_PULL_CLIENT, "0600", "root")]
-    assert all(f.mode == "0644" and f.owner == "root" for f in step.files if f not in private)
+    # The status page's location holds its token (read by nginx's master, as root).
+    (location,) = [f for f in step.files if f.path == health.NGINX_LOCATION]
+    assert (location.mode, location.owner) == ("0600", "root")
+    assert all(f.mode == "0644" and f.owner == "root" for f in step.files if f not in private and f is not location)
 
 
 # ------------------------------------------------------------------------------------------

@@ -146,9 +146,10 @@ def test_switching_runs_only_the_database_steps_and_back_converges(graph: Record
     changed = changed_steps(graph, managed)
     # postgres-install stops (re)starting the droplet's PostgreSQL, postgres-config goes (deleted) and
     # postgres-managed comes; Synapse's config changes; the tools' units stop waiting for the local
-    # PostgreSQL; the self-check checks the cluster instead.
+    # PostgreSQL; the self-check checks the cluster instead, and the checks between deploys stop watching the
+    # droplet's PostgreSQL.
     assert changed == {"postgres-install", "postgres-config", "postgres-managed", "synapse-config", "backup-schedule",
-                       "maintenance-schedule", "selfcheck-verify"}
+                       "maintenance-schedule", "selfcheck-verify", "health-schedule"}
     back = record({"database": "local"})
     assert changed_steps(graph, back) == set()
     assert resources(back) == resources(graph)

@@ -173,9 +173,10 @@ def test_the_key_is_only_in_files_for_root_or_synapse(spaces: Recording) -> None
 
 def test_switching_on_runs_only_the_media_steps_and_back_converges(graph: Recording, spaces: Recording) -> None:
     # Synapse gets the provider (its lock) and its config; the backups get the copy to the bucket; the
-    # media step comes; the self-check re-runs as after every change.
+    # media step comes; the self-check re-runs as after every change; the checks between deploys watch the
+    # offload timer too.
     assert changed_steps(graph, spaces) == {"synapse-install", "synapse-config", "backup-schedule", "media-offload",
-                                            "selfcheck-verify"}
+                                            "selfcheck-verify", "health-schedule"}
     back = record({"mediaStorage": "local"})
     assert changed_steps(graph, back) == set()
     assert resources(back) == resources(graph)

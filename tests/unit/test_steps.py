@@ -31,6 +31,7 @@ STEP_ORDER = [
     "admin-user",
     "team-accounts",
     "selfcheck-verify",
+    "health-schedule",
 ]
 
 
@@ -48,8 +49,10 @@ def test_steps_run_in_the_design_order_one_after_another(graph: Recording) -> No
         assert previous.urn in current.dependencies, current.name
         if current.name != "selfcheck-verify":
             assert set(current.dependencies) & command_urns == {previous.urn}, current.name
-    # The self-check waits for every other step (it watches their triggers).
-    assert set(commands[-1].dependencies) & command_urns == command_urns - {commands[-1].urn}
+    # The self-check waits for every step before it (it watches their triggers); the checks between deploys
+    # come last, after it.
+    selfcheck, last = commands[-2], commands[-1]
+    assert set(selfcheck.dependencies) & command_urns == command_urns - {selfcheck.urn, last.urn}
     first = commands[0]
     # The first step waits for the attachment and the firewall (explicitly or through its triggers).
     depends_on = {graph.by_urn(u).type for u in first.dependencies}

@@ -70,8 +70,9 @@ def test_each_process_gets_its_share_of_connections_and_cache() -> None:
 
 def test_switching_on_runs_synapse_nginx_and_the_check(graph: Recording, on: Recording) -> None:
     bigger = record({"dropletSize": "s-2vcpu-4gb"})
+    # The checks between deploys watch Redis and the workers too.
     assert changed_steps(bigger, on) == {"synapse-install", "synapse-redis", "synapse-config", "nginx-sites",
-                                         "selfcheck-verify"}
+                                         "selfcheck-verify", "health-schedule"}
     names = [c.name for c in on.commands()]
     assert names.index("synapse-install") < names.index("synapse-redis") < names.index("synapse-config")
     assert {r.name for r in on.of_type(PASSWORD_TYPE)} - {r.name for r in graph.of_type(PASSWORD_TYPE)} == {

@@ -72,7 +72,9 @@ def test_a_new_teammate_or_invitation_re_runs_only_the_team_step() -> None:
 
 def test_mail_settings_re_run_synapse_config_and_what_reads_them() -> None:
     base = {**TEAM, **MAIL}
-    assert changed(base, {**base, "mailFrom": "Chat <chat@example.org>"}) == {"synapse-config", "selfcheck-verify"}
+    # The checks between deploys mail from the same sender.
+    assert changed(base, {**base, "mailFrom": "Chat <chat@example.org>"}) == {"synapse-config", "selfcheck-verify",
+                                                                            "health-schedule"}
     assert changed(base, {**base, "mailNotifications": False}) == {"synapse-config", "team-accounts",
                                                                   "selfcheck-verify"}
 
@@ -85,5 +87,7 @@ def test_the_relay_password_is_refused_in_plain_text_and_never_leaves_a_secret()
     graph = record(MAIL)
     carriers = [c for c in graph.commands()
                 if any("relay-SECRET-pass" in f.content for f in parse_bundle(c.inputs["stdin"])[0])]
-    assert [c.name for c in carriers] == ["synapse-config"] and carriers[0].is_secret("stdin")
+    # Synapse's config, and the settings of the checks between deploys (which mail through the relay too).
+    assert [c.name for c in carriers] == ["synapse-config", "health-schedule"]
+    assert all(c.is_secret("stdin") for c in carriers)
     assert not any("relay-SECRET-pass" in repr(unwrap(c.raw_inputs["triggers"])) for c in graph.commands())
