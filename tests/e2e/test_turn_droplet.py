@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from components.services import health
 from components.services.certificates import PROPAGATION_WAITS_S
 from components.settings import load
 from tests.e2e.accounts import login
@@ -280,25 +279,6 @@ def test_a_renewal_on_the_turn_droplet_reaches_coturn(turn: TurnSwitch) -> None:
     live = turn.host.ssh(f"openssl x509 -in /etc/letsencrypt/live/{d.domain}/cert.pem -outform DER",
                          check=True).stdout
     assert after != before and after == live
-
-
-def test_the_main_droplets_hourly_checks_watch_the_turn_droplets_coturn(turn: TurnSwitch) -> None:
-    """The TURN droplet has no checks of its own: the main droplet's ask its coturn over the network, by the
-    TURN name as DNS has it, and a stopped coturn there fails them."""
-    d = turn.deployment
-    assert turn.host is not None
-    check = d.host.ssh(health.COMMAND, timeout=180)
-    assert check.returncode == 0, check.stderr.decode()[-2000:]
-    turn.host.ssh("systemctl stop coturn.service", check=True)
-    try:
-        check = d.host.ssh(health.COMMAND, timeout=180)
-        out = check.stderr.decode()
-        assert check.returncode == 1, out
-        assert f"coturn's certificate for turn.{d.domain}: nothing answers TLS on turn.{d.domain}:5349" in out, out
-        assert f"on the TURN droplet (turn.{d.domain})" in out, out
-    finally:
-        turn.host.ssh("systemctl start coturn.service", check=True)
-    assert d.host.ssh(health.COMMAND, timeout=180).returncode == 0
 
 
 def test_switching_off_converges_back_to_coturn_on_the_main_droplet(turn: TurnSwitch) -> None:
