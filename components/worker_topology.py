@@ -48,6 +48,9 @@ SYNC_PATHS = (
     r"^/_matrix/client/(api/v1|r0|v3)/events$",
     r"^/_matrix/client/(api/v1|r0|v3)/initialSync$",
     r"^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$",
+    # Simplified sliding sync (Element X's only sync): a long-poll like /sync, so on the sync worker, as the
+    # anchors route it (Synapse's docs list it among the generic worker's client requests).
+    r"^/_matrix/client/unstable/org\.matrix\.simplified_msc3575/sync$",
 )
 
 # docs/workers.md, synapse.app.generic_worker: federation, client, encryption, login and event

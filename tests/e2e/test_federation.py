@@ -385,6 +385,10 @@ def test_with_synapse_workers_sync_federation_and_media_go_to_the_workers(
 
         _messages_cross_both_ways(servers, rooms, "with workers")
         alice.ok("GET", "/_matrix/client/v3/sync?timeout=0")
+        # Element X's sync (simplified sliding sync): answered with a position, by the sync worker.
+        sliding = alice.ok("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0",
+                           {"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}})
+        assert isinstance(sliding["pos"], str) and sliding["lists"]["all"]["count"] >= 1, sliding
         blob = os.urandom(300_000)
         uri = alice.ok("POST", "/_matrix/media/v3/upload?filename=w.bin", data=blob,
                        content_type="application/octet-stream")["content_uri"]
@@ -401,6 +405,7 @@ def test_with_synapse_workers_sync_federation_and_media_go_to_the_workers(
             return any(r.process == process and re.search(pattern, r.uri) and r.status < 500 for r in routed)
 
         assert went("sync1", r"^/_matrix/client/v3/sync$"), by
+        assert went("sync1", r"^/_matrix/client/unstable/org\.matrix\.simplified_msc3575/sync$"), by
         assert went("client1", r"^/_matrix/federation/v1/send/"), by  # B's transactions into A
         assert went("client1", r"^/_matrix/client/v3/rooms/.*/send/"), by
         assert went("media1", r"^/_matrix/media/v3/upload$"), by

@@ -51,6 +51,8 @@ ROUTES = [
     ("GET", "/_matrix/client/v3/sync?since=s1&timeout=30000", "sync1"),
     ("GET", "/_matrix/client/r0/sync", "sync1"),
     ("GET", "/_matrix/client/v3/rooms/%21r%3Aexample.org/initialSync", "sync1"),
+    # Simplified sliding sync (Element X): a long-poll, on the sync worker as the anchors route it.
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos=1&timeout=30000", "sync1"),
     ("PUT", "/_matrix/client/v3/rooms/%21r%3Aexample.org/send/m.room.message/t%2F1", "client1"),
     ("GET", "/_matrix/client/v3/rooms/%21r%3Aexample.org/messages?dir=b", "client1"),
     ("POST", "/_matrix/client/v3/keys/upload", "client1"),

@@ -271,6 +271,11 @@ SERVER = textwrap.dedent(
                     with open(DIR / "logins", "a") as logins: logins.write("login\\n")
                     return self.send(200, {{"access_token": TOKEN, "user_id": "@admin:" + D}})
                 return self.send(403, {{"errcode": "M_FORBIDDEN"}})
+            sliding = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?"
+            if self.headers["Host"] == M and self.path.startswith(sliding) and BREAK != "sliding-sync":
+                if not self.authed():
+                    return self.send(401, {{"errcode": "M_UNKNOWN_TOKEN"}})
+                return self.send(200, {{"pos": "1", "lists": {{}}, "rooms": {{}}, "extensions": {{}}}})
             self.send(404, {{"errcode": "M_NOT_FOUND"}})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(DIR / "cert.pem", DIR / "key.pem")
     ctx.verify_mode = ssl.CERT_OPTIONAL; ctx.load_verify_locations(cadata=ORIGIN_PULL_CA)
@@ -303,6 +308,7 @@ BREAKS = {
     "turn-tls": "TURN TLS:",
     "login": "TURN credentials: admin login",
     "turn": "TURN credentials: /_matrix/client/v3/voip/turnServer",
+    "sliding-sync": "sliding sync:",
     "backup-timer": "backups:",
 }
 # An origin answering wrong content is wrong through Cloudflare too: the public check names it as well.
