@@ -41,7 +41,10 @@ def test_every_provisioning_step_passed_including_the_self_check(deployment: Dep
     names = [r.name for r in deployment.provisioning]
     assert names == [c.name for c in deployment.recording.commands()]  # every recorded step ran, in order
     assert all(r.returncode == 0 for r in deployment.provisioning)
-    assert "self-check passed" in deployment.provisioning[-1].stderr
+    # The self-check is no longer the last step: the health checks' schedule follows it.
+    selfcheck = [r for r in deployment.provisioning if r.name == "selfcheck-verify"]
+    assert selfcheck and "self-check passed" in selfcheck[-1].stderr
+    assert names[-1] == "health-schedule" and "the checks of the server pass" in deployment.provisioning[-1].stderr
 
 
 def test_secret_carrying_steps_print_only_their_own_lines(deployment: Deployment) -> None:
