@@ -242,6 +242,8 @@ def test_well_known_files_are_json_with_cors(deployment: Deployment, name: str) 
         assert document == {"m.server": f"matrix.{DOMAIN}:443"}
     else:
         assert document["m.homeserver"]["base_url"] == HOMESERVER
+        # Served as Element reads it: no fallback to turn.matrix.org's STUN server, ever.
+        assert document["io.element.voip"] == {"disable_fallback_ice": True}
 
 
 def test_element_is_served_with_its_config_and_headers(deployment: Deployment) -> None:
@@ -256,6 +258,12 @@ def test_element_is_served_with_its_config_and_headers(deployment: Deployment) -
     config = json.loads(body)
     assert config["default_server_config"]["m.homeserver"]["base_url"] == HOMESERVER
     assert config["default_server_config"]["m.homeserver"]["server_name"] == DOMAIN
+    # Calls: Element Call and Jitsi off (no MatrixRTC backend here yet), 1:1 legacy calls left on.
+    assert config["element_call"] == {"disable": True}
+    assert config["features"] == {"feature_group_calls": False, "feature_video_rooms": False,
+                                  "feature_element_call_video_rooms": False}
+    assert config["setting_defaults"]["UIFeature.widgets"] is False
+    assert "UIFeature.voip" not in config["setting_defaults"] and "jitsi" not in config
 
 
 def _served_element(deployment: Deployment) -> tuple[str, bytes]:

@@ -59,11 +59,30 @@ def test_config_json_has_the_keys_element_needs(overrides: dict[str, str]) -> No
     assert config["brand"] == "Element"
     assert config["room_directory"] == {"servers": [s.domain]}
     assert config["permalink_prefix"] == f"https://{s.chat_host}"
-    assert config["setting_defaults"] == {"UIFeature.registration": s.enable_registration}
+    assert config["setting_defaults"] == {"UIFeature.registration": s.enable_registration, "UIFeature.widgets": False}
     assert config["integrations_ui_url"] == "" and config["integrations_rest_url"] == ""
     assert config["integrations_widgets_urls"] == []
     assert config["bug_report_endpoint_url"] is None
     assert config["show_labs_settings"] is False
+
+
+def test_calls_use_no_third_party_infrastructure() -> None:
+    """No MatrixRTC backend yet: Element Call, its video rooms and Jitsi (meet.element.io by default) are off;
+    1:1 legacy calls stay, relayed by the stack's coturn (UIFeature.voip is left at its default)."""
+    config = _config(make_context())
+    assert config["element_call"] == {"disable": True}
+    assert config["features"] == {
+        "feature_group_calls": False,
+        "feature_video_rooms": False,
+        "feature_element_call_video_rooms": False,
+    }
+    # Element hides the call buttons of rooms with more than two members (Jitsi's) without widgets.
+    assert config["setting_defaults"]["UIFeature.widgets"] is False
+    assert "UIFeature.voip" not in config["setting_defaults"]
+    assert "showCallButtonsInComposer" not in config["setting_defaults"]
+    # Nothing names another party's call service.
+    assert "jitsi" not in config and "widget_build_url" not in config
+    assert not any(host in json.dumps(config) for host in ("element.io", "matrix.org", "livekit"))
 
 
 def test_registration_setting_follows_the_config() -> None:

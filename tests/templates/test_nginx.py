@@ -268,7 +268,11 @@ def test_well_known_files_parse_and_name_the_right_hosts() -> None:
         files = _files(ctx)
         base = f"{paths.APEX_ROOT}/.well-known/matrix"
         assert json.loads(files[f"{base}/server"]) == {"m.server": f"{s.matrix_host}:443"}
-        assert json.loads(files[f"{base}/client"]) == {"m.homeserver": {"base_url": f"https://{s.matrix_host}"}}
+        assert json.loads(files[f"{base}/client"]) == {
+            "m.homeserver": {"base_url": f"https://{s.matrix_host}"},
+            # Element may never fall back to turn.matrix.org's STUN, whatever a user's device setting says.
+            "io.element.voip": {"disable_fallback_ice": True},
+        }
         apex = next(x for x in _servers(_site(ctx, "apex")) if "listen 443" in x)
         assert re.search(rf"root\s+\"{re.escape(paths.APEX_ROOT)}\";", apex)
         locations = _locations(apex)
