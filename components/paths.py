@@ -44,7 +44,13 @@ SPACES_COMMAND = "/usr/local/sbin/matrix-stack-spaces"
 # On the volume: media may exist only in the bucket (written when Synapse began storing there); a
 # switch back to local media is refused until `matrix-stack-spaces fetch-media` brought them all back.
 MEDIA_SPACES_MARKER = f"{DATA_MOUNT}/matrix-stack/media-on-spaces"
-CERTBOT_CREDENTIALS = "/etc/letsencrypt/cloudflare.ini"
+CERT_CONFIG_DIR = "/etc/letsencrypt"
+# certbot's ACME account, certificates and renewal configs (main droplet), on the volume so a replaced droplet
+# reuses them (Let's Encrypt issues 5 duplicate certificates a week): CERT_CONFIG_DIR/<d> links to CERT_STORE/<d>.
+CERT_STORE = f"{DATA_MOUNT}/letsencrypt"  # root:root 0700
+CERT_STORE_DIRS = ("accounts", "archive", "live", "renewal")
+CERT_REPLACED_DIR = "/var/lib/matrix-stack/letsencrypt-replaced"  # root only: what the volume's copy overrode
+CERTBOT_CREDENTIALS = "/etc/letsencrypt/cloudflare.ini"  # stays on the root disk, as do the hooks
 CERT_LIVE_DIR = "/etc/letsencrypt/live"  # + /<domain>/{fullchain,privkey}.pem
 CERT_DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/matrix-stack.sh"
 COTURN_TLS_DIR = "/etc/coturn/tls"  # coturn's own readable copy of the certificate

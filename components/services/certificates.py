@@ -6,6 +6,8 @@ token lives only there, in a 0600 root file. The TURN droplet (`turnDroplet`) ho
 at all: turn. is a DNS-only name pointing at it, so it proves control by HTTP-01, certbot answering
 on port 80 (its firewalls open 80 for that) only while it orders or renews; the same lineage name
 covers turn. alone. The deploy hook reloads nginx and hands coturn a readable copy of the certificate.
+The main droplet keeps its ACME account and certificates on the data volume (paths.CERT_STORE), so a
+replaced droplet reuses them rather than ordering a duplicate; the TURN droplet has no volume and orders anew.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from components.services import ServiceContext, rendered
 # certbot's DNS propagation waits, tried in turn until one works: the dns-cloudflare plugin's own
 # default first, then longer ones (templates/certificates/issue.sh.j2).
 PROPAGATION_WAITS_S = (10, 30, 90)
+TIMER, SERVICE = "certbot.timer", "certbot.service"  # Debian's renewal units
 
 
 def names(ctx: ServiceContext) -> list[str]:
@@ -46,6 +49,12 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         credentials=paths.CERTBOT_CREDENTIALS,
         deploy_hook=paths.CERT_DEPLOY_HOOK,
         propagation_waits=PROPAGATION_WAITS_S,
+        # Only the main droplet has the data volume: its account and certificate outlive a replacement.
+        cert_store=paths.CERT_STORE if how == "dns-cloudflare" else "",
+        config_dir=paths.CERT_CONFIG_DIR,
+        store_dirs=paths.CERT_STORE_DIRS,
+        data_mount=paths.DATA_MOUNT,
+        replaced_dir=paths.CERT_REPLACED_DIR,
         **common,
     )
     token = [RemoteFile(paths.CERTBOT_CREDENTIALS, rendered("certificates/cloudflare.ini.j2", token=ctx.certbot_token),

@@ -5,7 +5,7 @@ a droplet replacement re-attaches it to the new droplet. Detaching a mounted XFS
 PostgreSQL is a power cut for the database. This step's resource sits between the attachment and
 every other step, so the engine deletes it before the attachment (dependents go first, on destroy
 and on delete-before-replace); pulumi-command then runs its delete command on the old droplet:
-stop Synapse, the backup and upkeep jobs and PostgreSQL (a clean shutdown, no crash recovery later), then
+stop Synapse, the backup, upkeep and certbot jobs and PostgreSQL (a clean shutdown, no crash recovery later), then
 unmount every mount of the volume. Its identity is the attachment and droplet, so editing this
 script updates it in place and never runs the delete on a live server.
 """
@@ -16,7 +16,7 @@ from components import paths
 from components.platform import Platform
 from components.remote import RemoteFile, StepSpec
 from components.render import render
-from components.services import ServiceContext, backup, maintenance
+from components.services import ServiceContext, backup, certificates, maintenance
 from components.services.health import SERVICE as HEALTH_SERVICE
 from components.services.health import TIMER as HEALTH_TIMER
 
@@ -25,10 +25,10 @@ RELEASE_COMMAND = "/usr/local/sbin/matrix-stack-release-volume"
 
 def volume_writers(platform: Platform) -> list[str]:
     """Every unit that writes to the volume, in stopping order. The timers first: their services would
-    start PostgreSQL (and mount the volume) again. The checks between deploys only read it, but would mail
-    the operator that it is gone."""
+    start PostgreSQL (and mount the volume) again; certbot renews into the certificate store on the volume. The
+    checks between deploys only read it, but would mail the operator that it is gone."""
     return [paths.SYNAPSE_UNIT, backup.TIMER, backup.SERVICE, maintenance.TIMER, maintenance.SERVICE,
-            HEALTH_TIMER, HEALTH_SERVICE, platform.postgres_unit]
+            certificates.TIMER, certificates.SERVICE, HEALTH_TIMER, HEALTH_SERVICE, platform.postgres_unit]
 
 
 def steps(ctx: ServiceContext) -> list[StepSpec]:

@@ -152,6 +152,8 @@ def test_rerunning_every_step_changes_nothing_on_the_server(deployment: Deployme
     after = take_snapshot(deployment)
 
     changes = differences(before, after)
+    if changes:  # what the steps said they did
+        print("\n".join(line for r in results for line in r.stderr.splitlines() if line.startswith("[matrix-stack:")))
     assert not changes, "a re-run with no change touched the server:\n" + "\n".join(changes)
 
 
@@ -396,6 +398,9 @@ class FirstGeneration:
     backup: str  # a backup taken on the first host (its directory's name in the backups directory)
     in_place: list[StepResult]  # the steps run on the first host, which moved its volume to this layout
     room_after_move: tuple[list[str], bytes]  # bob's view of the room right after that move
+    certificate: str = ""  # the first host's certificate (serial and fingerprint) before the move
+    certificate_after_move: str = ""  # and after it, the ACME account and certificate moved to the volume
+    acme_server: str = ""  # the first host's ACME server (each test host has its own pebble)
 
 
 @dataclass
@@ -476,10 +481,21 @@ LEGACY_PATHS = (f"s#{paths.POSTGRES_VOLUME_DIR}#{paths.POSTGRES_BASE}#g; s#{path
                 f"s#{paths.MOUNT_UNIT}#{paths.POSTGRES_BIND_UNIT}#g")
 
 
+def served_certificate(deployment: Deployment) -> str:
+    """The serial and SHA-256 fingerprint of the certificate the host's nginx serves (and certbot keeps)."""
+    live = f"{paths.CERT_LIVE_DIR}/{deployment.domain}/cert.pem"
+    served = deployment.ssh(f"openssl s_client -connect 127.0.0.1:443 -servername {deployment.settings.matrix_host} "
+                            f"</dev/null 2>/dev/null | openssl x509 -noout -serial -fingerprint -sha256").strip()
+    kept = deployment.ssh(f"openssl x509 -noout -serial -fingerprint -sha256 -in {live}").strip()
+    assert served == kept and "serial=" in served, (served, kept)
+    return served
+
+
 def rewind_to_the_layout_before(deployment: Deployment) -> None:
     """Put a provisioned host back to what the program left before this layout: the volume itself mounted
     at /var/lib/postgresql by var-lib-postgresql.mount (then the device's unit), the clusters at its
-    root, postgres owning it, and every config naming paths under it; its services running on it."""
+    root, postgres owning it, and every config naming paths under it; its services running on it. certbot
+    kept its account and certificates in /etc/letsencrypt then (real directories, on the root disk)."""
     legacy_unit = render("volume/mount.j2", device=deployment.settings.volume_device, mount_point=paths.POSTGRES_BASE)
     platform = deployment.settings.platform
     writers = " ".join(volume_writers(platform))
@@ -487,6 +503,10 @@ def rewind_to_the_layout_before(deployment: Deployment) -> None:
     legacy_files = "/etc/matrix-synapse /etc/systemd/system /usr/local/sbin"
     script = f"""set -euo pipefail
 systemctl stop {writers}
+for d in {" ".join(paths.CERT_STORE_DIRS)}; do
+  rm /etc/letsencrypt/$d && cp -a {paths.CERT_STORE}/$d /etc/letsencrypt/$d
+done
+rm -rf {paths.CERT_STORE}
 systemctl disable --now {paths.POSTGRES_BIND_UNIT} {paths.MOUNT_UNIT}
 rm -f /etc/systemd/system/{paths.MOUNT_UNIT}
 cat > /etc/systemd/system/{paths.POSTGRES_BIND_UNIT} <<'UNIT'
@@ -706,8 +726,11 @@ def second_generation() -> Iterator[SecondGeneration]:
             # updating matrix-stack and running `pulumi up` on the same droplet).
             rewind_to_the_layout_before(first_host)
             first = populate(first_host, data_mount=paths.POSTGRES_BASE)
+            first.certificate = served_certificate(first_host)
             assert first_host.recording is not None
             first.in_place = run_all(first_host.recording)
+            first.certificate_after_move = served_certificate(first_host)
+            first.acme_server = first_host.settings.acme_server
             print_steps("first host: the steps again, moving the volume to this layout", first.in_place)
             first.room_after_move = read_room(first_host, first)
             print(f"first host deployed and used in {time.monotonic() - started:.0f} s")
@@ -832,6 +855,22 @@ def test_data_survives_a_replaced_droplet_on_the_same_volume(second_generation: 
 
     assert login(deployment, "admin", deployment.admin_password)[1]  # the same admin password works
 
+    # certbot's account and certificate came with the volume: the new droplet found the first one's lineage.
+    certificates_log = step_log(second, "certificates-issue")
+    assert "reusing the certificate kept on the data volume" in certificates_log, certificates_log[-3000:]
+    links = deployment.ssh(f"for d in {' '.join(paths.CERT_STORE_DIRS)}; do readlink /etc/letsencrypt/$d; done")
+    assert links.split() == [f"{paths.CERT_STORE}/{d}" for d in paths.CERT_STORE_DIRS]
+    assert deployment.ssh(f"stat -c '%U:%G %a' {paths.CERT_STORE}").strip() == "root:root 700"
+    first_version = deployment.ssh(
+        f"openssl x509 -noout -serial -fingerprint -sha256 -in /etc/letsencrypt/archive/{deployment.domain}/cert1.pem")
+    assert first_version.strip() == first.certificate_after_move  # the lineage's first certificate is the first host's
+    # Each test host has its own pebble (another URL, another root; Let's Encrypt is one): the kept certificate
+    # is from another CA here, so the lineage is renewed from this one (the same server would keep it, tested
+    # in tests/templates/test_certificates.py), and the new one is deployed (served).
+    assert deployment.settings.acme_server != first.acme_server
+    assert f"ACME server changed ({first.acme_server} -> {deployment.settings.acme_server})" in certificates_log
+    assert served_certificate(deployment) != first.certificate_after_move
+
     bodies, blob = read_room(deployment, first)
     for message in first.messages:
         assert message in bodies
@@ -854,6 +893,13 @@ def test_a_volume_in_the_layout_before_is_moved_in_place(second_generation: Seco
     assert f"moving {OLD.postgres_major} into {paths.POSTGRES_VOLUME_DIR}" in log, log
     # The self-check (which checks the volume's root is root's), then the checks between deploys.
     assert [r.name for r in first.in_place[-2:]] == ["selfcheck-verify", "health-schedule"]
+    # certbot's account and certificate, in /etc on the root disk before, moved to the volume; the same
+    # certificate is served, nothing was ordered.
+    log = next(r.stderr for r in first.in_place if r.name == "certificates-issue")
+    for d in paths.CERT_STORE_DIRS:
+        assert f"moved /etc/letsencrypt/{d} to the data volume ({paths.CERT_STORE}/{d})" in log, log
+    assert "forcing" not in log and "running the deploy hook" not in log, log
+    assert first.certificate and first.certificate_after_move == first.certificate
     bodies, blob = first.room_after_move
     assert set(first.messages) <= set(bodies) and "keep.bin" in bodies
     assert hashlib.sha256(blob).hexdigest() == first.media_sha256
@@ -954,6 +1000,9 @@ def test_a_new_stack_adopts_the_volume_a_destroyed_stack_kept(adoption: Adoption
     assert "password an earlier stack gave it" in log("admin-user")
     assert "placed the generated signing key" not in log("synapse-config")
     assert volume_mounts(new) == OUR_MOUNTS
+    # The volume's ACME account for this address is the first host's, which this host's pebble (restarted: a
+    # CA that forgot it) does not know: it is put aside and a new one registered, and the certificate ordered.
+    assert "does not know the account kept for it" in log("certificates-issue"), log("certificates-issue")[-3000:]
 
     # Every secret converged: the admin's password is the new stack's, the old one is refused; Synapse
     # reaches PostgreSQL with the new role password (it serves at all); coturn takes credentials made

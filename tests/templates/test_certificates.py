@@ -193,6 +193,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ -e "$WORK/forgotten-account" ] && [ -d "/etc/letsencrypt/accounts/${server#*://}" ]; then  # the CA forgot it
+  mkdir -p /var/log/letsencrypt
+  echo '{"type": "urn:ietf:params:acme:error:accountDoesNotExist"}' > /var/log/letsencrypt/letsencrypt.log
+  exit 1
+fi
 live=/etc/letsencrypt/live/$name
 if [ ! -f "$live/cert.pem" ] || [ -n "$force" ]; then
   mkdir -p "$live" /etc/letsencrypt/renewal
@@ -215,11 +220,15 @@ NGINX = r"""#!/bin/bash
 echo "nginx $*" >> "$WORK/calls"
 """
 
+# The data volume: its own filesystem at DATA_MOUNT, root's 0755 (as volume-mount leaves it).
+VOLUME = f"install -d {paths.DATA_MOUNT} && mount -t tmpfs -o mode=0755 volume {paths.DATA_MOUNT}"
+
 DRIVER = r"""
 set -uo pipefail
 work=$1
 shift
 export WORK=$work PATH=$work/bin:$PATH
+VOLUME
 # what an earlier version left
 i=0
 for bundle in "$@"; do
@@ -257,8 +266,8 @@ def _run(tmp: Path, ctx: ServiceContext, bundles: list[str], active: tuple[str, 
         (tmp / f"bundle{i}.sh").write_text(text)
         args.append(str(tmp / f"bundle{i}.sh"))
     driver = DRIVER.replace("HOOK", paths.CERT_DEPLOY_HOOK).replace("CRED", paths.CERTBOT_CREDENTIALS)
-    driver = driver.replace("# what an earlier version left\n", before + "\n")
-    proc = run_in_sandbox(tmp, driver.replace("DOMAIN", ctx.settings.domain), [str(work), *args])
+    driver = driver.replace("# what an earlier version left\n", before + "\n").replace("VOLUME", VOLUME)
+    proc = run_in_sandbox(tmp, driver.replace("DOMAIN", ctx.settings.domain), [str(work), *args], tmpfs=["/srv"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = re.split(r"--- end of run \d+\n", (work / "calls").read_text())
     return [
@@ -405,3 +414,160 @@ def test_coturn_racing_the_hook_gets_no_root_file(tmp_path: Path) -> None:
     assert f"{paths.COTURN_TLS_DIR} root:turnserver 750 directory" in seen["tls"]
     assert f"{paths.COTURN_TLS_DIR}/privkey.pem root:turnserver 640 regular file" in seen["tls"]
     assert seen["cmp"].strip() == "0"
+
+
+# ------------------------------------------------------------------------------------------
+# The ACME account and certificates on the data volume (issue 29)
+
+# /etc/letsencrypt as certbot leaves it: an account, a lineage's archive and live/ links into it, its renewal
+# config (the e2e host runs the real certbot through the links: tests/e2e/test_lifecycle.py).
+CERTBOT_LAYOUT = r"""
+le=/etc/letsencrypt
+install -d -m 0700 $le/accounts/SERVER_PATH/0123abcd $le/archive/DOMAIN $le/live/DOMAIN
+install -d -m 0755 $le/renewal
+echo '{"uri": "kept account"}' > $le/accounts/SERVER_PATH/0123abcd/regr.json
+for f in cert chain fullchain privkey; do
+  head -c 32 /dev/urandom | base64 > $le/archive/DOMAIN/${f}1.pem
+  ln -s ../../archive/DOMAIN/${f}1.pem $le/live/DOMAIN/$f.pem
+done
+chmod 0600 $le/archive/DOMAIN/privkey1.pem
+printf '[renewalparams]\nauthenticator = dns-cloudflare\nserver = SERVER\n' > $le/renewal/DOMAIN.conf
+"""
+
+STORE_DRIVER = r"""
+set -uo pipefail
+work=$1 bundle=$2
+export WORK=$work PATH=$work/bin:$PATH
+VOLUME
+LAYOUT
+le=/etc/letsencrypt
+sha256sum $le/live/DOMAIN/fullchain.pem $le/live/DOMAIN/privkey.pem > "$work/original"
+state() {  # what a run left: the links, the store, the live files' targets and contents
+  for d in DIRS; do printf '%s -> %s\n' "$le/$d" "$(readlink "$le/$d")"; done
+  stat -c '%n %U:%G %a %F' STORE
+  stat -c '%n %U:%G %a' STORE/archive/DOMAIN/privkey1.pem
+  readlink STORE/live/DOMAIN/fullchain.pem
+  sha256sum $le/live/DOMAIN/fullchain.pem $le/live/DOMAIN/privkey.pem
+  find $le -maxdepth 1 -printf '%p %y\n' | sort
+}
+run() {  # run NAME: the bundle as one deploy runs it
+  echo "--- $1" >> "$work/calls"
+  bash "$bundle" > "$work/out.$1" 2>&1
+  echo $? > "$work/rc.$1"
+  state > "$work/state.$1" 2>&1
+}
+run moved
+run again
+# A replaced droplet: a fresh root disk (no /etc/letsencrypt, no step state), the same volume.
+rm -rf $le /var/lib/matrix-stack /etc/coturn/tls
+run replaced
+# Both sides hold a lineage (another one in /etc): the volume's is kept, this droplet's put aside.
+rm $le/live && install -d -m 0700 $le/live/DOMAIN && echo other > $le/live/DOMAIN/fullchain.pem
+run both
+find REPLACED -path '*/live/DOMAIN/fullchain.pem' -exec cat {} + > "$work/aside" 2>&1
+# The ACME server no longer knows the kept account: put aside, and certbot runs again (registering one).
+touch "$work/forgotten-account"
+run forgotten
+rm "$work/forgotten-account"
+find REPLACED -name regr.json > "$work/aside-account" 2>&1
+# The store, if anyone but root could write to it, is refused before anything is linked or moved.
+rm $le/archive && cp -a STORE/archive $le/archive && chmod 0770 STORE
+run refused
+"""
+
+
+def _store_run(tmp: Path, ctx: ServiceContext) -> dict[str, dict[str, str]]:
+    work = tmp / "work"
+    (work / "bin").mkdir(parents=True)
+    for name, text in (("certbot", CERTBOT), ("systemctl", SYSTEMCTL), ("nginx", NGINX)):
+        (work / "bin" / name).write_text(text)
+        (work / "bin" / name).chmod(0o755)
+    (work / "failures").write_text("0\n")
+    for unit in ("nginx", "coturn"):
+        (work / f"active-{unit}").touch()
+    (tmp / "bundle.sh").write_text(_bundle(ctx))
+    s = ctx.settings
+    layout = CERTBOT_LAYOUT.replace("SERVER_PATH", s.acme_server.split("://", 1)[1]).replace("SERVER", s.acme_server)
+    driver = (STORE_DRIVER.replace("VOLUME", VOLUME).replace("LAYOUT", layout).replace("DIRS", " ".join(paths.CERT_STORE_DIRS))
+              .replace("STORE", paths.CERT_STORE).replace("REPLACED", paths.CERT_REPLACED_DIR).replace("DOMAIN", s.domain))
+    proc = run_in_sandbox(tmp, driver, [str(work), str(tmp / "bundle.sh")], tmpfs=["/srv", "/var/log"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = dict(re.findall(r"--- (\w+)\n(.*?)(?=--- |\Z)", (work / "calls").read_text(), re.S))
+    runs = {}
+    for name in ("moved", "again", "replaced", "both", "forgotten", "refused"):
+        runs[name] = {"rc": (work / f"rc.{name}").read_text().strip(), "out": (work / f"out.{name}").read_text(),
+                      "state": (work / f"state.{name}").read_text(), "calls": calls.get(name, "")}
+    runs["original"] = {"sums": (work / "original").read_text()}
+    runs["aside"] = {"content": (work / "aside").read_text(), "account": (work / "aside-account").read_text()}
+    return runs
+
+
+def test_the_account_and_certificate_live_on_the_volume_and_a_replaced_droplet_reuses_them(tmp_path: Path) -> None:
+    """Issue 29: /etc/letsencrypt's account, archive, live and renewal move to the data volume (another
+    filesystem) with certbot's relative links intact, and become links to it; a re-run changes nothing; a
+    fresh droplet on the same volume links them again, certbot orders nothing and the deploy hook still
+    hands the certificate to nginx and coturn; /etc's token and hooks stay on the root disk."""
+    ctx = make_context(acmeServer=PEBBLE)
+    d = ctx.settings.domain
+    runs = _store_run(tmp_path, ctx)
+    original = runs["original"]["sums"].split()[0::2]
+    links = [f"/etc/letsencrypt/{x} -> {paths.CERT_STORE}/{x}" for x in paths.CERT_STORE_DIRS]
+
+    def sums(run: dict[str, str]) -> list[str]:
+        return [line.split()[0] for line in run["state"].splitlines() if line.endswith(".pem") and " " in line
+                and len(line.split()[0]) == 64]
+
+    moved = runs["moved"]
+    assert moved["rc"] == "0", moved["out"]
+    for x in paths.CERT_STORE_DIRS:
+        assert f"moved /etc/letsencrypt/{x} to the data volume ({paths.CERT_STORE}/{x})" in moved["out"]
+    for line in links:
+        assert line in moved["state"], moved["state"]
+    assert f"{paths.CERT_STORE} root:root 700 directory" in moved["state"]
+    assert f"{paths.CERT_STORE}/archive/{d}/privkey1.pem root:root 600" in moved["state"]  # modes kept
+    assert f"\n../../archive/{d}/fullchain1.pem\n" in moved["state"]  # certbot's relative link, as it was
+    assert sums(moved) == original  # the same certificate and key
+    assert "--force-renewal" not in moved["calls"] and "reusing" not in moved["out"]
+    assert f"{paths.CERTBOT_CREDENTIALS} f" in moved["state"] and "/etc/letsencrypt/renewal-hooks d" in moved["state"]
+
+    again = runs["again"]
+    assert again["rc"] == "0" and again["state"] == moved["state"], again["out"]
+    assert "moved" not in again["out"] and "reusing" not in again["out"] and "deploy hook" not in again["out"]
+
+    replaced = runs["replaced"]
+    assert replaced["rc"] == "0", replaced["out"]
+    assert "reusing the certificate kept on the data volume" in replaced["out"]
+    assert "moved" not in replaced["out"]
+    for line in links:
+        assert line in replaced["state"]
+    assert sums(replaced) == original  # certbot kept it (the stand-in orders only when cert.pem is missing)
+    assert "--force-renewal" not in replaced["calls"]
+    # A fresh droplet: the hook gives nginx and coturn the kept certificate.
+    assert "running the deploy hook" in replaced["out"] and "systemctl reload nginx" in replaced["calls"]
+    assert "systemctl restart coturn" in replaced["calls"]
+
+    both = runs["both"]
+    assert both["rc"] == "0", both["out"]
+    assert f"/etc/letsencrypt/live and {paths.CERT_STORE}/live both hold data: keeping the volume's" in both["out"]
+    assert sums(both) == original and runs["aside"]["content"] == "other\n"
+    for line in links:
+        assert line in both["state"]
+
+    forgotten = runs["forgotten"]
+    assert forgotten["rc"] == "0", forgotten["out"]
+    assert "the ACME server does not know the account kept for it" in forgotten["out"]
+    assert forgotten["calls"].count("certbot certonly") == 2
+    aside = re.escape(paths.CERT_REPLACED_DIR) + r"/account-\d{8}T\d{6}Z/0123abcd/regr\.json\n"
+    assert re.fullmatch(aside, runs["aside"]["account"]), runs["aside"]["account"]
+
+    refused = runs["refused"]
+    assert refused["rc"] != "0" and "refused" in refused["out"], refused["out"]
+    assert "certbot" not in refused["calls"]
+    assert "/etc/letsencrypt/archive d" in refused["state"]  # left as it was: nothing moved into that store
+
+
+def test_the_turn_droplet_keeps_its_certificate_on_its_root_disk() -> None:
+    """The TURN droplet has no data volume: its issue step neither links nor moves anything."""
+    issue = _steps(_turn_context())["certificates-issue"].script
+    assert paths.CERT_STORE not in issue and paths.DATA_MOUNT not in issue
+    assert paths.CERT_STORE in _steps(make_context())["certificates-issue"].script
