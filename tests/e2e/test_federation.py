@@ -387,7 +387,7 @@ def test_with_synapse_workers_sync_federation_and_media_go_to_the_workers(
         alice.ok("GET", "/_matrix/client/v3/sync?timeout=0")
         # Element X's sync (simplified sliding sync): answered with a position, by the sync worker.
         sliding = alice.ok("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0",
-                           {"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}})
+                           {"lists": {"all": {"ranges": [[0, 10]], "required_state": [], "timeline_limit": 1}}})
         assert isinstance(sliding["pos"], str) and sliding["lists"]["all"]["count"] >= 1, sliding
         blob = os.urandom(300_000)
         uri = alice.ok("POST", "/_matrix/media/v3/upload?filename=w.bin", data=blob,
