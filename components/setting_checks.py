@@ -21,6 +21,11 @@ LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 ELEMENT_GITHUB_URL = (
     "https://github.com/element-hq/element-web/releases/download/v{version}/element-v{version}.tar.gz"
 )
+# MatrixRTC's two programs, published only as GitHub release assets (amd64: DigitalOcean's droplets).
+LIVEKIT_GITHUB_URL = "https://github.com/livekit/livekit/releases/download/v{version}/livekit_{version}_linux_amd64.tar.gz"
+LK_JWT_SERVICE_GITHUB_URL = (
+    "https://github.com/element-hq/lk-jwt-service/releases/download/v{version}/lk-jwt-service_linux_amd64"
+)
 
 # The oldest Element Web that works with the Synapse we install: 1.11.70 is the first to fetch media
 # through the authenticated endpoints Synapse serves new media from (element-web #27558), 1.11.109
@@ -156,8 +161,23 @@ def element_version(key: str, value: Any) -> str:
     return version
 
 
+# 0.8.0 fixed GHSA-rq24-fh66-rq7x (the legacy endpoints did not validate the homeserver's OpenID answer), and
+# the application-service mode Synapse's io.element.msc4502/msc4512 registration keys serve arrived in 0.7.0.
+LK_JWT_SERVICE_MIN_VERSION = (0, 8, 0)
+
+
+def lk_jwt_service_version(key: str, value: Any) -> str:
+    version = release_version(key, value)
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < LK_JWT_SERVICE_MIN_VERSION:
+        oldest = ".".join(map(str, LK_JWT_SERVICE_MIN_VERSION))
+        raise invalid(key, version, f"lk-jwt-service {oldest} or newer (older releases accept forged OpenID answers: "
+                      "GHSA-rq24-fh66-rq7x)")
+    return version
+
+
 optional_sha256 = matching(_SHA256_RE, "64 lower-case hex characters (sha256sum of the release tarball), or empty",
                            empty_too=True)
+sha256 = matching(_SHA256_RE, "64 lower-case hex characters (sha256sum of the release file)")
 
 
 def optional_fingerprint(key: str, value: Any) -> str:

@@ -116,6 +116,29 @@ SETTINGS: tuple[Setting, ...] = (
             "port (docs/grow.md, A TURN droplet)."),
     Setting("turnDropletSize", "string", "s-1vcpu-512mb-10gb", check.droplet_size,
             "The TURN droplet's size slug; a change replaces that droplet only."),
+    # MatrixRTC (Element X's and Element Call's calls): off by default because lk-jwt-service publishes no checksum
+    # file and no sha256 of its binary could be read here, so the stack cannot ship a pin for it (README, Calls).
+    Setting("matrixRtc", "boolean", False, check.boolean,
+            "Group and Element X calls on this server: the LiveKit SFU and lk-jwt-service on the main droplet "
+            "(MatrixRTC), media on its own address (7881/tcp, 7882/udp). Needs lkJwtServiceSha256 (docs/calls.md)."),
+    # LiveKit 1.13.5 (2026-07-31), the release ESS 26.8.1 and matrix-docker-ansible-deploy pin. The sha256 is the
+    # release's checksums.txt line for livekit_1.13.5_linux_amd64.tar.gz, as independent deployments quote it.
+    Setting("livekitVersion", "string", "1.13.5", check.release_version,
+            "LiveKit server release (with matrixRtc); set livekitSha256 with it."),
+    Setting("livekitSha256", "string", "c020fac437b7cc9b776eef1ad5ea8af77be9acfa07602eca20a3a44930dfbc70",
+            check.sha256,
+            "sha256 of livekit_<version>_linux_amd64.tar.gz: the download must match it and the release's "
+            "checksums.txt must list it."),
+    Setting("livekitDownloadUrl", "string", check.LIVEKIT_GITHUB_URL, check.download_url,
+            "LiveKit tarball URL with `{version}` (https only), for mirrors; checksums.txt is read beside it."),
+    Setting("lkJwtServiceVersion", "string", "0.10.0", check.lk_jwt_service_version,
+            "lk-jwt-service release (with matrixRtc), 0.8.0 or newer (0.8.0 fixed GHSA-rq24-fh66-rq7x); set "
+            "lkJwtServiceSha256 with it."),
+    Setting("lkJwtServiceSha256", "string", "", check.optional_sha256,
+            "sha256 of lk-jwt-service_linux_amd64 of lkJwtServiceVersion, from its GitHub release page (the "
+            "release has no checksum file); matrixRtc needs it."),
+    Setting("lkJwtServiceDownloadUrl", "string", check.LK_JWT_SERVICE_GITHUB_URL, check.download_url,
+            "lk-jwt-service binary URL with `{version}` (https only), for mirrors."),
     Setting("database", "string", "local", check.database_kind,
             "Synapse's database: `local` (PostgreSQL on the droplet, data on the volume) or `managed` (a "
             "DigitalOcean Managed PostgreSQL cluster; switching moves the data: docs/grow.md)."),

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components import worker_topology
+from components import rtc_memory, worker_topology
 from components.platform import Platform, platform_of
 from components.setting_checks import (
     DATABASE_SIZE_RE,
@@ -137,6 +137,13 @@ class Settings:
     turn_relay_ports: tuple[int, int]
     turn_droplet: bool  # coturn on its own droplet; the main droplet opens no TURN port
     turn_droplet_size: str
+    matrix_rtc: bool  # MatrixRTC: the LiveKit SFU and lk-jwt-service (components/services/rtc.py)
+    livekit_version: str
+    livekit_sha256: str
+    livekit_download_url: str
+    lk_jwt_service_version: str
+    lk_jwt_service_sha256: str  # "" only with matrix_rtc off
+    lk_jwt_service_download_url: str
     database: str  # "local" | "managed"
     database_size: str  # the managed cluster's size slug (used only when database is managed)
     media_storage: str  # "local" | "spaces"
@@ -315,6 +322,19 @@ class Settings:
         return (self.spaces_bucket_name[:55] + "-backups").rstrip("-")
 
     @property
+    def livekit_tarball_url(self) -> str:
+        return self.livekit_download_url.replace("{version}", self.livekit_version)
+
+    @property
+    def livekit_checksums_url(self) -> str:
+        """LiveKit's goreleaser publishes checksums.txt beside the archives of a release."""
+        return self.livekit_tarball_url.rsplit("/", 1)[0] + "/checksums.txt"
+
+    @property
+    def lk_jwt_service_url(self) -> str:
+        return self.lk_jwt_service_download_url.replace("{version}", self.lk_jwt_service_version)
+
+    @property
     def relay_port_range(self) -> str:
         return f"{self.turn_relay_ports[0]}-{self.turn_relay_ports[1]}"
 
@@ -410,6 +430,8 @@ def _cross_checked(v: dict[str, Any], stack: str) -> Settings:
                       f"({', '.join(SPACES_REGIONS)} do)")
     if v["synapseWorkers"]:
         _check_workers(v, platform)
+    if v["matrixRtc"]:
+        _check_rtc(v)
     _check_team_and_mail(v)
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", stack):
         raise invalid("<stack name>", stack, "a stack name of lower-case letters, digits and dashes (<= 31)")
@@ -460,6 +482,20 @@ def _check_workers(v: dict[str, Any], platform: Platform) -> None:
     if not lock_path(v["synapseVersion"], platform.python, s3=v["mediaStorage"] == "spaces", redis=True).is_file():
         raise invalid("synapseWorkers", True, f"a synapseVersion whose lock includes Synapse's redis extra; "
                       f"{v['synapseVersion']} has none (python -m components.synapse_lock {v['synapseVersion']})")
+
+
+def _check_rtc(v: dict[str, Any]) -> None:
+    """matrixRtc needs the token service's pin, and a droplet with room for the SFU beside the rest."""
+    if not v["lkJwtServiceSha256"]:
+        raise invalid("lkJwtServiceSha256", "", f"the sha256 of lk-jwt-service_linux_amd64 {v['lkJwtServiceVersion']} "
+                      "from its GitHub release page, required with matrixRtc (fix: pulumi config set "
+                      "lkJwtServiceSha256 <sha256>, or matrixRtc false)")
+    needed = rtc_memory.needed_mb(v["synapseWorkers"])
+    size = v["dropletSize"]
+    if memory_mb_of(size) < needed:
+        raise invalid("matrixRtc", True, f"a dropletSize with at least {needed} MB of memory for the SFU and the token "
+                      f"service beside the rest ({size} has {memory_mb_of(size)}; docs/calls.md, Memory), or "
+                      "matrixRtc false")
 
 
 def warnings(settings: Settings) -> list[str]:
