@@ -68,3 +68,11 @@ ORIGIN_PULL_CLIENT = "/etc/matrix-stack/origin-pull-client.pem"  # that client c
 # lets it through unchallenged like Matrix traffic (cloud/edge_rules.py), as DigitalOcean's uptime checkers are no
 # browsers.
 HEALTH_STATUS_PATH = "/_matrix-stack/health/"
+
+# matrixRtc: the LiveKit SFU's media ports on the droplet's own address (ICE over TCP, all UDP media on one muxed
+# port): its config (services/rtc.py) and both firewalls (cloud/firewall.py) use these.
+RTC_TCP_PORT = 7881
+RTC_UDP_PORT = 7882
+# matrixRtc: the token service and the SFU's signalling on the matrix. name, under this prefix (services/rtc.py);
+# Cloudflare lets it through like Matrix traffic (cloud/edge_rules.py): Element X and the SFU's clients are no browsers.
+RTC_PUBLIC_PATH = "/livekit/"

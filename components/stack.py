@@ -32,6 +32,7 @@ from components.services import (
     nginx,
     postgres,
     release,
+    rtc,
     selfcheck,
     synapse,
     team,
@@ -52,6 +53,7 @@ SERVICE_ORDER: tuple[ModuleType, ...] = (
     synapse,
     media,
     coturn,
+    rtc,
     element,
     nginx,
     admin,
@@ -96,7 +98,7 @@ class MatrixStack(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.secrets = Secrets("secrets", opts=child, workers=settings.synapse_workers,
                                users=[m.localpart for m in settings.users],
-                               invitations=[i.name for i in settings.invitations])
+                               invitations=[i.name for i in settings.invitations], rtc=settings.matrix_rtc)
         self.host = Host("host", settings, volume_plan, opts=child)
         ranges = cloudflare.get_ip_ranges_output(opts=pulumi.InvokeOptions(parent=self))
         cloudflare_cidrs = pulumi.Output.all(ranges.ipv4_cidrs, ranges.ipv6_cidrs).apply(
@@ -140,6 +142,7 @@ class MatrixStack(pulumi.ComponentResource):
             database=self.database.endpoint if self.database else None,
             media=self.media.endpoint if self.media else None,
             worker_secrets=self.secrets.workers,
+            rtc_secrets=self.secrets.rtc,
             user_passwords=self.secrets.user_passwords,
             invitation_tokens=self.secrets.invitation_tokens,
             smtp_password=smtp_password,

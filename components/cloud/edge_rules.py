@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.paths import HEALTH_STATUS_PATH
+from components.paths import HEALTH_STATUS_PATH, RTC_PUBLIC_PATH
 from components.settings import Settings
 
 CONFIG_PHASE = "http_config_settings"
@@ -80,6 +80,8 @@ def edge_rules(settings: Settings, proxied: Sequence[str], delegate: bool, plan:
     zone's plan (its legacy id: free, pro, business, enterprise)."""
     hosts = _quoted(proxied)
     skipped_phases = [*SKIPPED_PHASES, *([SBFM_PHASE] if plan in SBFM_PLANS else [])]
+    # matrixRtc: the token service and the SFU's WebSocket are called by the same clients as the Matrix API.
+    unchallenged = [*MATRIX_PATHS, *([RTC_PUBLIC_PATH] if settings.matrix_rtc else [])]
     rules = [
         RuleSpec("tls-strict", CONFIG_PHASE, "matrix-stack: SSL Full (strict) to the origin",
                  f"(http.host in {hosts})", "set_config", {"ssl": "strict"}),
@@ -91,7 +93,7 @@ def edge_rules(settings: Settings, proxied: Sequence[str], delegate: bool, plan:
                  f"(http.host in {hosts} and ssl and not cf.tls_version in {MODERN_TLS})", "rewrite",
                  {"headers": {TLS_REFUSED_HEADER: {"operation": "set", "value": "1"}}}),
         RuleSpec("matrix-unchallenged", CUSTOM_PHASE, "matrix-stack: never challenge Matrix clients and servers",
-                 f"(http.host in {hosts} and {_paths(MATRIX_PATHS)} and cf.tls_version in {MODERN_TLS})", "skip",
+                 f"(http.host in {hosts} and {_paths(unchallenged)} and cf.tls_version in {MODERN_TLS})", "skip",
                  {"ruleset": "current", "phases": skipped_phases, "products": SKIPPED_PRODUCTS}),
     ]
     if delegate:

@@ -10,10 +10,12 @@ from typing import Literal
 import pulumi
 import pulumi_digitalocean as do
 
+from components import paths
 from components.settings import Settings
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
 TURN_PORTS = ("3478", "5349")
+RTC_MEDIA_PORTS = (("tcp", str(paths.RTC_TCP_PORT)), ("udp", str(paths.RTC_UDP_PORT)))
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ def inbound_rules(settings: Settings, cloudflare_cidrs: pulumi.Input[Sequence[st
     if role == "turn" or not settings.turn_droplet:
         rules += [InboundRule(proto, port, ANYWHERE) for port in TURN_PORTS for proto in ("tcp", "udp")]
         rules.append(InboundRule("udp", settings.relay_port_range, ANYWHERE))
+    if role == "main" and settings.matrix_rtc:
+        # The SFU's media: clients reach the droplet's own address (Cloudflare proxies no UDP or raw TCP).
+        rules += [InboundRule(proto, port, ANYWHERE) for proto, port in RTC_MEDIA_PORTS]
     return rules
 
 

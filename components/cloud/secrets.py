@@ -30,12 +30,29 @@ WORKER_PASSWORDS = {
     "replication-secret": 64,
 }
 
+# matrixRtc only: LiveKit's API secret (its key name is fixed, services/rtc.py; LiveKit wants 32 characters or
+# more), and the tokens Synapse and lk-jwt-service, an application service, authenticate each other with.
+RTC_PASSWORDS = {
+    "livekit-secret": 64,
+    "rtc-as-token": 64,
+    "rtc-hs-token": 64,
+}
+
 
 # The team (users, invitations): a password per listed account, a token per invitation. Each is its own
 # resource named after its account or invitation, so `pulumi preview` shows who is added or removed.
 USER_PASSWORD_LENGTH = 24
 # A registration token holder signs up with it: 20 letters and digits (Synapse allows A-Za-z0-9._~-, 64 at most).
 INVITATION_TOKEN_LENGTH = 20
+
+
+@dataclass(frozen=True)
+class RtcSecrets:
+    """matrixRtc: the SFU's API secret and the application service's two tokens."""
+
+    livekit_secret: pulumi.Input[str]
+    as_token: pulumi.Input[str]
+    hs_token: pulumi.Input[str]
 
 
 @dataclass(frozen=True)
@@ -58,15 +75,17 @@ class Secrets(pulumi.ComponentResource):
     health_token: pulumi.Output[str]
     signing_key: pulumi.Output[str]
     workers: WorkerSecrets | None
+    rtc: RtcSecrets | None
     user_passwords: dict[str, pulumi.Output[str]]  # local part -> initial password
     invitation_tokens: dict[str, pulumi.Output[str]]  # invitation name -> registration token
 
     def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, workers: bool = False,
-                 users: Sequence[str] = (), invitations: Sequence[str] = ()) -> None:
+                 users: Sequence[str] = (), invitations: Sequence[str] = (), rtc: bool = False) -> None:
         super().__init__("matrix-stack:cloud:Secrets", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         values: dict[str, pulumi.Output[str]] = {}
-        for secret_name, length in {**PASSWORDS, **(WORKER_PASSWORDS if workers else {})}.items():
+        for secret_name, length in {**PASSWORDS, **(WORKER_PASSWORDS if workers else {}),
+                                    **(RTC_PASSWORDS if rtc else {})}.items():
             password = random.RandomPassword(f"{name}-{secret_name}", length=length, special=False, opts=child)
             values[secret_name] = pulumi.Output.secret(password.result)
         self.postgres_password = values["postgres-password"]
@@ -77,6 +96,7 @@ class Secrets(pulumi.ComponentResource):
         self.admin_password = values["admin-password"]
         self.health_token = values["health-token"]
         self.workers = WorkerSecrets(values["redis-password"], values["replication-secret"]) if workers else None
+        self.rtc = RtcSecrets(values["livekit-secret"], values["rtc-as-token"], values["rtc-hs-token"]) if rtc else None
         self.user_passwords = {
             user: pulumi.Output.secret(random.RandomPassword(f"{name}-user-{user}",
                                                              length=USER_PASSWORD_LENGTH, special=False,

@@ -17,7 +17,7 @@ from pulumi_command import remote
 from components.cloud.database import DatabaseEndpoint
 from components.cloud.firewall import Role
 from components.cloud.media_bucket import MediaBucketEndpoint
-from components.cloud.secrets import WorkerSecrets
+from components.cloud.secrets import RtcSecrets, WorkerSecrets
 from components.remote import StepSpec, remote_step
 from components.render import render
 from components.settings import Settings
@@ -48,6 +48,7 @@ class ServiceContext:
     database: DatabaseEndpoint | None = None  # database: managed; None: PostgreSQL on the droplet
     media: MediaBucketEndpoint | None = None  # mediaStorage: spaces; None: media on the volume only
     worker_secrets: WorkerSecrets | None = None  # synapseWorkers: Redis's password, the replication secret
+    rtc_secrets: RtcSecrets | None = None  # matrixRtc: LiveKit's API secret, the application service's tokens
     user_passwords: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # users: local part -> password
     invitation_tokens: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # invitations: name -> token
     smtp_password: pulumi.Input[str] = ""  # secret: smtpPassword

@@ -50,6 +50,9 @@ def config_json(ctx: ServiceContext) -> str:
         server_name=s.domain,
         element_url=s.element_url,
         enable_registration=s.enable_registration,
+        # matrixRtc: every call goes to Element Call on this server's own backend (never Jitsi); without it, no
+        # group call is offered at all, as the only backends would be a third party's.
+        calls=s.matrix_rtc,
     )
 
 

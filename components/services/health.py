@@ -19,7 +19,16 @@ from components import paths, worker_topology
 from components.cloud.origin_pulls import EARLY_RENEWAL_HOURS
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
-from components.services import ServiceContext, backup, certificates, coturn, maintenance, media, synapse_workers
+from components.services import (
+    ServiceContext,
+    backup,
+    certificates,
+    coturn,
+    maintenance,
+    media,
+    rtc,
+    synapse_workers,
+)
 
 COMMAND = "/usr/local/sbin/matrix-stack-health"
 CONFIG = "/etc/matrix-stack/health.json"  # 0600 root: the checks, and the relay's password with mail
@@ -51,6 +60,8 @@ def units(ctx: ServiceContext) -> list[str]:
         found.append("coturn.service")
     if synapse_workers.enabled(ctx):
         found += [synapse_workers.REDIS_UNIT, *(synapse_workers.worker_unit(w.name) for w in worker_topology.WORKERS)]
+    if s.matrix_rtc:
+        found += list(rtc.UNITS)
     found += [certificates.TIMER, backup.TIMER, maintenance.TIMER, TIMER]
     if ctx.media is not None:
         found.append(media.TIMER)

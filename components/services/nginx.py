@@ -18,7 +18,7 @@ from components import paths, worker_topology
 from components.cloud.edge_rules import TLS_REFUSED_HEADER
 from components.remote import RemoteFile, StepSpec
 from components.render import read, render
-from components.services import ServiceContext, health, rendered
+from components.services import ServiceContext, health, rendered, rtc
 
 SITES_AVAILABLE = "/etc/nginx/sites-available"
 SNIPPETS = "/etc/nginx/snippets"
@@ -98,12 +98,18 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
                 upstream_keepalive=UPSTREAM_KEEPALIVE,
                 upstream_log=UPSTREAM_LOG,
                 health_location=health.NGINX_LOCATION,
+                rtc=s.matrix_rtc,
+                rtc_token_path=rtc.TOKEN_SERVICE_PATH,
+                rtc_token_upstream="{}:{}".format(*rtc.TOKEN_SERVICE_LISTEN),
+                rtc_sfu_path=rtc.SFU_PATH,
+                rtc_sfu_upstream=f"127.0.0.1:{rtc.SFU_SIGNAL_PORT}",
                 **names,
             ),
         ),
         RemoteFile(health.NGINX_LOCATION, health.nginx_location(ctx), mode="0600"),
         RemoteFile(f"{well_known}/server", render("nginx/well-known-server.json.j2", matrix_host=s.matrix_host)),
-        RemoteFile(f"{well_known}/client", render("nginx/well-known-client.json.j2", homeserver_url=s.homeserver_url)),
+        RemoteFile(f"{well_known}/client", render("nginx/well-known-client.json.j2", homeserver_url=s.homeserver_url,
+                                                  rtc_foci=rtc.transports(ctx))),
     ]
 
 

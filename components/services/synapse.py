@@ -14,7 +14,7 @@ from typing import Any
 from components import paths
 from components.cloud.media_bucket import MEDIA_PREFIX
 from components.remote import RemoteFile, StepSpec
-from components.services import ServiceContext, rendered, synapse_workers
+from components.services import ServiceContext, rendered, rtc, synapse_workers
 from components.services.media import CA_BUNDLE
 from components.settings import Settings
 from components.synapse_lock import lock_path
@@ -171,6 +171,9 @@ def homeserver_values(ctx: ServiceContext) -> dict[str, Any]:
         "macaroon_secret": ctx.macaroon_secret,
         "form_secret": ctx.form_secret,
         "turn_shared_secret": ctx.turn_shared_secret,
+        # matrixRtc: the LiveKit backend Synapse advertises, and lk-jwt-service's registration.
+        "rtc_transports": rtc.transports(ctx),
+        "rtc_registration": rtc.REGISTRATION,
     }
 
 
@@ -251,6 +254,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
                 RemoteFile(SIGNING_KEY_STAGED, ctx.signing_key, mode="0600"),
                 RemoteFile(UNIT_PATH, unit, mode="0644"),
                 *synapse_workers.worker_files(ctx, worker_unit),
+                *([rtc.registration(ctx)] if s.matrix_rtc else []),
             ],
             versions=versions,
         ),
