@@ -19,7 +19,7 @@ import pytest
 from components import paths
 from components.cloud.database import DatabaseEndpoint
 from components.cloud.media_bucket import MediaBucketEndpoint
-from components.cloud.secrets import WorkerSecrets
+from components.cloud.secrets import RtcSecrets, WorkerSecrets
 from components.platform import PLATFORMS
 from components.services import ServiceContext
 from components.settings import load
@@ -105,6 +105,11 @@ SPACES_ENDPOINT = MediaBucketEndpoint(
 REDIS_PASSWORD = "RedisPasswordForTestsOnly0123456789abcdefghij"
 REPLICATION_SECRET = "ReplicationSecretForTestsOnly0123456789abcdefghijklmnopqrstuvwxyz"
 WORKER_SECRETS = WorkerSecrets(redis_password=REDIS_PASSWORD, replication_secret=REPLICATION_SECRET)
+RTC_SECRETS = RtcSecrets(livekit_secret="LivekitSecretForTestsOnly0123456789abcdefghijklmnopqrstuvwxyzABCD",
+                         as_token="AsTokenForTestsOnly0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK",
+                         hs_token="HsTokenForTestsOnly0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK")
+# A token service pin for contexts with matrixRtc (the stack ships none: setting_table.py).
+LK_JWT_SERVICE_TEST_PIN = "ab" * 32
 
 
 def user_password(localpart: str) -> str:
@@ -137,6 +142,7 @@ def make_context(**config: Any) -> ServiceContext:
         database=MANAGED_ENDPOINT if settings.managed_database else None,
         media=SPACES_ENDPOINT if settings.media_on_spaces else None,
         worker_secrets=WORKER_SECRETS if settings.synapse_workers else None,
+        rtc_secrets=RTC_SECRETS if settings.matrix_rtc else None,
         **cast(dict[str, Any], FAKE_SECRETS),
     )
 

@@ -27,7 +27,7 @@ import pytest
 
 from components import paths, worker_topology
 from components.remote import StepSpec, bundle_text
-from components.services import ServiceContext, element, health, nginx
+from components.services import ServiceContext, element, health, nginx, rtc
 from tests.pki import origin_pull_pair
 from tests.templates.conftest import FAKE_SECRETS, make_context
 from tests.templates.sandbox import run_bundles_in_sandbox
@@ -42,6 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "upload-100": {"maxUploadSizeMb": 100, "enableRegistration": "true"},
     "other-domain": {"domain": "chat-server.example.net", "maxUploadSizeMb": 50, "enableRegistration": "false"},
     "workers": {"synapseWorkers": "true", "dropletSize": "s-2vcpu-4gb"},
+    "matrix-rtc": {"matrixRtc": "true", "lkJwtServiceSha256": "ab" * 32},
 }
 WORKERS_CONFIG = CONFIGS["workers"]
 
@@ -268,7 +269,9 @@ def test_well_known_files_parse_and_name_the_right_hosts() -> None:
         files = _files(ctx)
         base = f"{paths.APEX_ROOT}/.well-known/matrix"
         assert json.loads(files[f"{base}/server"]) == {"m.server": f"{s.matrix_host}:443"}
-        assert json.loads(files[f"{base}/client"]) == {
+        client = json.loads(files[f"{base}/client"])
+        client.pop("org.matrix.msc4143.rtc_foci", None)  # matrixRtc: its own test below
+        assert client == {
             "m.homeserver": {"base_url": f"https://{s.matrix_host}"},
             # Element may never fall back to turn.matrix.org's STUN, whatever a user's device setting says.
             "io.element.voip": {"disable_fallback_ice": True},
@@ -539,6 +542,38 @@ def _isolate(scratch: Path) -> None:
         raise SystemExit("refusing to continue: the sandbox mounts are not in place")
 
 
+def test_live_nginx_routes_matrix_rtc_and_answers_the_preflight(tmp_path: Path) -> None:
+    """matrixRtc: the real nginx sends the token service's paths there without the prefix, with one set of CORS
+    headers, answers the browser's preflight itself, and tunnels the SFU's WebSocket (101, then bytes both ways)."""
+    ctx = make_context(**CONFIGS["matrix-rtc"])
+    r = _sandbox(tmp_path, _stage(tmp_path, ctx), "rtc", list(ctx.settings.hostnames))
+    assert r["rc"] == 0, r["output"]
+    res = r["responses"]
+    assert res["sfu-get"]["status"] == 200 and json.loads(res["sfu-get"]["body"]) == {"path": "/sfu/get"}
+    assert res["get-token"]["status"] == 200 and json.loads(res["get-token"]["body"]) == {"path": "/get_token"}
+    # http.client joins repeated headers with ", ": a second copy of the service's own header would show.
+    assert res["sfu-get"]["headers"]["access-control-allow-origin"] == "*"
+    preflight = res["preflight"]
+    assert preflight["status"] == 204
+    assert preflight["headers"]["access-control-allow-origin"] == "*"
+    assert "POST" in preflight["headers"]["access-control-allow-methods"]
+    assert "content-type" in preflight["headers"]["access-control-allow-headers"].lower()
+    assert r["token_seen"] == [["POST", "/sfu/get"], ["POST", "/get_token"]]  # the preflight never reached it
+    assert res["elsewhere"]["status"] == 404
+    assert res["websocket"] == {"status_line": "HTTP/1.1 101 Switching Protocols", "echoed": "hello sfu"}
+    [upgrade] = r["sfu_seen"]
+    assert upgrade["request"] == "GET /rtc?access_token=t HTTP/1.1"
+    assert (upgrade["upgrade"], upgrade["connection"].lower()) == ("websocket", "upgrade")
+
+
+def test_the_well_known_names_this_servers_rtc_focus_only_with_matrix_rtc() -> None:
+    on = json.loads(_files(make_context(**CONFIGS["matrix-rtc"]))[f"{paths.APEX_ROOT}/.well-known/matrix/client"])
+    off = json.loads(_files(make_context())[f"{paths.APEX_ROOT}/.well-known/matrix/client"])
+    assert on["org.matrix.msc4143.rtc_foci"] == [{"type": "livekit",
+                                                  "livekit_service_url": "https://matrix.example.org/livekit/jwt"}]
+    assert "org.matrix.msc4143.rtc_foci" not in off
+
+
 def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body: bytes | None = None,
              headers: dict[str, str] | None = None, client_cert: str | None = paths.ORIGIN_PULL_CLIENT,
              ) -> dict[str, Any]:  # fmt: skip
@@ -569,7 +604,8 @@ def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body
     return {"status": resp.status, "headers": {k.lower(): v for k, v in resp.getheaders()}, "body": data}
 
 
-def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes]) -> Any:
+def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes],
+              extra_headers: dict[str, str] | None = None) -> Any:
     """A JSON server on 127.0.0.1:`port` in a thread, speaking HTTP/1.1 as Synapse does (a connection may
     carry several requests); `answer(path, headers)` gives each body, with the client's port as ":peer"."""
     import http.server
@@ -581,14 +617,16 @@ def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes]) -> Any:
         def _answer(self) -> None:
             self.rfile.read(int(self.headers.get("content-length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            body = answer(self.path, {**headers, ":peer": str(self.client_address[1])})
+            body = answer(self.path, {**headers, ":peer": str(self.client_address[1]), ":method": self.command})
             self.send_response(200)
+            for name, value in (extra_headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = do_PUT = _answer
+        do_GET = do_POST = do_PUT = do_OPTIONS = _answer
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -683,6 +721,75 @@ def _routing_checks(matrix: str) -> dict[str, Any]:
             "upstream_log": Path(nginx.UPSTREAM_LOG).read_text().splitlines()}
 
 
+RTC_ORIGIN = "https://chat.example.org"
+
+
+def _rtc_checks(matrix: str) -> dict[str, Any]:
+    """matrixRtc: stand-ins for lk-jwt-service (which sends its own CORS header, as the real one does) and for
+    the SFU (which accepts a WebSocket upgrade and then echoes bytes); requests as Cloudflare passes them on."""
+    import base64
+    import hashlib
+    import socket
+    import ssl
+    import threading
+
+    token_seen: list[tuple[str, str]] = []
+
+    def token(path: str, headers: dict[str, str]) -> bytes:
+        token_seen.append((headers.get(":method", ""), path))
+        return json.dumps({"path": path}).encode()
+
+    token_server = _stand_in(rtc.TOKEN_SERVICE_LISTEN[1], token, extra_headers={"Access-Control-Allow-Origin": "*"})
+    sfu_seen: list[dict[str, str]] = []
+    listener = socket.create_server(("127.0.0.1", rtc.SFU_SIGNAL_PORT))
+
+    def sfu() -> None:
+        conn, _ = listener.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        lines = head.decode().split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        sfu_seen.append({"request": lines[0], **fields})
+        accept = base64.b64encode(hashlib.sha1((fields.get("sec-websocket-key", "") +
+                                                "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        conn.sendall(conn.recv(4096))  # echo the first bytes the client sends through the tunnel
+        conn.close()
+
+    threading.Thread(target=sfu, daemon=True).start()
+    res: dict[str, Any] = {
+        "sfu-get": _request(matrix, "/livekit/jwt/sfu/get", method="POST", body=b"{}",
+                            headers={"Origin": RTC_ORIGIN, "Content-Type": "application/json"}),
+        "get-token": _request(matrix, "/livekit/jwt/get_token", method="POST", body=b"{}"),
+        "preflight": _request(matrix, "/livekit/jwt/sfu/get", method="OPTIONS",
+                              headers={"Origin": RTC_ORIGIN, "Access-Control-Request-Method": "POST",
+                                       "Access-Control-Request-Headers": "content-type"}),
+        "elsewhere": _request(matrix, "/livekit/other"),
+    }
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(paths.ORIGIN_PULL_CLIENT)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", 443), timeout=10), server_hostname=matrix) as tls:
+        tls.sendall((f"GET /livekit/sfu/rtc?access_token=t HTTP/1.1\r\nHost: {matrix}\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        tls.sendall(b"hello sfu")
+        echoed = tls.recv(4096)
+    res["websocket"] = {"status_line": answer.decode().split("\r\n")[0], "echoed": echoed.decode()}
+    token_server.shutdown()
+    listener.close()
+    return {"responses": res, "token_seen": token_seen, "sfu_seen": sfu_seen}
+
+
 def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> None:
     _isolate(scratch)
     shutil.copytree(stage, "/", symlinks=True, dirs_exist_ok=True)
@@ -697,7 +804,7 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
         "output": test.stdout + test.stderr,
         "enabled": sorted(p.name for p in enabled.iterdir()),
     }
-    if mode in ("live", "routing") and test.returncode == 0:
+    if mode in ("live", "routing", "rtc") and test.returncode == 0:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         with open("/etc/hosts", "a") as hosts_file:
             hosts_file.write(f"127.0.0.1 {' '.join(hosts)} {UNKNOWN_NAME}\n")
@@ -714,6 +821,8 @@ def _sandbox_main(stage: Path, scratch: Path, mode: str, hosts: list[str]) -> No
                     time.sleep(0.05)
             if mode == "routing":
                 result.update(_routing_checks(hosts[1]))
+            elif mode == "rtc":
+                result.update(_rtc_checks(hosts[1]))
             else:
                 result["responses"], result["backend"] = _live_checks(hosts)
                 result["logs"] = {str(p): {"text": p.read_text(), "mode": oct(p.parent.stat().st_mode & 0o777)}

@@ -26,6 +26,7 @@ STEP_ORDER = [
     "synapse-config",
     "coturn-install",
     "coturn-config",
+    "rtc-off",  # matrixRtc off: stops the SFU and token service an earlier `up` ran (tests/unit/test_matrix_rtc.py)
     "element-web",
     "nginx-sites",
     "admin-user",
