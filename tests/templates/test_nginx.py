@@ -551,8 +551,9 @@ def test_live_nginx_routes_matrix_rtc_and_answers_the_preflight(tmp_path: Path) 
     res = r["responses"]
     assert res["sfu-get"]["status"] == 200 and json.loads(res["sfu-get"]["body"]) == {"path": "/sfu/get"}
     assert res["get-token"]["status"] == 200 and json.loads(res["get-token"]["body"]) == {"path": "/get_token"}
-    # http.client joins repeated headers with ", ": a second copy of the service's own header would show.
+    # One Access-Control-Allow-Origin although the service sends its own (a browser refuses two).
     assert res["sfu-get"]["headers"]["access-control-allow-origin"] == "*"
+    assert res["sfu-get"]["header_names"].count("access-control-allow-origin") == 1
     preflight = res["preflight"]
     assert preflight["status"] == 204
     assert preflight["headers"]["access-control-allow-origin"] == "*"
@@ -601,7 +602,8 @@ def _request(host: str, path: str, *, port: int = 443, method: str = "GET", body
         return {"status": "closed-without-answer", "headers": {}, "body": ""}
     data = resp.read().decode(errors="replace")
     conn.close()
-    return {"status": resp.status, "headers": {k.lower(): v for k, v in resp.getheaders()}, "body": data}
+    return {"status": resp.status, "headers": {k.lower(): v for k, v in resp.getheaders()}, "body": data,
+            "header_names": [k.lower() for k, _ in resp.getheaders()]}
 
 
 def _stand_in(port: int, answer: Callable[[str, dict[str, str]], bytes],
