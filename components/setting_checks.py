@@ -152,27 +152,24 @@ optional_volume_name = matching(_VOLUME_NAME_RE, "a DigitalOcean volume name (lo
 release_version = matching(_VERSION_RE, "a release version such as 1.2.3 (digits and dots, no leading v)")
 
 
-def element_version(key: str, value: Any) -> str:
-    version = release_version(key, value)
-    if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < ELEMENT_MIN_VERSION:
-        oldest = ".".join(map(str, ELEMENT_MIN_VERSION))
-        raise invalid(key, version, f"Element Web {oldest} or newer (older releases cannot show this Synapse's "
-                    "authenticated media or join room version 12 rooms)")
-    return version
+def release_at_least(program: str, oldest: tuple[int, ...], why: str) -> Callable[[str, Any], str]:
+    """A check for a release version no older than `oldest`; `why` says what older releases lack."""
+    def check(key: str, value: Any) -> str:
+        version = release_version(key, value)
+        if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < oldest:
+            raise invalid(key, version, f"{program} {'.'.join(map(str, oldest))} or newer ({why})")
+        return version
+
+    return check
 
 
+element_version = release_at_least("Element Web", ELEMENT_MIN_VERSION, "older releases cannot show this Synapse's "
+                                   "authenticated media or join room version 12 rooms")
 # 0.8.0 fixed GHSA-rq24-fh66-rq7x (the legacy endpoints did not validate the homeserver's OpenID answer), and
 # the application-service mode Synapse's io.element.msc4502/msc4512 registration keys serve arrived in 0.7.0.
 LK_JWT_SERVICE_MIN_VERSION = (0, 8, 0)
-
-
-def lk_jwt_service_version(key: str, value: Any) -> str:
-    version = release_version(key, value)
-    if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < LK_JWT_SERVICE_MIN_VERSION:
-        oldest = ".".join(map(str, LK_JWT_SERVICE_MIN_VERSION))
-        raise invalid(key, version, f"lk-jwt-service {oldest} or newer (older releases accept forged OpenID answers: "
-                      "GHSA-rq24-fh66-rq7x)")
-    return version
+lk_jwt_service_version = release_at_least("lk-jwt-service", LK_JWT_SERVICE_MIN_VERSION,
+                                          "older releases accept forged OpenID answers: GHSA-rq24-fh66-rq7x")
 
 
 optional_sha256 = matching(_SHA256_RE, "64 lower-case hex characters (sha256sum of the release tarball), or empty",

@@ -23,9 +23,9 @@ import pytest
 from components import paths
 from components.remote import StepSpec, bundle_text
 from components.services import ServiceContext, element
-from tests import pki
 from tests.signing import Signer
 from tests.templates.conftest import FAKE_SECRETS, make_context
+from tests.templates.release_mirror import mirror_driver, write_mirror_tls
 from tests.templates.sandbox import run_in_sandbox
 
 PORT = 8765
@@ -128,39 +128,14 @@ def test_a_mirror_key_replaces_the_pinned_one() -> None:
 # ------------------------------------------------------------------------------------------
 # The real bundle in a sandbox
 
-DRIVER = r"""
-set -uo pipefail
-work=$1
-shift
 # As on a droplet, where gpg comes without its recommended gpg-agent: the step must not need it.
-if [ -e /usr/bin/gpg-agent ]; then mount --bind /dev/null /usr/bin/gpg-agent; fi
-# The mirror speaks HTTPS (elementDownloadUrl must be https), its CA trusted as a public one would be.
-cat "$work/tls/ca.pem" >> /etc/ssl/certs/ca-certificates.crt
-python3 - "$work" > "$work/http.log" 2>&1 <<'PY' &
-import functools, http.server, ssl, sys
-work = sys.argv[1]
-server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), functools.partial(
-    http.server.SimpleHTTPRequestHandler, directory=f"{work}/serve"))
-context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-context.load_cert_chain(f"{work}/tls/cert.pem", f"{work}/tls/key.pem")
-server.socket = context.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-PY
-server=$!
-trap 'kill "$server"' EXIT
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/PORT) 2>/dev/null && break; sleep 0.05; done
-i=0
-for bundle in "$@"; do
-  i=$((i + 1))
-  bash "$bundle" > "$work/out.$i" 2>&1
-  echo $? > "$work/rc.$i"
+DRIVER = "if [ -e /usr/bin/gpg-agent ]; then mount --bind /dev/null /usr/bin/gpg-agent; fi\n" + mirror_driver(PORT, r"""
   readlink /var/www/element > "$work/link.$i" || true
   readlink /var/www/element-previous > "$work/previous.$i" || true
   ls -A /var/www > "$work/ls.$i"
   cat /var/www/element/config.json > "$work/config.$i" 2>/dev/null || true
   cat /var/www/element/version > "$work/served.$i" 2>/dev/null || true
-done
-""".replace("PORT", str(PORT))
+""")
 
 
 def _tarball(version: str, marker: str = "") -> bytes:
@@ -181,15 +156,7 @@ def _run(tmp: Path, bundles: list[str]) -> list[dict[str, Any]]:
         path = tmp / f"bundle{i}.sh"
         path.write_text(text)
         paths_.append(str(path))
-    tls = tmp / "tls"
-    tls.mkdir(exist_ok=True)
-    ca_key = pki.private_key_pem("element mirror test CA")
-    ca = pki.self_signed_cert("element mirror test CA", ca_key, {"common_name": "element mirror test CA"}, True,
-                              ["cert_signing", "crl_signing", "digital_signature"], 24 * 365)
-    cert, key = pki.server_cert("element mirror test", ca_key, ca, ["127.0.0.1"])
-    (tls / "ca.pem").write_text(ca)
-    (tls / "cert.pem").write_text(cert + ca)
-    (tls / "key.pem").write_text(key)
+    write_mirror_tls(tmp, "element mirror")
     proc = run_in_sandbox(tmp, DRIVER, [str(tmp), *paths_], tmpfs=["/var/www"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     keys = ("rc", "out", "link", "previous", "ls", "config", "served")

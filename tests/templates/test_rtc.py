@@ -16,41 +16,18 @@ import pytest
 from components import paths
 from components.remote import StepSpec, bundle_text
 from components.services import rtc, synapse
-from tests import pki
 from tests.templates.conftest import LK_JWT_SERVICE_TEST_PIN, RTC_SECRETS, make_context, parse_unit
+from tests.templates.release_mirror import mirror_driver, write_mirror_tls
 from tests.templates.sandbox import run_in_sandbox
 from tests.templates.test_synapse import _install_for_check
 
 PORT = 8766
 RTC = {"matrixRtc": "true", "lkJwtServiceSha256": LK_JWT_SERVICE_TEST_PIN}
 
-DRIVER = r"""
-set -uo pipefail
-work=$1
-shift
-cat "$work/tls/ca.pem" >> /etc/ssl/certs/ca-certificates.crt
-python3 - "$work" > "$work/http.log" 2>&1 <<'PY' &
-import functools, http.server, ssl, sys
-work = sys.argv[1]
-server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), functools.partial(
-    http.server.SimpleHTTPRequestHandler, directory=f"{work}/serve"))
-context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-context.load_cert_chain(f"{work}/tls/cert.pem", f"{work}/tls/key.pem")
-server.socket = context.wrap_socket(server.socket, server_side=True)
-server.serve_forever()
-PY
-server=$!
-trap 'kill "$server"' EXIT
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/PORT) 2>/dev/null && break; sleep 0.05; done
-i=0
-for bundle in "$@"; do
-  i=$((i + 1))
-  bash "$bundle" > "$work/out.$i" 2>&1
-  echo $? > "$work/rc.$i"
+DRIVER = mirror_driver(PORT, r"""
   (cd /opt/matrix-stack-rtc && find . -mindepth 1 -printf '%p %m %u\n' | sort) > "$work/tree.$i"
   grep -c 'GET ' "$work/http.log" > "$work/downloads.$i" || true
-done
-""".replace("PORT", str(PORT))
+""")
 
 
 def _archive(members: dict[str, bytes]) -> bytes:
@@ -96,15 +73,7 @@ def _run(tmp: Path, bundles: list[str]) -> list[dict[str, Any]]:
         path = tmp / f"bundle{i}.sh"
         path.write_text(text)
         files.append(str(path))
-    tls = tmp / "tls"
-    tls.mkdir(exist_ok=True)
-    ca_key = pki.private_key_pem("release mirror test CA")
-    ca = pki.self_signed_cert("release mirror test CA", ca_key, {"common_name": "release mirror test CA"}, True,
-                              ["cert_signing", "crl_signing", "digital_signature"], 24 * 365)
-    cert, key = pki.server_cert("release mirror test", ca_key, ca, ["127.0.0.1"])
-    (tls / "ca.pem").write_text(ca)
-    (tls / "cert.pem").write_text(cert + ca)
-    (tls / "key.pem").write_text(key)
+    write_mirror_tls(tmp, "release mirror")
     proc = run_in_sandbox(tmp, DRIVER, [str(tmp), *files], tmpfs=["/opt"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     keys = ("rc", "out", "tree", "downloads")
