@@ -46,7 +46,7 @@ AS_PROXY_PREFIX = "rtc/livekit"
 
 def service_url(ctx: ServiceContext) -> str:
     """Where clients ask for a LiveKit token (the rtc_foci / transports entry)."""
-    return f"https://{ctx.settings.matrix_host}{TOKEN_SERVICE_PATH}"  # BREAK
+    return f"https://{ctx.settings.matrix_host}{TOKEN_SERVICE_PATH.rstrip('/')}"
 
 
 def sfu_url(ctx: ServiceContext) -> str:
@@ -74,7 +74,7 @@ def registration(ctx: ServiceContext) -> RemoteFile:
         users_regex=f"@.*:{ctx.settings.domain.replace('.', chr(92) + '.')}",
         scope=AS_SCOPE,
         proxy_prefix=AS_PROXY_PREFIX,
-        proxy_url=f"http://{token_host}:{token_port + 1}",  # BREAK
+        proxy_url=f"http://{token_host}:{token_port}",
     )
     return RemoteFile(REGISTRATION, content, mode="0640", owner="root", group="matrix-synapse")
 
