@@ -98,3 +98,14 @@ def test_switching_on_and_off_changes_only_the_steps_it_concerns(off: Recording,
                         "base-firewall", "selfcheck-verify", "health-schedule"}, switched
     assert changed_steps(on, off) == switched
     assert DEFAULTS["matrixRtc"] is False
+
+
+def test_with_a_turn_droplet_the_sfu_stays_on_the_main_droplet() -> None:
+    recording = record({**ON, "turnDroplet": True})
+    rules = {r.inputs["name"]: {(rule["protocol"], rule["portRange"]) for rule in r.inputs["inboundRules"]}
+             for r in recording.of_type("digitalocean:index/firewall:Firewall")}
+    main = next(v for k, v in rules.items() if k.endswith("-fw") and not k.endswith("turn-fw"))
+    turn = next(v for k, v in rules.items() if k.endswith("turn-fw"))
+    assert {("tcp", "7881"), ("udp", "7882")} <= main and not {("tcp", "7881"), ("udp", "7882")} & turn
+    steps = {c.name for c in recording.commands()}
+    assert {"rtc-install", "rtc-config"} <= steps and not any(name.startswith("turn-rtc") for name in steps)
