@@ -24,14 +24,19 @@ What it models, from the zone state the program's Cloudflare resources wrote int
 - Authenticated Origin Pulls per hostname: the certificate of the name's association is presented once the
   certificate and the association are both active (they deploy asynchronously);
 - CF-Connecting-IP (the client's address), X-Forwarded-For, X-Forwarded-Proto; request bodies over
-  100 MB get 413; an origin that does not answer within 100 s gets 524.
-Not modelled: caching, IPv6, HTTP/2 and HTTP/3 to clients, WebSockets, the other phases and products (Super
+  100 MB get 413; an origin that does not answer within 100 s gets 524;
+- WebSockets (on for every zone; Cloudflare docs, "WebSockets"): a GET asking to upgrade to websocket goes
+  through every rule like any request, is passed on with its Upgrade and Connection headers, and once the
+  origin answers 101 the edge relays the answer and then the bytes both ways until either side closes;
+  another answer is passed on as an ordinary response.
+Not modelled: caching, IPv6, HTTP/2 and HTTP/3 to clients, the other phases and products (Super
 Bot Fight Mode, which a Free zone does not have), zone-level AOP, Cloudflare's own error pages beyond their
 status code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -418,6 +423,10 @@ def _handler(edge: Edge, tls: bool) -> type[http.server.BaseHTTPRequestHandler]:
             # Header transform rules set their headers over the client's own (a client cannot forge them).
             headers = {k: v for k, v in headers.items() if k.lower() not in {n.lower() for n in extra}}
             headers.update(extra)
+            if self.command == "GET" and self.headers.get("Upgrade", "").lower() == "websocket" and \
+                    "upgrade" in self.headers.get("Connection", "").lower().replace(" ", "").split(","):
+                headers.update({"Upgrade": "websocket", "Connection": "Upgrade"})
+                return self.tunnel(zone, origin, host, mode, headers)
             connection: http.client.HTTPConnection
             if mode == "flexible":
                 connection = http.client.HTTPConnection(origin, 80, timeout=CONNECT_TIMEOUT)
@@ -445,10 +454,73 @@ def _handler(edge: Edge, tls: bool) -> type[http.server.BaseHTTPRequestHandler]:
                     return self.answer(524, "error code: 524 (a timeout occurred)", note="origin timeout")
                 except (ConnectionError, http.client.HTTPException, ssl.SSLError) as error:
                     return self.answer(502, f"error code: 502 ({error})", note="origin broke off")
-                passed = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"server"}]
+                # The edge's own Server and Date replace the origin's (one of each, as from Cloudflare).
+                passed = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP | {"server", "date"}]
                 self.answer(response.status, data, passed, note=f"origin {response.status} via {mode}")
             finally:
                 connection.close()
+
+        def tunnel(self, zone: CloudflareStandin, origin: str, host: str, mode: str, headers: dict[str, str]) -> None:
+            """A WebSocket: the upgrade request to the origin, its answer back, then bytes both ways."""
+            try:
+                raw = socket.create_connection((origin, 80 if mode == "flexible" else 443), CONNECT_TIMEOUT)
+                upstream = raw if mode == "flexible" else \
+                    edge.origin_context(mode, zone, host).wrap_socket(raw, server_hostname=host)
+            except ssl.SSLCertVerificationError:
+                return self.answer(526, "error code: 526 (invalid SSL certificate)", note="origin cert invalid")
+            except (OSError, ssl.SSLError):
+                return self.answer(502, "error code: 502 (no WebSocket to the origin)", note="origin unreachable")
+            with upstream:
+                request = f"GET {self.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                upstream.sendall((request + "\r\n").encode("latin-1"))
+                answer = b""
+                upstream.settimeout(ORIGIN_TIMEOUT)
+                while b"\r\n\r\n" not in answer:
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        return self.answer(502, "error code: 502 (origin closed the upgrade)", note="origin broke off")
+                    answer += chunk
+                head, _, early = answer.partition(b"\r\n\r\n")
+                status_line, *lines = head.decode("latin-1").split("\r\n")
+                status = int(status_line.split()[1])
+                passed = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)
+                          if k.strip().lower() not in (HOP_BY_HOP - {"upgrade", "connection"}) | {"server", "date"}]
+                if status != 101:
+                    return self.answer(status, early, passed, note=f"origin {status} to an upgrade via {mode}")
+                self.send_response_only(101)
+                for name, value in passed:
+                    self.send_header(name, value)
+                self.send_header("Server", "cloudflare")
+                self.end_headers()
+                self.wfile.flush()
+                edge.log.append({"host": host, "path": self.path, "status": 101, "note": f"websocket via {mode}",
+                                 "client": self.client_address[0]})
+                if early:
+                    self.wfile.write(early)
+                    self.wfile.flush()
+                upstream.settimeout(None)
+                self.connection.settimeout(None)
+
+                def to_origin() -> None:
+                    try:
+                        while data := self.rfile.read1(65536):
+                            upstream.sendall(data)
+                    except OSError:
+                        pass
+                    finally:
+                        with contextlib.suppress(OSError):
+                            upstream.shutdown(socket.SHUT_WR)
+
+                sender = threading.Thread(target=to_origin, daemon=True)
+                sender.start()
+                try:
+                    while data := upstream.recv(65536):
+                        self.wfile.write(data)
+                        self.wfile.flush()
+                except OSError:
+                    pass
+                self.close_connection = True
+            return None
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = serve
 

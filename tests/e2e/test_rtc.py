@@ -6,9 +6,7 @@ Synapse loading the application service and the MatrixRTC config, nginx's routes
 ufw seen from the outsider, and the hourly checks. Only the steps `pulumi up` would run are run, both ways; at
 the end the host is as first provisioned (matrixRtc off, the rtc settings removed) for later modules.
 
-The edge stand-in does not model WebSockets (it drops Upgrade as a hop-by-hop header), so the SFU's upgrade is
-checked against nginx on the origin's 443 directly, with the zone's origin-pull client certificate as
-Cloudflare presents it.
+The SFU's WebSocket goes through the edge stand-in, which passes upgrades on as Cloudflare does.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from tests.e2e.rtc_standins import (
 )
 from tests.e2e.runner import StepFailed, StepResult
 from tests.e2e.standins import release_server
-from tests.e2e.test_security import origin_pull_client
 from tests.harness import unwrap
 
 pytestmark = pytest.mark.e2e
@@ -272,17 +269,16 @@ def test_the_sfu_route_reaches_the_sfu_through_the_edge(switch: RtcSwitch) -> No
     assert (answer["server"], answer["path"]) == ("livekit-server", "/settings?x=1")
 
 
-def test_a_websocket_upgrade_reaches_the_sfu_through_nginx(switch: RtcSwitch, tmp_path: Path) -> None:
-    """Straight to nginx on the origin's 443 as the edge connects (its origin-pull certificate): the edge
-    stand-in has no WebSocket passthrough."""
+def test_a_websocket_upgrade_reaches_the_sfu_through_the_edge(switch: RtcSwitch) -> None:
+    """As a client opens the SFU's signalling: through the edge stand-in (Cloudflare proxies WebSockets) and nginx,
+    the 101 from the SFU back, then a frame there and its echo back."""
     d = switch.deployment
-    context = ssl.create_default_context(cafile=str(d.origin_ca_file))
-    context.load_cert_chain(origin_pull_client(d, tmp_path))
+    context = ssl.create_default_context(cafile=str(d.ca_file))
     key = base64.b64encode(os.urandom(16)).decode()
     request = (f"GET /livekit/sfu/rtc?access_token=x HTTP/1.1\r\nHost: {matrix_host(d)}\r\n"
                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                f"Sec-WebSocket-Version: 13\r\nUser-Agent: {USER_AGENT}\r\n\r\n")
-    with (socket.create_connection((d.host.address, 443), timeout=15) as raw,
+    with (socket.create_connection((d.edge_address, 443), timeout=15) as raw,
           context.wrap_socket(raw, server_hostname=matrix_host(d)) as tls):
         tls.sendall(request.encode())
         head = b""
