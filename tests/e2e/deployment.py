@@ -212,14 +212,21 @@ class Deployment:
 
 def _close_idle_event_loops() -> None:
     for obj in gc.get_objects():
-        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed() and not obj.is_running():
-            self_pipe = getattr(obj, "_ssock", None)
-            if self_pipe is not None and self_pipe.fileno() == -1:
-                # A loop that became garbage unclosed: the collector already finalized it (its sockets closed)
-                # and the ResourceWarning its finalizer raised, kept by the warnings recorder, holds it alive.
-                # Nothing of it is left to close; close() would fail on the closed self-pipe.
-                continue
-            obj.close()
+        if isinstance(obj, asyncio.AbstractEventLoop):
+            close_if_idle(obj)
+
+
+def close_if_idle(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a loop nobody runs; skip one the collector already finalized."""
+    if loop.is_closed() or loop.is_running():
+        return
+    self_pipe = getattr(loop, "_ssock", None)
+    if self_pipe is not None and self_pipe.fileno() == -1:
+        # A loop that became garbage unclosed: the collector already finalized it (its sockets closed) and the
+        # ResourceWarning its finalizer raised, kept by the warnings recorder, holds it alive. Nothing of it is
+        # left to close; close() would fail on the closed self-pipe.
+        return
+    loop.close()
 
 
 def base_config(host: TestHost, release: ElementRelease) -> dict[str, Any]:
