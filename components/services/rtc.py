@@ -79,6 +79,10 @@ def registration(ctx: ServiceContext) -> RemoteFile:
     return RemoteFile(REGISTRATION, content, mode="0640", owner="root", group="matrix-synapse")
 
 
+def unit_file(unit: str) -> str:
+    return f"/etc/systemd/system/{unit}"
+
+
 def listeners() -> list[int]:
     """The TCP ports the two services listen on once started: the SFU's signalling and ICE/TCP, the token
     service's."""
@@ -121,10 +125,10 @@ def files(ctx: ServiceContext) -> list[RemoteFile]:
     return [
         RemoteFile(LIVEKIT_CONFIG, livekit, mode="0600"),
         RemoteFile(TOKEN_SERVICE_ENV, environment, mode="0600"),
-        RemoteFile(f"/etc/systemd/system/{SFU_UNIT}",
+        RemoteFile(unit_file(SFU_UNIT),
                    render("rtc/livekit-server.service.j2", binary=f"{sfu_dir}/livekit-server", config=LIVEKIT_CONFIG,
                           sandbox=sandbox)),
-        RemoteFile(f"/etc/systemd/system/{TOKEN_SERVICE_UNIT}",
+        RemoteFile(unit_file(TOKEN_SERVICE_UNIT),
                    render("rtc/lk-jwt-service.service.j2", binary=f"{token_dir}/lk-jwt-service",
                           env_file=TOKEN_SERVICE_ENV, sandbox=sandbox)),
     ]
@@ -150,6 +154,7 @@ def steps(ctx: ServiceContext) -> list[StepSpec]:
         token_sha256=s.lk_jwt_service_sha256,
         token_url=s.lk_jwt_service_url,
         token_dir=token_dir,
+        unit_files=[unit_file(unit) for unit in UNITS],
     )
     return [
         StepSpec(name="rtc-install", script=install,
